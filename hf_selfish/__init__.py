@@ -1,0 +1,1 @@
+"""hf_selfish: selfish-token hard-negative masking for the Hugging Face Trainer."""
