@@ -1,0 +1,79 @@
+"""Dataclasses for the model and data halves of a run (the training half is `SelfishTrainingArguments`).
+
+They are parsed together by `transformers.HfArgumentParser` from a YAML recipe plus command-line
+overrides, the way `run_clm.py` parses `ModelArguments` / `DataTrainingArguments`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    """Which causal LM to train: a pretrained checkpoint, or a config built from scratch."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "Pretrained checkpoint (Hub id or local folder). None: build from a config."}
+    )
+    gguf_file: str | None = field(
+        default=None, metadata={"help": "GGUF file inside `model_name_or_path` to load (dequantized to torch)."}
+    )
+    model_type: str | None = field(
+        default=None,
+        metadata={"help": "For from-scratch runs: a transformers model type (gpt2, llama, qwen2, ...)."},
+    )
+    config_name: str | None = field(
+        default=None, metadata={"help": "Config to start from (Hub id or local folder), if not the model's."}
+    )
+    config_overrides: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated config overrides, e.g. 'n_layer=4,n_head=4,n_embd=128'."},
+    )
+    tokenizer_name: str | None = field(
+        default=None,
+        metadata={"help": "Tokenizer (Hub id or folder); 'char' builds the character tokenizer from the data."},
+    )
+    torch_dtype: str | None = field(
+        default=None, metadata={"help": "Load dtype: auto, float32, bfloat16 or float16."}
+    )
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
+
+
+@dataclass
+class DataArguments:
+    """Which text to train on and how to cut it into blocks and frequency groups."""
+
+    dataset_name: str | None = field(
+        default="tinyshakespeare",
+        metadata={"help": "'tinyshakespeare' (built in) or a `datasets` name/path."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` config name."})
+    data_file: str | None = field(
+        default=None,
+        metadata={"help": "Local tinyshakespeare copy (else $HF_SELFISH_TINYSHAKESPEARE, the HF cache, a download)."},
+    )
+    train_file: str | None = field(default=None, metadata={"help": "Local training file: .txt, .json/.jsonl, .parquet."})
+    validation_file: str | None = field(default=None, metadata={"help": "Local validation file (same formats)."})
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    block_size: int = field(default=64, metadata={"help": "Tokens per training/eval block."})
+    validation_split_percentage: float = field(
+        default=10.0, metadata={"help": "Percent of the train data held out when there is no validation split."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train blocks (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval blocks (debugging)."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for `datasets.map`."})
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute cached `datasets.map` results."})
+    bucket_size: int | None = field(
+        default=None,
+        metadata={"help": "Frequency-rank bucket width; None: 10 for vocabularies <= 1000, log-spaced above."},
+    )
+    bucket_scheme: str = field(default="auto", metadata={"help": "'linear', 'log' or 'auto' (by vocabulary size)."})
+    low_resource_fraction: float = field(
+        default=0.0,
+        metadata={"help": "Share of text units moved into a simulated second language (ids shifted by +V); 0 = off."},
+    )
+    low_resource_unit: str = field(
+        default="paragraph", metadata={"help": "Text unit assigned to a language: 'paragraph' or 'line'."}
+    )
+    low_resource_seed: int = field(default=0, metadata={"help": "Seed of the language assignment."})
