@@ -77,6 +77,10 @@ class DataArguments:
         default="paragraph", metadata={"help": "Text unit assigned to a language: 'paragraph' or 'line'."}
     )
     low_resource_seed: int = field(default=0, metadata={"help": "Seed of the language assignment."})
+    train_language: str | None = field(
+        default=None,
+        metadata={"help": "With the simulation: train on this language only ('lang_small' or 'lang_main')."},
+    )
 
 
 @dataclass
