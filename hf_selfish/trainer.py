@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .loss import selfish_causal_lm_loss, validate_margin
+from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +27,36 @@ __all__ = ["SelfishTrainingArguments", "SelfishTrainer", "selfish_loss_func"]
 class SelfishTrainingArguments(TrainingArguments):
     """`TrainingArguments` plus the selfish-loss settings."""
 
-    selfish_margin: float | None = field(
+    selfish_margin: float | str | None = field(
         default=2.0,
         metadata={
             "help": "Keep logits >= logit[target] - margin in the training softmax; None (or inf) is plain "
-            "cross-entropy, the baseline arm."
+            "cross-entropy, the baseline arm; 'auto' is ln(V) - ln(1 - selfish_top_p)."
         },
+    )
+    selfish_top_p: float = field(default=0.99, metadata={"help": "Nucleus of the 'auto' margin."})
+    selfish_margin_schedule: str = field(
+        default="constant",
+        metadata={"help": f"Margin over training: one of {', '.join(SCHEDULES)} (from selfish_margin to selfish_margin_end)."},
+    )
+    selfish_margin_end: float | str | None = field(
+        default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
     )
 
     def __post_init__(self):
-        self.selfish_margin = validate_margin(self.selfish_margin)
+        self.selfish_margin = parse_margin(self.selfish_margin)
+        self.selfish_margin_end = parse_margin(self.selfish_margin_end)
+        check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
+        check_top_p(self.selfish_top_p)
         super().__post_init__()
+
+
+def _output_vocab_size(model: nn.Module) -> int:
+    """Rows of the model's output embedding (its logits' last dimension)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
 
 
 def _logits_of(outputs: Any) -> torch.Tensor:
@@ -89,10 +109,30 @@ class SelfishTrainer(Trainer):
         # labelled tokens of each accumulated batch over `labels[..., 1:]`, and not to rescale for GA.
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = True
+        self.margin_schedule = MarginSchedule.from_settings(
+            self.args.selfish_margin,
+            self.args.selfish_margin_end,
+            self.args.selfish_margin_schedule,
+            vocab_size=_output_vocab_size(self.model),
+            top_p=self.args.selfish_top_p,
+        )
+        self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
+        self._masked_fraction_count = 0
+        self._last_margin: float | None = None
 
     def training_margin(self) -> float | None:
         """The margin applied at the current training step (``None`` = plain cross-entropy)."""
-        return self.args.selfish_margin
+        return self.margin_schedule.at(self.state.global_step, self.state.max_steps)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``selfish_margin`` and ``selfish_masked_fraction`` to the training logs."""
+        if "loss" in logs and self._last_margin is not None:
+            logs["selfish_margin"] = round(self._last_margin, 6)  # the margin of the last logged step
+            if self._masked_fraction_sum is not None:
+                fraction = self._masked_fraction_sum.item() / self._masked_fraction_count
+                logs["selfish_masked_fraction"] = round(fraction, 6)
+                self._masked_fraction_sum, self._masked_fraction_count = None, 0
+        super().log(logs, start_time)
 
     def compute_loss(
         self,
@@ -111,13 +151,20 @@ class SelfishTrainer(Trainer):
             )
         outputs = model(**inputs)
         margin = self.training_margin() if model.training else None
-        loss = selfish_causal_lm_loss(
+        loss, masked_fraction = selfish_causal_lm_loss(
             _logits_of(outputs),
             labels,
             margin,
             num_items_in_batch=num_items_in_batch,
             shift_labels=shift_labels,
+            return_masked_fraction=True,
         )
+        if model.training:
+            self._last_margin = margin
+        if margin is not None:  # stays on the device: no sync per step
+            previous = self._masked_fraction_sum
+            self._masked_fraction_sum = masked_fraction if previous is None else previous + masked_fraction
+            self._masked_fraction_count += 1
         loss = self._scale_for_token_averaging(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
 
