@@ -260,24 +260,30 @@ def _characters(texts: str | Iterable[str]) -> set[str]:
     return seen
 
 
-def token_labels(tokenizer: PreTrainedTokenizerBase) -> list[str]:
-    """A readable label for every token id (plot axes, reports).
+def token_labels(tokenizer: PreTrainedTokenizerBase, vocab_size: int | None = None) -> list[str]:
+    """A readable label for every token id (plot axes, reports): ``vocab_size`` labels (default ``len(tokenizer)``).
 
     Character tokenizers: whitespace is spelled out (``\\n``, ``␣``) and a small-language character is
     shown as its main-language character with a ``₂`` suffix. Other tokenizers: their token strings.
+    Ids past the tokenizer (a model vocabulary of ``2 * len(tokenizer)`` under the simulation, or
+    padding rows of an embedding) are labelled ``<token>₂`` and ``<id N>``.
     """
     tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
     if not is_char_tokenizer(tokenizer):
-        return [str(t) for t in tokens]
+        labels = [str(t) for t in tokens]
+    else:
+        labels = []
+        for token in tokens:
+            offset = ord(token) - SMALL_LANGUAGE_CODEPOINT
+            labels.append(_char_label(tokens[offset]) + "₂" if 0 <= offset < len(tokens) // 2 else _char_label(token))
+    vocab_size = len(labels) if vocab_size is None else vocab_size
+    if vocab_size == 2 * len(labels):  # the simulation with a tokenizer of the main language only
+        return labels + [label + "₂" for label in labels]
+    return labels[:vocab_size] + [f"<id {i}>" for i in range(len(labels), vocab_size)]
 
-    def label(char: str) -> str:
-        return {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"}.get(char, char)
 
-    labels = []
-    for token in tokens:
-        offset = ord(token) - SMALL_LANGUAGE_CODEPOINT
-        labels.append(label(tokens[offset]) + "₂" if 0 <= offset < len(tokens) // 2 else label(token))
-    return labels
+def _char_label(char: str) -> str:
+    return {"\n": "\\n", "\t": "\\t", "\r": "\\r", " ": "␣"}.get(char, char)
 
 
 # ------------------------------------------------------------------------------------------------
