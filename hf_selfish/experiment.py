@@ -70,8 +70,8 @@ def prepare_data(model_args: ModelArguments, data_args: DataArguments) -> Prepar
     log-spaced for big vocabularies), plus the two language groups under the low-resource simulation.
     """
     lm = prepare_lm_data(model_args, data_args, train_language=data_args.train_language)
-    tokens = token_labels(lm.tokenizer)
-    frequency = TokenFrequency.from_dataset(lm.datasets["train"], lm.vocab_size, tokens=tokens[: lm.vocab_size])
+    tokens = token_labels(lm.tokenizer, lm.vocab_size)
+    frequency = TokenFrequency.from_dataset(lm.datasets["train"], lm.vocab_size, tokens=tokens)
     groups = {**frequency.groups(data_args.bucket_scheme, data_args.bucket_size), **lm.groups}
     return PreparedData(lm=lm, frequency=frequency, groups=groups)
 

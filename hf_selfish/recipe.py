@@ -36,7 +36,7 @@ __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "D
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
-_NONE_STRINGS = {"none", "null", "~"}
+_NONE_STRINGS = {"None", "null", "~"}  # "none" stays a string: report_to: none
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
     if not isinstance(value, str):
         return value
-    if value.strip().lower() in _NONE_STRINGS:
+    if value.strip() in _NONE_STRINGS:
         return None
     if action.type is string_to_bool or isinstance(action.const, bool):
         return string_to_bool(value)
