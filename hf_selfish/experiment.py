@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -28,7 +29,8 @@ from transformers import (
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DataArguments, ModelArguments
 from .callbacks import RankBucketEvalCallback
@@ -40,7 +42,10 @@ from .trainer import SelfishTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedData", "prepare_data", "build_model", "build_trainer", "train_run", "compare", "comparison_dir", "RUN_RESULT_FILE"]
+__all__ = [
+    "PreparedData", "prepare_data", "build_model", "build_trainer", "train_run", "last_checkpoint", "compare",
+    "comparison_dir", "RUN_RESULT_FILE",
+]
 
 RUN_RESULT_FILE = "run_result.json"
 RESULTS_FILE = "results.json"
@@ -185,7 +190,7 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         return read_json(finished, what="run result")
     model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
     trainer = build_trainer(args, model, data)
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    checkpoint = last_checkpoint(output_dir)
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
     start = time.perf_counter()
@@ -215,6 +220,38 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
     if trainer.is_world_process_zero():
         atomic_write_json(finished, record)
     return record
+
+
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder of ``output_dir`` (None if there is none).
+
+    The Trainer writes a checkpoint's files in place and its ``trainer_state.json`` last, so a process
+    killed while saving leaves a folder without it (or with a truncated one) beside a half-written
+    model. Resuming from such a folder would load those weights with a fresh state (step 0), so it is
+    skipped: training resumes from the checkpoint before and writes the folder again, whole.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    steps = {}
+    for path in folder.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir():
+            steps[int(match.group(1))] = path
+    for step in sorted(steps, reverse=True):
+        if _is_complete_checkpoint(steps[step]):
+            return str(steps[step])
+        logger.warning("%s is incomplete (interrupted while saving?): not resuming from it", steps[step])
+    return None
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    try:
+        json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- compare
