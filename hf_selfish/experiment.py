@@ -188,11 +188,12 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
     if finished.is_file():
         logger.info("%s is finished already (%s): skipping", arm, finished)
         return read_json(finished, what="run result")
-    model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
-    trainer = build_trainer(args, model, data)
     checkpoint = last_checkpoint(output_dir)
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
+        args.training.eval_on_start = False  # the checkpoint's history holds that evaluation already
+    model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
+    trainer = build_trainer(args, model, data)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     history = eval_history(trainer.state.log_history)
