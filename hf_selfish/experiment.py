@@ -26,6 +26,7 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     PreTrainedModel,
+    TrainerState,
     default_data_collator,
     set_seed,
 )
@@ -96,6 +97,15 @@ def build_model(model_args: ModelArguments, vocab_size: int, block_size: int, se
         model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
     else:
         model = AutoModelForCausalLM.from_config(_scratch_config(model_args, vocab_size))
+    check_model_fits(model, vocab_size, block_size)
+    return model
+
+
+def load_checkpoint_model(
+    model_args: ModelArguments, checkpoint: str | Path, vocab_size: int, block_size: int
+) -> PreTrainedModel:
+    """The model saved in a Trainer checkpoint folder of this run."""
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), trust_remote_code=model_args.trust_remote_code)
     check_model_fits(model, vocab_size, block_size)
     return model
 
@@ -189,13 +199,21 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         logger.info("%s is finished already (%s): skipping", arm, finished)
         return read_json(finished, what="run result")
     checkpoint = last_checkpoint(output_dir)
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
+    trained = state is not None and 0 < state.max_steps <= state.global_step
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
         args.training.eval_on_start = False  # the checkpoint's history holds that evaluation already
-    model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
+    if trained:  # resuming there, the Trainer would run one step past max_steps: load the weights instead
+        model = load_checkpoint_model(args.model, checkpoint, data.vocab_size, args.data.block_size)
+    else:
+        model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
     trainer = build_trainer(args, model, data)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if trained:
+        trainer.state = state
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     history = eval_history(trainer.state.log_history)
     if not history or history[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()
