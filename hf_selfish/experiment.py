@@ -302,17 +302,36 @@ def _data_key(args: RunArguments) -> str:
     return json.dumps([dataclasses.asdict(args.data), dataclasses.asdict(args.model)], sort_keys=True, default=str)
 
 
-def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> None:
-    """Refuse to mix a different recipe's finished results into ``run_dir`` unless ``overwrite``."""
+def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
+    """Whether ``run_dir`` holds another recipe's runs, which only ``overwrite`` may replace (else ValueError).
+
+    `compare` records its recipe in ``results.json`` before the first run trains, so an interrupted
+    comparison is recognised too: its checkpoints are never resumed under another recipe. The
+    ``overwrite`` setting is not part of the recipe compared: re-running the same command, with or
+    without it, resumes.
+    """
     results = run_dir / RESULTS_FILE
-    if not results.is_file() or overwrite:
-        return
-    previous = read_json(results, what="results file").get("recipe")
-    if previous != json.loads(json.dumps(recipe.to_dict(), default=str)):
-        raise ValueError(
-            f"{run_dir} holds the results of a different recipe; pass --overwrite to replace them, "
-            "or choose another --output_dir"
-        )
+    if not results.is_file():
+        return False
+    previous = _comparable_recipe(read_json(results, what="results file").get("recipe"))
+    current = _comparable_recipe(recipe.to_dict())
+    if previous == current:
+        return False
+    if overwrite:
+        return True
+    keys = sorted(k for k in {*previous, *current} if previous.get(k) != current.get(k))
+    raise ValueError(
+        f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}); pass --overwrite "
+        "to replace them, or choose another --output_dir"
+    )
+
+
+def _comparable_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """A recipe as JSON data, without the ``overwrite`` setting (shared, or copied into arms by overrides)."""
+    data = json.loads(json.dumps(recipe or {}, default=str))
+    for values in [data, *(arm for arm in data.get("arms", []) if isinstance(arm, dict))]:
+        values.pop("overwrite", None)
+    return data
 
 
 def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -324,8 +343,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     runs = comparison_runs(recipe)
     base = recipe.arguments()
     run_dir = comparison_dir(recipe)
-    check_run_dir(run_dir, recipe, base.experiment.overwrite)
-    if base.experiment.overwrite:
+    if check_run_dir(run_dir, recipe, base.experiment.overwrite):
         _clear_finished(run_dir, runs)
     prepared: dict[str, PreparedData] = {}
     reference: PreparedData | None = None  # the first arm's data: its frequencies define the groups
@@ -336,6 +354,9 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
             prepared[key] = prepare_data(args.model, args.data)
         data = prepared[key]
         reference = reference or data
+        if not (run_dir / RESULTS_FILE).is_file():  # record the recipe before anything trains (check_run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / RESULTS_FILE, _results(recipe, run_dir, reference, runs, records))
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
