@@ -288,6 +288,8 @@ def comparison_dir(recipe: Recipe) -> Path:
 def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
     """Every (arm, seed) of a recipe with its parsed arguments, each in ``<output_dir>/<arm>-seed<s>``."""
     base = recipe.arguments()
+    if base.experiment.seeds < 1:
+        raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
     run_dir = comparison_dir(recipe)
     runs = []
     for offset in range(base.experiment.seeds):
