@@ -485,6 +485,8 @@ def _load_local_files(data_args: DataArguments, cache_dir: str | os.PathLike | N
             raise ValueError(
                 f"{split}_file {file!r} does not exist; give the path of a .txt, .json/.jsonl or .parquet file."
             )
+        if path.stat().st_size == 0:  # `datasets` fails on it with a SchemaInferenceError traceback
+            raise ValueError(f"{split}_file {file!r} is empty; give a file that holds the text.")
         if path.suffix.lower() not in _FILE_BUILDERS:
             raise ValueError(
                 f"{split}_file {file!r} has the extension {path.suffix!r}; supported: {sorted(_FILE_BUILDERS)}."
