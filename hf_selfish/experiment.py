@@ -315,16 +315,24 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
     results = run_dir / RESULTS_FILE
     if not results.is_file():
         return False
-    previous = _comparable_recipe(read_json(results, what="results file").get("recipe"))
+    recorded = read_json(results, what="results file")
+    previous = _comparable_recipe(recorded.get("recipe"))
     current = _comparable_recipe(recipe.to_dict())
     if previous == current:
         return False
-    if overwrite:
+    if overwrite or not _holds_runs(run_dir, recorded):  # nothing trained yet (it failed before): replace
         return True
     keys = sorted(k for k in {*previous, *current} if previous.get(k) != current.get(k))
     raise ValueError(
         f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}); pass --overwrite "
         "to replace them, or choose another --output_dir"
+    )
+
+
+def _holds_runs(run_dir: Path, results: dict[str, Any]) -> bool:
+    """Whether a comparison directory holds finished runs or checkpoints."""
+    return bool(results.get("runs")) or any(run_dir.glob(f"*/{PREFIX_CHECKPOINT_DIR}-*")) or any(
+        run_dir.glob(f"*/{RUN_RESULT_FILE}")
     )
 
 
