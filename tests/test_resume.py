@@ -281,19 +281,34 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
 def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, small_text, monkeypatch):
     import hf_selfish.experiment as experiment
 
-    def interrupted(*args, **kwargs):
+    def interrupted_after_a_checkpoint(args, data, arm):
+        checkpoint = Path(args.training.output_dir) / "checkpoint-4"
+        checkpoint.mkdir(parents=True)
+        (checkpoint / "trainer_state.json").write_text("{}")
         raise KeyboardInterrupt
 
     run_dir = tmp_path / "run"
     first = load_recipe(quick_recipe(tmp_path, run_dir, small_text, "first.yaml"))
-    monkeypatch.setattr(experiment, "train_run", interrupted)
+    second = load_recipe(quick_recipe(tmp_path, run_dir, small_text, "second.yaml", learning_rate="2.0e-3"))
+    monkeypatch.setattr(experiment, "train_run", interrupted_after_a_checkpoint)
     with pytest.raises(KeyboardInterrupt):
         compare(first)
     started = json.loads((run_dir / RESULTS_FILE).read_text())
     assert started["runs"] == [] and started["recipe"]["learning_rate"] == 0.001
-    second = load_recipe(quick_recipe(tmp_path, run_dir, small_text, "second.yaml", learning_rate="2.0e-3"))
     with pytest.raises(ValueError, match=r"holds the runs of a different recipe \(differing in learning_rate\)"):
         compare(second)
+    assert experiment.check_run_dir(run_dir, first, overwrite=False) is False  # the same recipe resumes
+
+
+def test_a_recipe_that_failed_before_training_can_be_fixed_without_overwrite(tmp_path, small_text):
+    import hf_selfish.experiment as experiment
+
+    run_dir = tmp_path / "run"
+    path = quick_recipe(tmp_path, run_dir, small_text, "r.yaml")
+    with pytest.raises(ValueError, match="block_size=64 exceeds the model's 32 positions"):
+        compare(load_recipe(path, {"block_size": "64"}))
+    assert json.loads((run_dir / RESULTS_FILE).read_text())["runs"] == []
+    assert experiment.check_run_dir(run_dir, load_recipe(path), overwrite=False) is True  # replaced, not refused
 
 
 def test_seeds_below_one_is_refused_before_anything_runs(tmp_path, small_text):
