@@ -101,14 +101,26 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
     if isinstance(value, list):
         return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
     if not isinstance(value, str):
-        return value
+        return _check_integer(action, value)
     if value.strip() in _NONE_STRINGS:
         return None
     if action.type is string_to_bool or isinstance(action.const, bool):
-        return string_to_bool(value)
+        try:
+            return string_to_bool(value)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
     if action.nargs in ("+", "*"):
         return [_coerce_scalar(action, v) for v in value.split(",")]
     return _coerce_scalar(action, value)
+
+
+def _check_integer(action: argparse.Action, value: Any) -> Any:
+    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why)."""
+    if action.type is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"recipe key {action.dest!r}: expected an integer, got {value!r}")
+        return int(value)
+    return value
 
 
 def _coerce_scalar(action: argparse.Action, value: str) -> Any:
