@@ -166,7 +166,13 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"recipe file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).replace("\n", " ")
+            raise ValueError(f"recipe {str(path)!r} is not valid YAML{where}: {problem}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {str(path)!r} must be a mapping of keys to values, got {type(loaded).__name__}")
         values = loaded
