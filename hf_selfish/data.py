@@ -574,7 +574,11 @@ def load_tokenizer(model_args: ModelArguments, raw_datasets: DatasetDict | None 
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
     if name is None and model_args.gguf_file is not None:
         kwargs["gguf_file"] = model_args.gguf_file
-    return AutoTokenizer.from_pretrained(name or model_args.model_name_or_path, **kwargs)
+    name = name or model_args.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except OSError as err:  # transformers' "not found" for folders and Hub ids alike
+        raise ValueError(f"cannot load a tokenizer from {name!r}: give a local folder or a Hub id that holds one ({err})") from None
 
 
 def tokenize_datasets(

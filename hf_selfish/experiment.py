@@ -94,7 +94,13 @@ def build_model(model_args: ModelArguments, vocab_size: int, block_size: int, se
             kwargs["gguf_file"] = model_args.gguf_file
         if model_args.torch_dtype:
             kwargs["dtype"] = model_args.torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        except OSError as err:  # transformers' "not found" for folders and Hub ids alike
+            raise ValueError(
+                f"cannot load a model from model_name_or_path={model_args.model_name_or_path!r}: give a local "
+                f"folder or a Hub id that holds one ({err})"
+            ) from None
     else:
         model = AutoModelForCausalLM.from_config(_scratch_config(model_args, vocab_size))
     check_model_fits(model, vocab_size, block_size)
@@ -112,7 +118,13 @@ def load_checkpoint_model(
 
 def _scratch_config(model_args: ModelArguments, vocab_size: int):
     if model_args.config_name:
-        config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
+        except OSError as err:
+            raise ValueError(
+                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
+                f"that holds one ({err})"
+            ) from None
     elif model_args.model_type:
         try:
             config = AutoConfig.for_model(model_args.model_type)
