@@ -111,8 +111,8 @@ def test_causal_shift_pairs_logits_t_with_label_t_plus_1():
     logits[0, 1, 1] = 5.0  # position 1 predicts token 1 strongly
     labels = torch.tensor([[3, 2, 0]])
     targets, nll, rank = causal_nll_and_rank(logits, labels)
-    assert targets.tolist() == [[2, 0]]
-    assert rank.tolist() == [[1, 2]]
+    assert targets.tolist() == [[2, 0, -100]]
+    assert rank.tolist() == [[1, 2, 0]] and nll[0, 2] == 0
     assert nll[0, 0].item() == pytest.approx(math.log(math.exp(5) + 3) - 5, abs=1e-6)
     assert nll[0, 1].item() == pytest.approx(math.log(math.exp(5) + 3), rel=1e-6)
 
