@@ -412,7 +412,8 @@ class RankBucketMetrics:
                 "preprocess_logits_for_metrics to the Trainer too."
             )
         targets = causal_targets(labels, ignore_index=self.ignore_index)  # [B, T]
-        self._stats.update(targets, predictions[..., 0], predictions[..., 1].round().long(), ignore_index=self.ignore_index)
+        nll, rank = predictions[..., 0], predictions[..., 1].round().long()  # [B, T] each
+        self._stats.update(targets, nll, rank, ignore_index=self.ignore_index)
         if not compute_result:
             return {}
         return self.finish()
