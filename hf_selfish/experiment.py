@@ -21,9 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
+    PreTrainedConfig,
     PreTrainedModel,
     default_data_collator,
     set_seed,
@@ -95,30 +98,76 @@ def build_model(model_args: ModelArguments, vocab_size: int, block_size: int, se
     return model
 
 
-def _scratch_config(model_args: ModelArguments, vocab_size: int):
-    if model_args.config_name:
-        config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
-    elif model_args.model_type:
-        try:
-            config = AutoConfig.for_model(model_args.model_type)
-        except ValueError:
-            raise ValueError(
-                f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
-                "gpt2, llama, qwen2, mistral or gpt_neox"
-            ) from None
-    else:
-        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+def _scratch_config(model_args: ModelArguments, vocab_size: int) -> PreTrainedConfig:
+    """The config of a from-scratch model: ``config_name`` or ``model_type`` defaults, then ``config_overrides``.
+
+    The overrides are passed to the config's constructor, so the fields it derives (Llama's ``head_dim``
+    and ``num_key_value_heads``, Qwen2's ``layer_types``) follow them.
+    """
+    overrides = {}
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
+        overrides = parse_config_overrides(_base_config(model_args), model_args.config_overrides)
+    try:
+        config = _base_config(model_args, **overrides)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
     config.vocab_size = vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids of another vocabulary (gpt2: 50256)
         value = getattr(config, name, None)
         if isinstance(value, int) and value >= vocab_size:
             setattr(config, name, None)
     return config
+
+
+def _base_config(model_args: ModelArguments, **fields: Any) -> PreTrainedConfig:
+    """``config_name``'s config, else ``model_type``'s defaults, built with ``fields``."""
+    if model_args.config_name:
+        return AutoConfig.from_pretrained(
+            model_args.config_name, trust_remote_code=model_args.trust_remote_code, **fields
+        )
+    if not model_args.model_type:
+        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+    if model_args.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
+            "gpt2, llama, qwen2, mistral or gpt_neox"
+        )
+    return AutoConfig.for_model(model_args.model_type, **fields)
+
+
+def parse_config_overrides(config: PreTrainedConfig, text: str) -> dict[str, Any]:
+    """``"n_layer=2,n_embd=32"`` -> ``{"n_layer": 2, "n_embd": 32}``, typed like ``config``'s current values.
+
+    A field whose current value is None takes an int, a float, true/false, or else the string.
+    """
+    overrides: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"config_overrides {text!r}: {item!r} is not key=value; write e.g. 'n_layer=2,n_embd=32'")
+        if not hasattr(config, key):
+            raise ValueError(f"config_overrides {text!r}: {type(config).__name__} has no field {key!r}")
+        overrides[key] = _config_value(getattr(config, key), raw, key)
+    return overrides
+
+
+def _config_value(current: Any, raw: str, key: str) -> bool | int | float | str:
+    """``raw`` read as the type of the field's ``current`` value (None: the first of int, float, bool, str that fits)."""
+    if current is not None and not isinstance(current, (bool, int, float, str)):
+        raise ValueError(
+            f"config_overrides: {key} holds a {type(current).__name__}; only numbers, booleans and strings can be set"
+        )
+    kinds = (int, float, bool, str) if current is None else (type(current),)
+    for kind in kinds:
+        if kind is bool:
+            if raw.lower() in ("true", "false"):
+                return raw.lower() == "true"
+            continue
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    raise ValueError(f"config_overrides: cannot read {key}={raw!r} as {kinds[0].__name__}")
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
