@@ -27,9 +27,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train one run (one arm) of a recipe"),
                        ("compare", "train every arm x seed of a recipe, then write report and plots")):
-        cmd = sub.add_parser(name, help=text, description=f"{text}. Overrides: --KEY VALUE for any recipe key.",
+        # RECIPE is read off the unknown arguments (`_split_recipe`): an argparse positional would take the
+        # value of the first override when the recipe is left out (`train --train_file corpus.txt`).
+        usage = f"hf-selfish {name} [RECIPE]{' [--arm NAME]' if name == 'train' else ''} [--KEY VALUE ...]"
+        cmd = sub.add_parser(name, help=text, usage=usage,
+                             description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
+                                         "Overrides: --KEY VALUE for any recipe key.",
                              epilog="recipe keys: " + ", ".join(valid_keys()))
-        cmd.add_argument("recipe", nargs="?", help="YAML recipe (omit to use defaults and overrides only)")
         if name == "train":
             cmd.add_argument("--arm", help="the recipe arm to train (default: the recipe's shared values)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
@@ -38,6 +42,13 @@ def _build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--push", metavar="REPO_ID", help="Hub repository to upload the report and plots to")
     return parser
+
+
+def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe path (the first argument, unless it is an override) and the overrides."""
+    if rest and not rest[0].startswith("--"):
+        return rest[0], rest[1:]
+    return None, rest
 
 
 def _cmd_train(ns, overrides) -> None:
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     ns, rest = _build_parser().parse_known_args(argv)
     try:
         if ns.command in ("train", "compare"):
+            ns.recipe, rest = _split_recipe(rest)
             overrides = parse_overrides(rest)
             (_cmd_train if ns.command == "train" else _cmd_compare)(ns, overrides)
         else:
