@@ -14,7 +14,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
+from transformers.modelcard import extract_hyperparameters_from_trainer
 
+from .hub import describe_loss, write_model_card
 from .loss import selfish_causal_lm_loss, validate_margin
 from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
 
@@ -167,6 +169,21 @@ class SelfishTrainer(Trainer):
             self._masked_fraction_count += 1
         loss = self._scale_for_token_averaging(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, **kwargs) -> None:
+        """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.hub.write_model_card`.
+
+        Its metadata (library, base model, license, tags) is kept; the body states the training loss
+        (selfish and its margin, or plain cross-entropy) and holds the per-group table of the last evaluation.
+        """
+        super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return
+        schedule = self.margin_schedule
+        loss = describe_loss(schedule.start, setting=self.args.selfish_margin, end=schedule.end,
+                             schedule=schedule.kind, top_p=self.args.selfish_top_p)
+        write_model_card(self.args.output_dir, self.state.log_history, loss=loss, model_name=kwargs.get("model_name"),
+                         hyperparameters=extract_hyperparameters_from_trainer(self))
 
     def _scale_for_token_averaging(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """Undo DDP's gradient mean when the token count was summed over processes (as Trainer does)."""
