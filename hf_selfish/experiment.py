@@ -38,6 +38,7 @@ from .callbacks import RankBucketEvalCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
+from .hub import HUB_ERRORS, check_can_push, push_failed_error
 from .recipe import Arm, Recipe, RunArguments
 from .trainer import SelfishTrainer
 
@@ -244,9 +245,9 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         trainer.evaluate()
         history = eval_history(trainer.state.log_history)
     seconds = time.perf_counter() - start
-    trainer.save_model()
     trainer.save_state()
     data.frequency.save(output_dir)
+    _save_model(trainer, output_dir)
     record = {
         "arm": arm,
         "seed": args.training.seed,
@@ -264,6 +265,16 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
     if trainer.is_world_process_zero():
         atomic_write_json(finished, record)
     return record
+
+
+def _save_model(trainer: SelfishTrainer, output_dir: Path) -> None:
+    """Save the model; with ``push_to_hub`` the Trainer then writes the model card and uploads ``output_dir``."""
+    try:
+        trainer.save_model()
+    except HUB_ERRORS as err:
+        if not trainer.args.push_to_hub:
+            raise
+        raise push_failed_error(output_dir, trainer.hub_model_id or trainer.args.hub_model_id, err) from err
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -316,6 +327,8 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     runs = comparison_runs(recipe)
     base = recipe.arguments()
+    if base.training.push_to_hub:  # fail before any training
+        check_can_push(base.training.hub_token)
     run_dir = comparison_dir(recipe)
     check_run_dir(run_dir, recipe, base.experiment.overwrite)
     if base.experiment.overwrite:
