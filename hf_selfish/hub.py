@@ -2,12 +2,11 @@
 
 Three pieces:
 
-- `write_model_card(output_dir, log_history, loss=...)`: turns ``output_dir/README.md`` into hf_selfish's
-  model card. It keeps the metadata of the card already there (the one `Trainer.create_model_card` writes:
-  ``library_name``, ``base_model``, ``license``, tags) and writes the body: the training loss (selfish loss
-  and its margin, or plain cross-entropy) and the per-group table of the last evaluation in
-  ``log_history`` (the ``eval_{group}_{stat}`` metrics). `SelfishTrainer.create_model_card` calls it, so
-  ``--push_to_hub true`` pushes this card through the Trainer's own `push_to_hub`.
+- `write_run_card(output_dir, log_history, training_args)`: turns ``output_dir/README.md`` into the model
+  card of `report.render_model_card` (training loss and margin, per-group table of the last evaluation),
+  keeping the metadata of the card already there (the one `Trainer.create_model_card` writes: ``base_model``,
+  ``license``, tags). `SelfishTrainer.create_model_card` calls it, so ``--push_to_hub true`` pushes this
+  card through the Trainer's own `push_to_hub`.
 - `check_can_push(token)`: raises a one-line `ValueError` that says what to do when the Hub cannot be
   written (offline mode, no token, Hub unreachable or token refused). Call it before training.
 - `push_report(run_dir, repo_id)`: uploads a comparison's ``report.md`` (as ``README.md`` under a card
@@ -29,19 +28,19 @@ from typing import Any
 from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
 from huggingface_hub.utils import httpx
 
+from .report import render_model_card
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "HUB_ERRORS",
     "MODEL_CARD_NAME",
     "check_can_push",
-    "describe_loss",
     "last_eval_entry",
-    "eval_groups",
-    "render_model_card",
-    "write_model_card",
+    "margin_label",
     "push_failed_error",
     "push_report",
+    "write_run_card",
 ]
 
 MODEL_CARD_NAME = "README.md"
@@ -52,17 +51,6 @@ HUB_ERRORS = (OSError, httpx.HTTPError)
 REPORT_FILE = "report.md"
 REPORT_UPLOADS = ("results.json", "token_frequency.json")
 PLOTS_DIR = "plots"
-
-# The table's columns: (stat, header); `eval_{group}_{stat}` are the logged keys.
-CARD_COLUMNS = (
-    ("tokens", "tokens"),
-    ("types", "types"),
-    ("nll", "NLL (mean over types)"),
-    ("nll_weighted", "NLL (mean over tokens)"),
-    ("accuracy", "accuracy"),
-    ("recall_at_5", "recall@5"),
-    ("mrr", "MRR"),
-)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,151 +110,55 @@ def _one_line(err: BaseException) -> str:
 # ------------------------------------------------------------------------------------------------
 
 
-def describe_loss(margin: float | None, *, setting: float | str | None = None, end: float | None = None,
-                  schedule: str = "constant", top_p: float | None = None) -> str:
-    """The training loss in words: ``"selfish loss (margin 2)"`` or ``"plain cross-entropy"``.
-
-    Args:
-        margin: the resolved (start) margin; None for plain cross-entropy.
-        setting: the margin as configured, when it was ``"auto"`` (the rule is named too).
-        end, schedule: the end margin of a ``linear``/``cosine`` schedule.
-        top_p: the nucleus of the ``"auto"`` rule.
-    """
-    if margin is None:
-        return "plain cross-entropy"
-    text = f"selfish loss (margin {_number(margin)}"
-    if setting == "auto":
-        text += f", auto: ln V - ln(1 - {top_p})"
-    if schedule != "constant" and end is not None:
-        text += f", {schedule} schedule to {_number(end)}"
-    return text + ")"
+def margin_label(setting: float | str | None, resolved: float | None) -> float | str | None:
+    """The margin a card shows: the setting, with the number an ``"auto"`` margin resolved to."""
+    if setting == "auto" and resolved is not None:
+        return f"auto = {resolved:.4g} (ln V - ln(1 - top_p))"
+    return setting
 
 
 def last_eval_entry(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The last evaluation of a Trainer's log history (the entry with ``eval_loss``), or None."""
-    entry = _last_entry_with(log_history, "eval_loss")
-    return dict(entry) if entry is not None else None
+    for entry in reversed(log_history):
+        if "eval_loss" in entry:
+            return dict(entry)
+    return None
 
 
-def eval_groups(entry: Mapping[str, Any], prefix: str = "eval") -> list[str]:
-    """The token groups of one evaluation entry, in logged order (every group logs ``{prefix}_{group}_tokens``)."""
-    head, tail = f"{prefix}_", "_tokens"
-    return [key[len(head) : -len(tail)] for key in entry if key.startswith(head) and key.endswith(tail)]
-
-
-def render_model_card(
+def write_run_card(
+    output_dir: str | os.PathLike,
     log_history: Sequence[Mapping[str, Any]],
+    training_args: Mapping[str, Any],
     *,
-    loss: str,
-    model_name: str,
-    metadata: ModelCardData | None = None,
-    hyperparameters: Mapping[str, Any] | None = None,
-) -> str:
-    """The text of the model card: metadata header, the training loss, the per-group eval table.
+    model_id: str | None = None,
+) -> Path:
+    """Write ``output_dir/README.md``: `report.render_model_card` of the run's last evaluation.
 
-    Raises ValueError when ``log_history`` holds no evaluation (train with evaluation, or call evaluate()).
+    The metadata of the card already there (the Trainer's: ``base_model``, ``license``, ``datasets``,
+    tags) is carried over. Raises ValueError when ``log_history`` holds no evaluation.
     """
-    entry = last_eval_entry(log_history)
-    if entry is None:
+    metrics = last_eval_entry(log_history)
+    if metrics is None:
         raise ValueError(
             "the model card needs an evaluation, but the log history holds no eval_loss; run trainer.evaluate() "
             "before pushing"
         )
-    data = metadata if metadata is not None else ModelCardData(library_name="transformers")
-    data.tags = _merged_tags(data.tags, CARD_TAGS)
-    lines = [f"# {model_name}", "", _intro(data, loss), "", "## Training loss", "", f"**{loss}**.", "",
-             _loss_explanation(loss), ""]
-    last_train = _last_entry_with(log_history, "loss")
-    if last_train is not None:
-        lines += [f"Training loss at the last log (step {last_train.get('step', '?')}): {_cell(last_train['loss'])}.", ""]
-    lines += ["## Evaluation", "", *_eval_section(entry), ""]
-    if hyperparameters:
-        lines += ["## Training hyperparameters", "", *(f"- {k}: {v}" for k, v in hyperparameters.items()), ""]
-    return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)
-
-
-def write_model_card(
-    output_dir: str | os.PathLike,
-    log_history: Sequence[Mapping[str, Any]],
-    *,
-    loss: str,
-    model_name: str | None = None,
-    hyperparameters: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``output_dir/README.md`` (`render_model_card`), keeping the metadata of the card already there."""
     path = Path(output_dir) / MODEL_CARD_NAME
-    metadata = ModelCard.load(path).data if path.is_file() else None
+    metadata = ModelCard.load(path).data if path.is_file() else ModelCardData()
+    tags = metadata.tags or []
     text = render_model_card(
-        log_history,
-        loss=loss,
-        model_name=model_name or Path(output_dir).resolve().name,
-        metadata=metadata,
-        hyperparameters=hyperparameters,
+        metrics=metrics,
+        training_args=training_args,
+        model_id=model_id,
+        base_model=metadata.base_model if isinstance(metadata.base_model, str) else None,
+        license=metadata.license,
+        datasets=metadata.datasets,
+        tags=[tags] if isinstance(tags, str) else list(tags),
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     logger.info("model card written to %s", path)
     return path
-
-
-def _intro(data: ModelCardData, loss: str) -> str:
-    base = getattr(data, "base_model", None)
-    origin = f"fine-tuned from [{base}](https://huggingface.co/{base})" if base else "trained from scratch"
-    return f"A causal language model {origin} with the {loss}, using `hf_selfish.SelfishTrainer` (a `transformers.Trainer`)."
-
-
-def _loss_explanation(loss: str) -> str:
-    if loss.startswith("plain"):
-        return ("Standard cross-entropy over the full vocabulary: this is the baseline arm of a selfish-loss "
-                "comparison (`selfish_margin: null`).")
-    return ("At every position, the logits more than `margin` below the target's logit are set to -inf before "
-            "the cross-entropy (the target is never masked), so negatives already far below the target stop "
-            "receiving gradient. Evaluation always uses plain cross-entropy over the full vocabulary.")
-
-
-def _eval_section(entry: Mapping[str, Any]) -> list[str]:
-    lines = [f"At step {entry.get('step', '?')}: `eval_loss` {_cell(entry['eval_loss'])} "
-             "(full-vocabulary cross-entropy, the same metric for every arm)."]
-    groups = eval_groups(entry)
-    if not groups:
-        return lines
-    lines += [
-        "",
-        "Per token group (frequency-rank buckets of the training split: `rank_1-10` holds the 10 most frequent "
-        "tokens). NLL (mean over types) averages each present token's mean NLL; tokens absent from the eval data "
-        "are left out, and a group without eval tokens shows only its count.",
-        "",
-        "| group | " + " | ".join(header for _, header in CARD_COLUMNS) + " |",
-        "|---|" + "---:|" * len(CARD_COLUMNS),
-    ]
-    for group in groups:
-        cells = [_cell(entry.get(f"eval_{group}_{stat}")) for stat, _ in CARD_COLUMNS]
-        lines.append(f"| {group} | " + " | ".join(cells) + " |")
-    return lines
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return f"{float(value):.4f}"
-
-
-def _number(value: float) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
-
-
-def _last_entry_with(log_history: Sequence[Mapping[str, Any]], key: str) -> Mapping[str, Any] | None:
-    for entry in reversed(log_history):
-        if key in entry:
-            return entry
-    return None
-
-
-def _merged_tags(existing: Sequence[str] | str | None, extra: Sequence[str]) -> list[str]:
-    tags = [existing] if isinstance(existing, str) else list(existing or [])
-    return tags + [tag for tag in extra if tag not in tags]
 
 
 # ------------------------------------------------------------------------------------------------

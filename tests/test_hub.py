@@ -21,6 +21,7 @@ from hf_selfish.callbacks import RankBucketEvalCallback
 from hf_selfish.cli import main
 from hf_selfish.experiment import prepare_data, train_run
 from hf_selfish.recipe import load_recipe
+from hf_selfish.report import MEAN_STATS, STAT_TITLES, group_label
 
 from .test_any_causal_lm import run_args, write_corpus
 from .test_trainer import padded_dataset
@@ -101,10 +102,11 @@ def card_parts(text: str) -> tuple[dict, str]:
 
 def card_table(body: str) -> dict[str, dict[str, str]]:
     """The per-group table of a card: {group: {header: cell}}."""
-    rows = [line for line in body.splitlines() if line.startswith("| ")]
-    headers = [cell.strip() for cell in rows[0].strip("|").split("|")]
-    return {cells[0]: dict(zip(headers[1:], cells[1:]))
-            for cells in ([c.strip() for c in row.strip("|").split("|")] for row in rows[1:])}
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in body.splitlines() if line.startswith("| ")]
+    (headers, rule), data = rows[:2], rows[2:]
+    assert set("".join(rule)) <= set("-:")
+    return {cells[0]: dict(zip(headers[1:], cells[1:])) for cells in data}
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -128,64 +130,53 @@ def comparison_dir(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------- model card
 
 
-@pytest.mark.parametrize("margin, loss_name", [(2.0, "selfish loss (margin 2)"), (None, "plain cross-entropy")])
-def test_model_card_states_the_loss_and_the_logged_bucket_metrics(tmp_path, margin, loss_name):
+@pytest.mark.parametrize("margin, loss_text", [(2.0, "**selfish cross-entropy** with margin m = 2"),
+                                               (None, "**plain cross-entropy**")])
+def test_model_card_states_the_loss_and_the_logged_bucket_metrics(tmp_path, margin, loss_text):
     trainer = trained(tmp_path, margin)
     trainer.create_model_card(model_name="tiny-run")
     metadata, body = card_parts((tmp_path / "run" / "README.md").read_text())
 
-    assert metadata["library_name"] == "transformers"  # the Trainer's metadata is kept
-    assert {"generated_from_trainer", "hf_selfish", "selfish-loss"} <= set(metadata["tags"])
-    assert body.splitlines()[1] == "# tiny-run"
-    assert f"**{loss_name}**" in body
-    assert ("selfish loss" in body) == (margin is not None)
+    assert metadata["library_name"] == "transformers"
+    assert {"generated_from_trainer", "hf_selfish", "selfish-loss"} <= set(metadata["tags"])  # Trainer's tag kept
+    assert f"Training loss: {loss_text}" in body
+    assert ("selfish cross-entropy" in body) == (margin is not None)
+    assert "- steps: `2`" in body and "epochs" not in body
 
     last = [e for e in trainer.state.log_history if "eval_loss" in e][-1]
     assert last["step"] == 2
-    assert f"`eval_loss` {last['eval_loss']:.4f}" in body
+    assert f"Overall eval loss: {last['eval_loss']:.4f}" in body
     table = card_table(body)
-    assert list(table) == list(GROUPS)
-    columns = dict(hub.CARD_COLUMNS)
-    checked = 0
-    for group, row in table.items():
-        for stat, header in columns.items():
-            key = f"eval_{group}_{stat}"
-            if key not in last:
-                assert row[header] == "—"
-                continue
-            if stat in ("tokens", "types"):
-                assert int(row[header]) == last[key]
-            else:
-                assert float(row[header]) == pytest.approx(last[key], abs=5e-5)
-            checked += 1
-    assert checked >= 2 * len(columns)
-    assert int(table["rank_1-10"]["tokens"]) + int(table["rank_11-60"]["tokens"]) + int(
-        table["rank_61-67"]["tokens"]) == sum(v for k, v in last.items() if k.endswith("_tokens"))
+    assert list(table) == [group_label(group) for group in GROUPS]
+    for group in GROUPS:
+        row, tokens = table[group_label(group)], last[f"eval_{group}_tokens"]
+        assert tokens > 0
+        assert row["eval tokens (types)"] == f"{tokens:,} ({last[f'eval_{group}_types']})"
+        for stat in MEAN_STATS:
+            assert float(row[STAT_TITLES[stat]]) == pytest.approx(last[f"eval_{group}_{stat}"], abs=5e-5)
+    assert sum(last[f"eval_{group}_tokens"] for group in GROUPS) == sum(
+        int(row["eval tokens (types)"].split()[0].replace(",", "")) for row in table.values())
 
 
-def test_card_of_a_group_without_eval_tokens_and_of_an_unevaluated_run():
+def test_run_card_keeps_the_trainers_metadata_and_needs_an_evaluation(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\nlicense: mit\nbase_model: gpt2\n"
+                                        "tags:\n- generated_from_trainer\n---\n\n# auto-generated\n")
     history = [{"loss": 3.5, "step": 1},
                {"eval_loss": 3.25, "eval_a_nll": 3.0, "eval_a_nll_weighted": 3.5, "eval_a_tokens": 4,
                 "eval_a_types": 2, "eval_a_accuracy": 0.25, "eval_a_recall_at_5": 0.5, "eval_a_mrr": 0.375,
                 "eval_b_tokens": 0, "step": 1}]
-    text = hub.render_model_card(history, loss="plain cross-entropy", model_name="m")
-    table = card_table(card_parts(text)[1])
-    assert table["a"] == {"tokens": "4", "types": "2", "NLL (mean over types)": "3.0000",
-                          "NLL (mean over tokens)": "3.5000", "accuracy": "0.2500", "recall@5": "0.5000",
-                          "MRR": "0.3750"}
-    assert table["b"]["tokens"] == "0" and set(list(table["b"].values())[1:]) == {"—"}
-    with pytest.raises(ValueError, match="no eval_loss"):
-        hub.render_model_card(history[:1], loss="plain cross-entropy", model_name="m")
-
-
-@pytest.mark.parametrize("kwargs, text", [
-    ({"margin": None}, "plain cross-entropy"),
-    ({"margin": 2.0}, "selfish loss (margin 2)"),
-    ({"margin": 8.78, "setting": "auto", "top_p": 0.99}, "selfish loss (margin 8.78, auto: ln V - ln(1 - 0.99))"),
-    ({"margin": 1.0, "end": 4.0, "schedule": "linear"}, "selfish loss (margin 1, linear schedule to 4)"),
-])
-def test_describe_loss(kwargs, text):
-    assert hub.describe_loss(kwargs.pop("margin"), **kwargs) == text
+    args = {"selfish_margin": hub.margin_label("auto", 8.78), "max_steps": 1}
+    hub.write_run_card(tmp_path, history, args, model_id="tester/m")
+    metadata, body = card_parts((tmp_path / "README.md").read_text())
+    assert (metadata["license"], metadata["base_model"]) == ("mit", "gpt2")
+    assert "generated_from_trainer" in metadata["tags"] and "# auto-generated" not in body
+    assert "# tester/m" in body and "fine-tuned from `gpt2`" in body
+    assert "margin m = auto = 8.78 (ln V - ln(1 - top_p))" in body
+    table = card_table(body)
+    assert table["a"]["eval tokens (types)"] == "4 (2)" and table["a"][STAT_TITLES["mrr"]] == "0.3750"
+    assert table["b"]["eval tokens (types)"].startswith("0")
+    with pytest.raises(ValueError, match="no eval_loss; run trainer.evaluate"):
+        hub.write_run_card(tmp_path, history[:1], args)
 
 
 def test_trainer_push_to_hub_uploads_our_card(tmp_path, fake_hub):
@@ -196,7 +187,8 @@ def test_trainer_push_to_hub_uploads_our_card(tmp_path, fake_hub):
     assert upload["repo_id"] == "tester/tiny-selfish" and upload["folder"] == tmp_path / "run"
     assert "model.safetensors" in upload["files"]
     card = upload["files"]["README.md"].decode()
-    assert "**selfish loss (margin 2)**" in card and "| rank_1-10 |" in card
+    assert "# tester/tiny-selfish" in card and "**selfish cross-entropy** with margin m = 2" in card
+    assert f"| {group_label('rank_1-10')} |" in card
 
 
 # ------------------------------------------------------------------------------------------ preflight
@@ -238,7 +230,7 @@ def test_failed_final_push_keeps_every_file(tmp_path, monkeypatch):
     for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json",
                  "token_frequency.json", "README.md"):
         assert (out / name).is_file(), name
-    assert "**selfish loss (margin 2)**" in (out / "README.md").read_text()
+    assert "**selfish cross-entropy** with margin m = 2" in (out / "README.md").read_text()
     assert not (out / "run_result.json").exists()  # not finished: the same command runs (and pushes) again
 
 
