@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
+    PreTrainedConfig,
     PreTrainedModel,
     TrainerState,
     default_data_collator,
@@ -38,6 +41,7 @@ from .callbacks import RankBucketEvalCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
+from .hub import HUB_ERRORS, check_can_push, push_failed_error
 from .recipe import Arm, Recipe, RunArguments
 from .trainer import SelfishTrainer
 
@@ -116,36 +120,82 @@ def load_checkpoint_model(
     return model
 
 
-def _scratch_config(model_args: ModelArguments, vocab_size: int):
-    if model_args.config_name:
-        try:
-            config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
-        except OSError as err:
-            raise ValueError(
-                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
-                f"that holds one ({err})"
-            ) from None
-    elif model_args.model_type:
-        try:
-            config = AutoConfig.for_model(model_args.model_type)
-        except ValueError:
-            raise ValueError(
-                f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
-                "gpt2, llama, qwen2, mistral or gpt_neox"
-            ) from None
-    else:
-        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+def _scratch_config(model_args: ModelArguments, vocab_size: int) -> PreTrainedConfig:
+    """The config of a from-scratch model: ``config_name`` or ``model_type`` defaults, then ``config_overrides``.
+
+    The overrides are passed to the config's constructor, so the fields it derives (Llama's ``head_dim``
+    and ``num_key_value_heads``, Qwen2's ``layer_types``) follow them.
+    """
+    overrides = {}
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
+        overrides = parse_config_overrides(_base_config(model_args), model_args.config_overrides)
+    try:
+        config = _base_config(model_args, **overrides)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
     config.vocab_size = vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids of another vocabulary (gpt2: 50256)
         value = getattr(config, name, None)
         if isinstance(value, int) and value >= vocab_size:
             setattr(config, name, None)
     return config
+
+
+def _base_config(model_args: ModelArguments, **fields: Any) -> PreTrainedConfig:
+    """``config_name``'s config, else ``model_type``'s defaults, built with ``fields``."""
+    if model_args.config_name:
+        try:
+            return AutoConfig.from_pretrained(
+                model_args.config_name, trust_remote_code=model_args.trust_remote_code, **fields
+            )
+        except OSError as err:
+            raise ValueError(
+                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
+                f"that holds one ({err})"
+            ) from None
+    if not model_args.model_type:
+        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+    if model_args.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
+            "gpt2, llama, qwen2, mistral or gpt_neox"
+        )
+    return AutoConfig.for_model(model_args.model_type, **fields)
+
+
+def parse_config_overrides(config: PreTrainedConfig, text: str) -> dict[str, Any]:
+    """``"n_layer=2,n_embd=32"`` -> ``{"n_layer": 2, "n_embd": 32}``, typed like ``config``'s current values.
+
+    A field whose current value is None takes an int, a float, true/false, or else the string.
+    """
+    overrides: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"config_overrides {text!r}: {item!r} is not key=value; write e.g. 'n_layer=2,n_embd=32'")
+        if not hasattr(config, key):
+            raise ValueError(f"config_overrides {text!r}: {type(config).__name__} has no field {key!r}")
+        overrides[key] = _config_value(getattr(config, key), raw, key)
+    return overrides
+
+
+def _config_value(current: Any, raw: str, key: str) -> bool | int | float | str:
+    """``raw`` read as the type of the field's ``current`` value (None: the first of int, float, bool, str that fits)."""
+    if current is not None and not isinstance(current, (bool, int, float, str)):
+        raise ValueError(
+            f"config_overrides: {key} holds a {type(current).__name__}; only numbers, booleans and strings can be set"
+        )
+    kinds = (int, float, bool, str) if current is None else (type(current),)
+    for kind in kinds:
+        if kind is bool:
+            if raw.lower() in ("true", "false"):
+                return raw.lower() == "true"
+            continue
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    raise ValueError(f"config_overrides: cannot read {key}={raw!r} as {kinds[0].__name__}")
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
@@ -240,9 +290,9 @@ def train_run(
         trainer.evaluate()
         history = eval_history(trainer.state.log_history)
     seconds = time.perf_counter() - start
-    trainer.save_model()
     trainer.save_state()
     data.frequency.save(output_dir)
+    _save_model(trainer, output_dir)
     record = {
         "arm": arm,
         "seed": args.training.seed,
@@ -293,6 +343,16 @@ def _is_complete_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _save_model(trainer: SelfishTrainer, output_dir: Path) -> None:
+    """Save the model; with ``push_to_hub`` the Trainer then writes the model card and uploads ``output_dir``."""
+    try:
+        trainer.save_model()
+    except HUB_ERRORS as err:
+        if not trainer.args.push_to_hub:
+            raise
+        raise push_failed_error(output_dir, trainer.hub_model_id or trainer.args.hub_model_id, err) from err
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -374,6 +434,8 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     runs = comparison_runs(recipe)
     base = recipe.arguments()
+    if base.training.push_to_hub:  # fail before any training
+        check_can_push(base.training.hub_token)
     run_dir = comparison_dir(recipe)
     if check_run_dir(run_dir, recipe, base.experiment.overwrite):
         _clear_finished(run_dir, runs)
