@@ -31,9 +31,13 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train one run (one arm) of a recipe"),
                        ("compare", "train every arm x seed of a recipe, then write report and plots")):
-        cmd = sub.add_parser(name, help=text, description=f"{text}. Overrides: --KEY VALUE for any recipe key.",
+        # RECIPE is read off the unknown arguments (`_split_recipe`): an argparse positional would take the
+        # value of the first override when the recipe is left out (`train --train_file corpus.txt`).
+        usage = f"hf-selfish {name} [RECIPE]{' [--arm NAME]' if name == 'train' else ''} [--KEY VALUE ...]"
+        cmd = sub.add_parser(name, help=text, usage=usage,
+                             description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
+                                         "Overrides: --KEY VALUE for any recipe key.",
                              epilog="recipe keys: " + ", ".join(valid_keys()))
-        cmd.add_argument("recipe", nargs="?", help="YAML recipe (omit to use defaults and overrides only)")
         if name == "train":
             cmd.add_argument("--arm", help="the recipe arm to train (default: the recipe's shared values)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
@@ -44,8 +48,16 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
+    """The recipe path (the first argument, unless it is an override) and the overrides."""
+    if rest and not rest[0].startswith("--"):
+        return rest[0], rest[1:]
+    return None, rest
+
+
 def _cmd_train(ns, overrides) -> None:
     from .experiment import prepare_data, train_run
+    from .hub import check_can_push
 
     recipe = load_recipe(ns.recipe, overrides)
     arm = None
@@ -57,6 +69,8 @@ def _cmd_train(ns, overrides) -> None:
     args = recipe.arguments(arm)
     if args.training.output_dir is None:
         raise ValueError("set output_dir in the recipe or with --output_dir")
+    if args.training.push_to_hub:  # fail before the data and the training
+        check_can_push(args.training.hub_token)
     data = prepare_data(args.model, args.data)
     record = train_run(args, data, arm=ns.arm or "run")
     final = record["final"]
@@ -105,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with _sigterm_as_keyboard_interrupt():
             if ns.command in ("train", "compare"):
+                ns.recipe, rest = _split_recipe(rest)
                 overrides = parse_overrides(rest)
                 (_cmd_train if ns.command == "train" else _cmd_compare)(ns, overrides)
             else:

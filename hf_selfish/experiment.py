@@ -22,9 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import (
+    CONFIG_MAPPING,
     AutoConfig,
     AutoModelForCausalLM,
+    PreTrainedConfig,
     PreTrainedModel,
     TrainerState,
     default_data_collator,
@@ -38,6 +41,7 @@ from .callbacks import RankBucketEvalCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
+from .hub import HUB_ERRORS, check_can_push, push_failed_error
 from .recipe import Arm, Recipe, RunArguments
 from .trainer import SelfishTrainer
 
@@ -116,36 +120,82 @@ def load_checkpoint_model(
     return model
 
 
-def _scratch_config(model_args: ModelArguments, vocab_size: int):
-    if model_args.config_name:
-        try:
-            config = AutoConfig.from_pretrained(model_args.config_name, trust_remote_code=model_args.trust_remote_code)
-        except OSError as err:
-            raise ValueError(
-                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
-                f"that holds one ({err})"
-            ) from None
-    elif model_args.model_type:
-        try:
-            config = AutoConfig.for_model(model_args.model_type)
-        except ValueError:
-            raise ValueError(
-                f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
-                "gpt2, llama, qwen2, mistral or gpt_neox"
-            ) from None
-    else:
-        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+def _scratch_config(model_args: ModelArguments, vocab_size: int) -> PreTrainedConfig:
+    """The config of a from-scratch model: ``config_name`` or ``model_type`` defaults, then ``config_overrides``.
+
+    The overrides are passed to the config's constructor, so the fields it derives (Llama's ``head_dim``
+    and ``num_key_value_heads``, Qwen2's ``layer_types``) follow them.
+    """
+    overrides = {}
     if model_args.config_overrides:
-        try:
-            config.update_from_string(model_args.config_overrides)
-        except ValueError as err:
-            raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
+        overrides = parse_config_overrides(_base_config(model_args), model_args.config_overrides)
+    try:
+        config = _base_config(model_args, **overrides)
+    except (ValueError, TypeError, StrictDataclassError) as err:
+        raise ValueError(f"config_overrides {model_args.config_overrides!r}: {err}") from None
     config.vocab_size = vocab_size
     for name in ("bos_token_id", "eos_token_id", "pad_token_id"):  # ids of another vocabulary (gpt2: 50256)
         value = getattr(config, name, None)
         if isinstance(value, int) and value >= vocab_size:
             setattr(config, name, None)
     return config
+
+
+def _base_config(model_args: ModelArguments, **fields: Any) -> PreTrainedConfig:
+    """``config_name``'s config, else ``model_type``'s defaults, built with ``fields``."""
+    if model_args.config_name:
+        try:
+            return AutoConfig.from_pretrained(
+                model_args.config_name, trust_remote_code=model_args.trust_remote_code, **fields
+            )
+        except OSError as err:
+            raise ValueError(
+                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
+                f"that holds one ({err})"
+            ) from None
+    if not model_args.model_type:
+        raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
+    if model_args.model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"unknown model_type {model_args.model_type!r}: use a transformers model type such as "
+            "gpt2, llama, qwen2, mistral or gpt_neox"
+        )
+    return AutoConfig.for_model(model_args.model_type, **fields)
+
+
+def parse_config_overrides(config: PreTrainedConfig, text: str) -> dict[str, Any]:
+    """``"n_layer=2,n_embd=32"`` -> ``{"n_layer": 2, "n_embd": 32}``, typed like ``config``'s current values.
+
+    A field whose current value is None takes an int, a float, true/false, or else the string.
+    """
+    overrides: dict[str, Any] = {}
+    for item in text.split(","):
+        key, sep, raw = (part.strip() for part in item.partition("="))
+        if not sep or not key:
+            raise ValueError(f"config_overrides {text!r}: {item!r} is not key=value; write e.g. 'n_layer=2,n_embd=32'")
+        if not hasattr(config, key):
+            raise ValueError(f"config_overrides {text!r}: {type(config).__name__} has no field {key!r}")
+        overrides[key] = _config_value(getattr(config, key), raw, key)
+    return overrides
+
+
+def _config_value(current: Any, raw: str, key: str) -> bool | int | float | str:
+    """``raw`` read as the type of the field's ``current`` value (None: the first of int, float, bool, str that fits)."""
+    if current is not None and not isinstance(current, (bool, int, float, str)):
+        raise ValueError(
+            f"config_overrides: {key} holds a {type(current).__name__}; only numbers, booleans and strings can be set"
+        )
+    kinds = (int, float, bool, str) if current is None else (type(current),)
+    for kind in kinds:
+        if kind is bool:
+            if raw.lower() in ("true", "false"):
+                return raw.lower() == "true"
+            continue
+        try:
+            return kind(raw)
+        except ValueError:
+            continue
+    raise ValueError(f"config_overrides: cannot read {key}={raw!r} as {kinds[0].__name__}")
 
 
 def max_positions(model: PreTrainedModel) -> int | None:
@@ -173,11 +223,18 @@ def check_model_fits(model: PreTrainedModel, vocab_size: int, block_size: int) -
 # --------------------------------------------------------------------------------------------- trainer
 
 
-def build_trainer(args: RunArguments, model: PreTrainedModel, data: PreparedData) -> SelfishTrainer:
-    """A `SelfishTrainer` with rank-bucket evaluation (metrics logged as ``eval_{group}_{stat}``)."""
+def build_trainer(
+    args: RunArguments, model: PreTrainedModel, data: PreparedData, groups: dict[str, list[int]] | None = None
+) -> SelfishTrainer:
+    """A `SelfishTrainer` with rank-bucket evaluation (metrics logged as ``eval_{group}_{stat}``).
+
+    ``groups`` default to the run's own data groups; a comparison passes its reference groups so
+    every arm is scored on the same token groups.
+    """
     training = args.training
     training.batch_eval_metrics = True  # accumulate eval statistics batch by batch: O(V) memory
-    rank_buckets = RankBucketEvalCallback(data.groups, model.get_output_embeddings().weight.shape[0])
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    rank_buckets = RankBucketEvalCallback(groups or data.groups, vocab_size)
     return SelfishTrainer(
         model=model,
         args=training,
@@ -199,7 +256,9 @@ def train_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in log_history if "loss" in entry and "eval_loss" not in entry]
 
 
-def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> dict[str, Any]:
+def train_run(
+    args: RunArguments, data: PreparedData, *, arm: str = "run", groups: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
     """Train one run into ``args.training.output_dir`` and return its record (see `results.json`).
 
     A finished run (``run_result.json`` present) is returned as it is; an interrupted one resumes
@@ -220,7 +279,7 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         model = load_checkpoint_model(args.model, checkpoint, data.vocab_size, args.data.block_size)
     else:
         model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
-    trainer = build_trainer(args, model, data)
+    trainer = build_trainer(args, model, data, groups)
     start = time.perf_counter()
     if trained:
         trainer.state = state
@@ -231,13 +290,14 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         trainer.evaluate()
         history = eval_history(trainer.state.log_history)
     seconds = time.perf_counter() - start
-    trainer.save_model()
     trainer.save_state()
     data.frequency.save(output_dir)
+    _save_model(trainer, output_dir)
     record = {
         "arm": arm,
         "seed": args.training.seed,
-        "selfish_margin": args.training.selfish_margin,
+        "selfish_margin": trainer.margin_schedule.start,  # "auto" resolved against the vocabulary
+        "selfish_margin_setting": args.training.selfish_margin,
         "output_dir": str(output_dir),
         "status": "finished",
         "resumed_from": checkpoint,
@@ -283,6 +343,16 @@ def _is_complete_checkpoint(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return True
+
+
+def _save_model(trainer: SelfishTrainer, output_dir: Path) -> None:
+    """Save the model; with ``push_to_hub`` the Trainer then writes the model card and uploads ``output_dir``."""
+    try:
+        trainer.save_model()
+    except HUB_ERRORS as err:
+        if not trainer.args.push_to_hub:
+            raise
+        raise push_failed_error(output_dir, trainer.hub_model_id or trainer.args.hub_model_id, err) from err
 
 
 # --------------------------------------------------------------------------------------------- compare
@@ -364,6 +434,8 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     runs = comparison_runs(recipe)
     base = recipe.arguments()
+    if base.training.push_to_hub:  # fail before any training
+        check_can_push(base.training.hub_token)
     run_dir = comparison_dir(recipe)
     if check_run_dir(run_dir, recipe, base.experiment.overwrite):
         _clear_finished(run_dir, runs)
@@ -380,7 +452,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(run_dir / RESULTS_FILE, _results(recipe, run_dir, reference, runs, records))
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
-        record = train_run(args, data, arm=arm.name)
+        record = train_run(args, data, arm=arm.name, groups=reference.groups)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
         records.append(record)
         final = record["final"]
@@ -397,6 +469,13 @@ def _clear_finished(run_dir: Path, runs) -> None:
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 
+def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Name and margin of an arm (the resolved number once one of its runs has trained)."""
+    resolved = [r["selfish_margin"] for r in records if r["arm"] == arm.name]
+    margin = resolved[0] if resolved else args.training.selfish_margin
+    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": args.training.selfish_margin}
+
+
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:
     data.frequency.save(run_dir)
     return {
@@ -407,7 +486,6 @@ def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -
         "tokens": data.frequency.tokens,
         "train_counts": data.frequency.counts,
         "groups": data.groups,
-        "arms": [{"name": arm.name, "selfish_margin": args.training.selfish_margin}
-                 for arm, seed, args in runs if seed == runs[0][1]],
+        "arms": [_arm_summary(arm, args, records) for arm, seed, args in runs if seed == runs[0][1]],
         "runs": records,
     }

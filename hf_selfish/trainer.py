@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
+from .hub import margin_label, write_run_card
 from .loss import selfish_causal_lm_loss, validate_margin
 from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
 
@@ -167,6 +168,22 @@ class SelfishTrainer(Trainer):
             self._masked_fraction_count += 1
         loss = self._scale_for_token_averaging(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def create_model_card(self, **kwargs) -> None:
+        """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.hub.write_run_card`.
+
+        Its metadata (base model, license, tags) is kept; the body states the training loss (selfish and
+        its margin, or plain cross-entropy) and holds the per-group table of the last evaluation.
+        """
+        super().create_model_card(**kwargs)
+        if not self.is_world_process_zero():
+            return
+        settings = self.args.to_dict()
+        settings["selfish_margin"] = margin_label(self.args.selfish_margin, self.margin_schedule.start)
+        if self.args.max_steps > 0:  # max_steps overrides the epochs
+            settings.pop("num_train_epochs", None)
+        write_run_card(self.args.output_dir, self.state.log_history, settings,
+                       model_id=self.hub_model_id or self.args.hub_model_id)
 
     def _scale_for_token_averaging(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """Undo DDP's gradient mean when the token count was summed over processes (as Trainer does)."""

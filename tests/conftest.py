@@ -22,6 +22,11 @@ def tinyshakespeare_path() -> Path:
     return REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 
+# Pipeline tests (and the subprocesses they start) find the text the way users do: the env variable.
+if tinyshakespeare_path().is_file():
+    os.environ.setdefault("HF_SELFISH_TINYSHAKESPEARE", str(tinyshakespeare_path()))
+
+
 @pytest.fixture(scope="session")
 def tinyshakespeare_file() -> Path:
     """Path of the local tinyshakespeare text; skips the test when the file is not there."""

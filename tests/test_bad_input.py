@@ -128,7 +128,7 @@ def test_unknown_key_in_the_recipe_or_an_arm(tmp_path, capsys, extra, where, hin
         ("arms:\n  - {name: a}\n  - {name: a}\n", "arm names must be unique, got ['a', 'a']"),
         ("arms:\n  - {selfish_margin: 1}\n", "arm #1 must be a mapping with a 'name', got {'selfish_margin': 1}"),
         ("selfish_margin_schedule: cosine\n", "a cosine margin schedule needs a start margin (selfish_margin) and an "
-         "end margin (selfish_margin_end), got start=None, end=None"),
+         "end margin (selfish_margin_end), got start=2.0, end=None"),
         ("selfish_margin: auto\nselfish_top_p: 1.5\n", "selfish_top_p must lie strictly between 0 and 1, got 1.5"),
     ],
 )
