@@ -281,7 +281,7 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
 def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, small_text, monkeypatch):
     import hf_selfish.experiment as experiment
 
-    def interrupted_after_a_checkpoint(args, data, arm):
+    def interrupted_after_a_checkpoint(args, data, **kwargs):
         checkpoint = Path(args.training.output_dir) / "checkpoint-4"
         checkpoint.mkdir(parents=True)
         (checkpoint / "trainer_state.json").write_text("{}")
