@@ -271,7 +271,8 @@ def train_run(
         return read_json(finished, what="run result")
     checkpoint = last_checkpoint(output_dir)
     state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
-    trained = state is not None and 0 < state.max_steps <= state.global_step
+    # at max_steps already (this run's: it may extend the checkpoint's); epoch-based runs resume correctly
+    trained = state is not None and 0 < args.training.max_steps <= state.global_step
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
         args.training.eval_on_start = False  # the checkpoint's history holds that evaluation already
