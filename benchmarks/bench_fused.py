@@ -1,5 +1,9 @@
 """Time and peak memory of linear + loss, forward + backward: plain CE, unfused selfish, fused selfish.
 
+The unfused selfish loss runs two ways: the explicit reference (``masked_fill`` then
+``F.cross_entropy``, the ratio baseline) and ``hf_selfish.loss.selfish_cross_entropy`` (what the
+trainer runs without fusion; it keeps one ``[N, V]`` tensor for backward instead of several).
+
 All three run side by side in one process on the same random ``hidden [N, d]``, ``weight [V, d]``
 and labels, interleaved repeat by repeat (so a busy machine slows them alike), and the script
 prints a markdown table with the ratios to the unfused selfish loss. Targets (issue 7): at
@@ -12,7 +16,8 @@ gradients included):
 * CPU: the process's peak resident set. On Linux the kernel's high-water mark (``VmHWM``) is reset
   before each call through ``/proc/self/clear_refs``, which is exact; elsewhere a background thread
   samples the RSS with psutil every millisecond (torch's CPU allocations are invisible to
-  tracemalloc).
+  tracemalloc). glibc's ``malloc_trim`` runs first, so memory freed by the previous call is not
+  silently reused (which would hide part of this call's peak).
 
 Usage::
 
@@ -24,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import os
 import re
@@ -37,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from hf_selfish.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.loss import selfish_cross_entropy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -85,6 +92,11 @@ def linear_selfish_unfused(hidden, weight, labels, config: BenchConfig) -> torch
     return F.cross_entropy(masked, labels)
 
 
+def linear_selfish_loss_py(hidden, weight, labels, config: BenchConfig) -> torch.Tensor:
+    """What the trainer runs unfused: the logits, then hf_selfish.loss (saves one [N, V] tensor)."""
+    return selfish_cross_entropy(hidden @ weight.T, labels, config.margin)
+
+
 def linear_selfish_fused(hidden, weight, labels, config: BenchConfig) -> torch.Tensor:
     return linear_selfish_cross_entropy(hidden, weight, labels, config.margin, chunk_size=config.chunk_size)
 
@@ -92,6 +104,7 @@ def linear_selfish_fused(hidden, weight, labels, config: BenchConfig) -> torch.T
 METHODS: dict[str, Callable] = {
     "linear + F.cross_entropy": linear_cross_entropy,
     "linear + selfish (unfused)": linear_selfish_unfused,
+    "linear + selfish_cross_entropy": linear_selfish_loss_py,
     "fused selfish": linear_selfish_fused,
 }
 REFERENCE = "linear + selfish (unfused)"
@@ -115,6 +128,7 @@ class CpuPeakMemory:
 
     def __enter__(self):
         gc.collect()
+        _malloc_trim()  # give freed heap pages back, so an earlier call's garbage does not hide this one's
         if self.use_hwm:
             _reset_hwm()
             self.start = _read_status_bytes("VmRSS")
@@ -152,6 +166,13 @@ def _can_reset_hwm() -> bool:
         return True
     except (OSError, AttributeError):
         return False
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def _reset_hwm() -> None:

@@ -51,12 +51,21 @@ gradients are not supported.
 
 from __future__ import annotations
 
-import math
-from typing import NamedTuple
+import inspect
+from typing import Any, NamedTuple
 
 import torch
 
-__all__ = ["linear_selfish_cross_entropy", "default_chunk_size", "DEFAULT_CHUNK_BYTES"]
+from .loss import shift_causal_labels, validate_margin
+
+__all__ = [
+    "linear_selfish_cross_entropy",
+    "fused_causal_lm_loss",
+    "check_fusable",
+    "default_chunk_size",
+    "DEFAULT_CHUNK_BYTES",
+    "LOGIT_TRANSFORM_ATTRIBUTES",
+]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``; the chunk working set is about 2-3 times it.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -70,18 +79,6 @@ def default_chunk_size(vocab_size: int, n_rows: int) -> int:
     """Rows per chunk so that the chunk's float32 logits fit :data:`DEFAULT_CHUNK_BYTES`, at most N."""
     rows = max(1, DEFAULT_CHUNK_BYTES // (4 * max(1, vocab_size)))
     return max(1, min(rows, n_rows))
-
-
-def _validate_margin(margin: float | None) -> float | None:
-    """``None`` (or ``inf``) for plain CE, else the non-negative margin; ValueError otherwise."""
-    if margin is None:
-        return None
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
-        raise ValueError(f"selfish margin must be a non-negative number or None, got {margin!r}")
-    margin = float(margin)
-    if math.isnan(margin) or margin < 0:
-        raise ValueError(f"selfish margin must be a non-negative number or None, got {margin!r}")
-    return None if math.isinf(margin) else margin
 
 
 class _ChunkResult(NamedTuple):
@@ -293,7 +290,7 @@ def linear_selfish_cross_entropy(
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
     """
-    margin = _validate_margin(margin)
+    margin = validate_margin(margin)
     _check_inputs(hidden, weight, bias, labels)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -324,3 +321,142 @@ def _needs_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return False, False, False
     return hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad
 
+
+
+# ---- causal LMs: the model's last hidden state and output embedding, fed to the fused loss ----
+
+# Config attributes of models whose forward transforms the logits after the output embedding, with
+# the values that mean "no transform". A model with any other value is refused: the fused loss
+# computes ``hidden @ weight.T + bias`` and nothing else.
+LOGIT_TRANSFORM_ATTRIBUTES: dict[str, tuple] = {
+    "final_logit_softcapping": (None,),  # Gemma 2/3/3n, ...: cap * tanh(logits / cap)
+    "logits_soft_cap": (None,),
+    "logit_scale": (None, 1, 1.0),  # Cohere: logits * logit_scale
+    "logits_scaling": (None, 1, 1.0),  # Granite: logits / logits_scaling
+    "lm_head_multiplier": (None, 1, 1.0),  # Falcon-H1: lm_head(h) * multiplier
+    "logits_mup_width_multiplier": (None, 1, 1.0),  # muP: lm_head(h / multiplier)
+}
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The Hugging Face model inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
+def check_fusable(model: torch.nn.Module) -> torch.nn.Linear:
+    """The model's output embedding, if the fused loss reproduces its logits; else a ``ValueError``.
+
+    Refused: models whose config transforms logits after the head (see
+    :data:`LOGIT_TRANSFORM_ATTRIBUTES`, named in the error), models whose output embedding is not a
+    plain ``nn.Linear``, and models whose ``forward`` has no ``logits_to_keep`` argument.
+    """
+    model = _unwrap(model)
+    name = type(model).__name__
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        configs.append(model.config.get_text_config())
+    for config in configs:
+        for attribute, neutral in LOGIT_TRANSFORM_ATTRIBUTES.items():
+            value = getattr(config, attribute, None)
+            if value not in neutral:
+                raise ValueError(
+                    f"{name} transforms its logits after the output embedding (config.{attribute}={value!r}); "
+                    "the fused selfish loss computes hidden @ weight.T only. Train it unfused (selfish_fused=False)."
+                )
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if not isinstance(head, torch.nn.Linear):
+        raise ValueError(
+            f"{name}.get_output_embeddings() is {type(head).__name__}, not an nn.Linear; "
+            "the fused selfish loss needs a linear LM head. Train it unfused (selfish_fused=False)."
+        )
+    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
+        raise ValueError(
+            f"{name}.forward takes no `logits_to_keep`, so it would compute the full logits anyway; "
+            "train it unfused (selfish_fused=False)."
+        )
+    return head
+
+
+def fused_causal_lm_loss(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    labels: torch.Tensor | None,
+    margin: float | None = 2.0,
+    *,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    chunk_size: int | None = None,
+    return_masked_fraction: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selfish causal-LM loss of ``model`` on ``inputs`` without its ``[B, T, V]`` logits.
+
+    Equals ``selfish_causal_lm_loss(model(**inputs).logits, labels, margin, ...)`` in value and in
+    the gradient of every parameter. The model runs through its own ``forward`` (so DDP and other
+    wrappers see a normal call) with ``logits_to_keep=1`` and ``output_hidden_states=True``: its head
+    computes the logits of the last position only, and the last hidden state ``[B, T, d]`` and the
+    output embedding go to :func:`linear_selfish_cross_entropy`. The last position's logits, which
+    the model computed itself, are compared with ``head(last hidden state)`` on every call, so a
+    model that transforms its logits in a way this module does not know of is refused, never
+    silently trained on a different loss.
+
+    Args:
+        model: a causal LM (``...ForCausalLM``), possibly wrapped by DDP or ``torch.compile``.
+        inputs: the batch without labels (``input_ids``, ``attention_mask``, ...).
+        labels: ``[B, T]`` unshifted labels, shifted here like ``ForCausalLMLoss``; or pass
+            ``shift_labels`` already aligned with the positions.
+        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction: as in
+            :func:`linear_selfish_cross_entropy`.
+    """
+    head = check_fusable(model)
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("fused_causal_lm_loss needs `labels` or `shift_labels`, got neither")
+        shift_labels = shift_causal_labels(labels, ignore_index)
+    inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+    hidden = outputs.hidden_states[-1]  # [B, T, d]
+    weight, bias = head.weight, head.bias  # [V, d], [V] or None
+    _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias)
+    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
+        return linear_selfish_cross_entropy(
+            hidden, weight, shift_labels.to(hidden.device), margin,
+            bias=bias, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch,
+            chunk_size=chunk_size, return_masked_fraction=return_masked_fraction,
+        )
+
+
+def _check_head_reproduces_logits(model, logits, hidden, weight, bias) -> None:
+    """Raise a ``ValueError`` if the model's last-position logits are not ``F.linear(hidden, weight, bias)``."""
+    with torch.no_grad():
+        if logits.shape[-2] != 1:
+            raise ValueError(
+                f"{type(_unwrap(model)).__name__} ignored logits_to_keep=1 and computed logits {tuple(logits.shape)}; "
+                "the fused loss would save nothing. Train it unfused (selfish_fused=False)."
+            )
+        expected = torch.nn.functional.linear(hidden[:, -1:], weight, bias).float()  # [B, 1, V]
+        got = logits.float()
+        tolerance = 1e-4 if logits.dtype == torch.float32 else 2e-2  # same matmul: equal up to rounding
+        if not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
+            error = (got - expected).abs().max().item()
+            raise ValueError(
+                f"{type(_unwrap(model)).__name__}'s logits differ from output_embeddings(last hidden state) by up to "
+                f"{error:.3g}: the model transforms its logits after the head, which the fused selfish loss cannot "
+                "reproduce. Train it unfused (selfish_fused=False)."
+            )
+
+
+def _autocast_inputs(hidden, weight, bias):
+    """Cast to the autocast dtype when autocast is on, as the model's ``lm_head`` would run under it."""
+    device_type = hidden.device.type
+    if not torch.is_autocast_enabled(device_type):
+        return hidden, weight, bias
+    dtype = torch.get_autocast_dtype(device_type)
+    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)
