@@ -8,7 +8,7 @@ import math
 from hf_selfish.experiment import compare
 from hf_selfish.recipe import load_recipe
 
-from .test_resume import one_thread, recipe_text, small_text  # noqa: F401  (fixtures)
+from .test_resume import recipe_text
 
 
 def eval_metrics(results: dict) -> list[dict]:
