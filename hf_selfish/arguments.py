@@ -77,3 +77,21 @@ class DataArguments:
         default="paragraph", metadata={"help": "Text unit assigned to a language: 'paragraph' or 'line'."}
     )
     low_resource_seed: int = field(default=0, metadata={"help": "Seed of the language assignment."})
+    train_language: str | None = field(
+        default=None,
+        metadata={"help": "With the simulation: train on this language only ('lang_small' or 'lang_main')."},
+    )
+
+
+@dataclass
+class ExperimentArguments:
+    """How `hf-selfish compare` repeats and stores the arms of a recipe."""
+
+    seeds: int = field(default=1, metadata={"help": "Repeat every arm with seeds seed, seed+1, ..., seed+N-1."})
+    overwrite: bool = field(
+        default=False, metadata={"help": "Replace a finished comparison in output_dir instead of refusing."}
+    )
+    sweep_margins: list[str] | None = field(
+        default=None,
+        metadata={"help": "Margin sweep: arms = the CE baseline + one selfish arm per margin (numbers or 'auto')."},
+    )

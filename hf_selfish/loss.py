@@ -1,0 +1,198 @@
+"""Selfish cross-entropy: cross-entropy that ignores negatives already far below the target.
+
+Per position, with ``t`` the target id and ``m`` the margin::
+
+    threshold = logits[t] - m
+    logits[logits < threshold] = -inf        # the target itself is never masked
+    loss = cross_entropy(logits, t)
+
+so every probability below ``P(t) * exp(-m)`` leaves the softmax and stops receiving gradient
+(scenario 2.2 of the seed: a token pushed down where it is not the target).
+
+``margin=None`` (or ``inf``) is plain cross-entropy and goes through ``F.cross_entropy`` itself, so
+both arms of an experiment share one code path. The reduction follows transformers'
+``fixed_cross_entropy``: ``sum / num_items_in_batch`` when given (exact gradient accumulation),
+else the mean over non-ignored positions; a batch with no labelled position gives 0, never NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["selfish_cross_entropy", "selfish_causal_lm_loss", "validate_margin", "shift_causal_labels"]
+
+
+def validate_margin(margin: float | None) -> float | None:
+    """Return ``margin`` as a float (``None`` for plain CE) or raise a ``ValueError`` naming it.
+
+    ``None`` and ``+inf`` mean "no masking". Negative, NaN or non-numeric margins are refused: a
+    negative margin would mask the target's own neighbourhood and change what the loss means.
+    """
+    if margin is None:
+        return None
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        try:
+            margin = float(margin)
+        except (TypeError, ValueError):
+            raise ValueError(f"selfish margin must be a non-negative number or None, got {margin!r}") from None
+    margin = float(margin)
+    if math.isnan(margin) or margin < 0:
+        raise ValueError(f"selfish margin must be a non-negative number or None, got {margin!r}")
+    if math.isinf(margin):
+        return None
+    return margin
+
+
+# Largest float32 below zero that is not a denormal: ``z > _KEEP_ABOVE`` is ``z >= 0`` for every
+# normal float, and stays so when the CPU flushes denormals to zero.
+_KEEP_ABOVE = -torch.finfo(torch.float32).tiny
+
+
+class _SelfishCrossEntropySum(torch.autograd.Function):
+    """Sum over rows of the selfish NLL, with a hand-written backward ``p_kept - onehot``.
+
+    The forward shifts each row by its threshold (``z = x - (x_t - margin)``, so kept entries are
+    exactly those with ``z >= 0``), sends the rest to ``-inf`` in place with ``F.threshold_`` and
+    takes the native ``log_softmax``. It saves only that ``[N, V]`` float32 log-probability tensor,
+    the same footprint as ``F.cross_entropy``; masked entries are ``-inf`` there, so their gradient
+    ``exp(-inf) = 0`` is exactly zero. No ``[N, V]`` boolean mask is kept.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, labels, valid, margin: float, count_masked: bool):
+        # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
+        threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
+        shifted = logits.float() - threshold  # [N, V] new float32; kept <=> >= 0 (exact in fp)
+        F.threshold(shifted, _KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
+        n_masked = torch.isneginf(shifted).sum(dim=1) if count_masked else None  # [N]
+        log_probs = torch.log_softmax(shifted, dim=1)  # [N, V]; shifting a row leaves it unchanged
+        del shifted
+        nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [N]
+        nll = torch.where(valid, nll, torch.zeros_like(nll))  # ignored rows give 0, never NaN
+        ctx.save_for_backward(log_probs, labels, valid)
+        ctx.input_dtype = logits.dtype
+        if n_masked is None:
+            n_masked = torch.zeros_like(labels)
+        ctx.mark_non_differentiable(n_masked)
+        return nll.sum(), n_masked
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_masked):
+        log_probs, labels, valid = ctx.saved_tensors
+        row_scale = valid.to(log_probs.dtype) * grad_loss  # [N]; 0 on ignored rows
+        grad = log_probs.exp().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale
+        rows = torch.arange(grad.shape[0], device=grad.device)
+        grad[rows, labels] -= row_scale  # minus the target's one-hot
+        return grad.to(ctx.input_dtype), None, None, None, None
+
+
+def _reduce(loss_sum: torch.Tensor, n_valid: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+    """``sum / num_items_in_batch`` when given, else ``sum / #valid`` (0 when nothing is valid)."""
+    if num_items_in_batch is not None:
+        if torch.is_tensor(num_items_in_batch):
+            num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+        return loss_sum / num_items_in_batch
+    return loss_sum / n_valid.clamp(min=1).to(loss_sum.dtype)
+
+
+def selfish_cross_entropy(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | None = 2.0,
+    *,
+    ignore_index: int = -100,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    return_masked_fraction: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selfish cross-entropy on aligned ``logits [..., V]`` and ``labels [...]``.
+
+    Args:
+        logits: unnormalised scores, any float dtype; upcast to float32 inside.
+        labels: target ids with ``ignore_index`` on positions that carry no loss.
+        margin: keep logits ``>= logit[target] - margin``; ``None``/``inf`` is plain cross-entropy.
+        ignore_index: label value that marks positions without loss.
+        num_items_in_batch: divide the summed loss by this (gradient accumulation); else take the
+            mean over non-ignored positions.
+        return_masked_fraction: also return the fraction of (valid position, vocab) entries that the
+            margin removed from the softmax (a detached scalar; 0 for plain cross-entropy).
+
+    Returns:
+        The scalar float32 loss, or ``(loss, masked_fraction)``.
+    """
+    margin = validate_margin(margin)
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align: "
+            "logits must be labels.shape + (vocab,)"
+        )
+    vocab_size = logits.shape[-1]
+    logits = logits.reshape(-1, vocab_size)  # [N, V]
+    labels = labels.reshape(-1).to(logits.device)  # [N]
+    valid = labels != ignore_index  # [N]
+    _check_label_range(labels, valid, vocab_size)
+
+    if margin is None:
+        loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        loss = _reduce(loss_sum, valid.sum(), num_items_in_batch)
+        masked_fraction = torch.zeros((), device=logits.device)
+    else:
+        safe_labels = torch.where(valid, labels, torch.zeros_like(labels))  # never gather at -100
+        loss_sum, n_masked = _SelfishCrossEntropySum.apply(
+            logits, safe_labels, valid, margin, return_masked_fraction
+        )
+        loss = _reduce(loss_sum, valid.sum(), num_items_in_batch)
+        masked_fraction = (n_masked * valid).sum() / (valid.sum().clamp(min=1) * vocab_size)
+    if return_masked_fraction:
+        return loss, masked_fraction.detach().float()
+    return loss
+
+
+def _check_label_range(labels: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> None:
+    """Raise a ``ValueError`` naming the first label outside ``[0, vocab_size)``."""
+    bad = valid & ((labels < 0) | (labels >= vocab_size))
+    if bool(bad.any()):
+        value = int(labels[bad][0])
+        raise ValueError(
+            f"label id {value} is outside the vocabulary of the logits (size {vocab_size}); "
+            "does the tokenizer's vocabulary match the model's embeddings?"
+        )
+
+
+def shift_causal_labels(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Labels aligned with causal-LM logits: ``shift[:, t] = labels[:, t + 1]``, last = ignore."""
+    labels = F.pad(labels, (0, 1), value=ignore_index)  # [B, T + 1]
+    return labels[..., 1:].contiguous()  # [B, T]
+
+
+def selfish_causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    margin: float | None = 2.0,
+    *,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    ignore_index: int = -100,
+    shift_labels: torch.Tensor | None = None,
+    return_masked_fraction: bool = False,
+    **kwargs,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Selfish loss for a causal LM, shifting exactly like ``transformers``' ``ForCausalLMLoss``.
+
+    ``logits [B, T, V]`` at position ``t`` predict ``labels[:, t + 1]``; pass ``shift_labels`` when
+    the collator already aligned them (padding-free batches). Extra ``kwargs`` are accepted and
+    ignored, like transformers' loss functions.
+    """
+    if shift_labels is None:
+        if labels is None:
+            raise ValueError("selfish_causal_lm_loss needs `labels` or `shift_labels`, got neither")
+        shift_labels = shift_causal_labels(labels, ignore_index)
+    return selfish_cross_entropy(
+        logits,
+        shift_labels.to(logits.device),
+        margin,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
+        return_masked_fraction=return_masked_fraction,
+    )

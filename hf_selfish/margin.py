@@ -1,0 +1,93 @@
+"""The margin of the selfish loss: validation, the "auto" rule, and schedules over training.
+
+``auto``: with vocabulary ``V`` and nucleus ``top_p``, ``margin = ln(V) - ln(1 - top_p)``. The margin
+masks tokens with ``p < P(target) · e^-margin = P(target) · (1 - top_p) / V``; even all ``V`` of them
+together hold less than ``1 - top_p``, so every masked negative lies outside the top-p nucleus that
+sampling draws from: training stops pushing only tokens that could never be sampled
+(V = 200k, top_p = 0.99 gives 16.8; V = 65 gives 8.78).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .loss import validate_margin
+
+__all__ = ["AUTO", "SCHEDULES", "auto_margin", "check_schedule", "check_top_p", "parse_margin", "MarginSchedule"]
+
+AUTO = "auto"
+SCHEDULES = ("constant", "linear", "cosine")
+_NONE_STRINGS = {"none", "null", ""}
+
+
+def check_top_p(top_p: float) -> float:
+    if not 0.0 < top_p < 1.0:
+        raise ValueError(f"selfish_top_p must lie strictly between 0 and 1, got {top_p!r}")
+    return top_p
+
+
+def auto_margin(vocab_size: int, top_p: float = 0.99) -> float:
+    """``ln(V) - ln(1 - top_p)``, the "auto" margin for a vocabulary of ``vocab_size`` tokens."""
+    if not isinstance(vocab_size, int) or vocab_size < 2:
+        raise ValueError(f"auto margin needs a vocabulary of at least 2 tokens, got {vocab_size!r}")
+    return math.log(vocab_size) - math.log1p(-check_top_p(top_p))
+
+
+def check_schedule(kind: str, start, end) -> None:
+    """A schedule name from `SCHEDULES`; linear/cosine need both a start and an end margin."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"selfish_margin_schedule must be one of {SCHEDULES}, got {kind!r}")
+    if kind != "constant" and (start is None or end is None):
+        raise ValueError(
+            f"a {kind} margin schedule needs a start margin (selfish_margin) and an end margin "
+            f"(selfish_margin_end), got start={start!r}, end={end!r}"
+        )
+
+
+def parse_margin(value: float | str | None) -> float | str | None:
+    """A margin setting: a non-negative number, ``"auto"``, or ``None`` (plain cross-entropy).
+
+    Strings from recipes and command lines ("2", "null", "auto") are accepted; anything else raises
+    a ``ValueError`` naming the value.
+    """
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in _NONE_STRINGS:
+            return None
+        if text == AUTO:
+            return AUTO
+    return validate_margin(value)
+
+
+@dataclass(frozen=True)
+class MarginSchedule:
+    """The margin as a function of training progress: constant, or linear/cosine from start to end.
+
+    ``None`` for ``start`` is plain cross-entropy throughout (the baseline arm).
+    """
+
+    start: float | None
+    end: float | None = None
+    kind: str = "constant"
+
+    def __post_init__(self):
+        check_schedule(self.kind, self.start, self.end)
+
+    @classmethod
+    def from_settings(cls, margin, end, kind: str, vocab_size: int, top_p: float) -> MarginSchedule:
+        """Resolve ``"auto"`` (start or end) against the model's vocabulary."""
+        def resolve(value):
+            value = parse_margin(value)
+            return auto_margin(vocab_size, top_p) if value == AUTO else value
+
+        return cls(start=resolve(margin), end=resolve(end), kind=kind)
+
+    def at(self, step: int, total_steps: int) -> float | None:
+        """The margin at ``step`` of ``total_steps`` (the end margin from the last step on)."""
+        if self.kind == "constant" or self.start is None:
+            return self.start
+        progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
+        if self.kind == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.start + (self.end - self.start) * progress

@@ -1,0 +1,201 @@
+"""Recipes: one YAML file (plus command-line overrides) -> the argument dataclasses of every arm.
+
+A recipe is a flat mapping of `ModelArguments`, `DataArguments`, `SelfishTrainingArguments` and
+`ExperimentArguments` fields, plus an optional ``arms`` list; each arm has a ``name`` and overrides
+any of those fields (usually just ``selfish_margin``)::
+
+    model_type: gpt2
+    block_size: 64
+    max_steps: 2000
+    arms:
+      - {name: baseline, selfish_margin: null}
+      - {name: selfish, selfish_margin: 2.0}
+
+Values are converted with the same argparse types `HfArgumentParser` builds from the dataclasses, so
+``learning_rate: 1e-3`` (a string to YAML) and ``--max_steps 50`` on the command line both work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import HfArgumentParser
+from transformers.hf_argparser import string_to_bool
+
+from .arguments import DataArguments, ExperimentArguments, ModelArguments
+from .trainer import SelfishTrainingArguments
+
+__all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "DEFAULT_ARMS"]
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
+DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
+_NONE_STRINGS = {"None", "null", "~"}  # "none" stays a string: report_to: none
+
+
+@dataclass
+class RunArguments:
+    """The parsed arguments of one training run (one arm, one seed)."""
+
+    model: ModelArguments
+    data: DataArguments
+    training: SelfishTrainingArguments
+    experiment: ExperimentArguments
+
+
+@dataclass
+class Arm:
+    """One arm of a comparison: a name and the recipe fields it changes."""
+
+    name: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Recipe:
+    """A validated recipe: the shared fields and the arms."""
+
+    values: dict[str, Any]
+    arms: list[Arm]
+    source: str | None = None
+
+    def arguments(self, arm: Arm | None = None, **extra: Any) -> RunArguments:
+        """Parse the dataclasses for ``arm`` (shared values, then the arm's, then ``extra``)."""
+        values = {**self.values, **(arm.overrides if arm else {}), **extra}
+        parser = HfArgumentParser(ARGUMENT_CLASSES)
+        model, data, training, experiment = parser.parse_dict(_coerce_all(values, _actions(parser)))
+        return RunArguments(model, data, training, experiment)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The recipe as YAML-able data (what `results.json` records)."""
+        return {**copy.deepcopy(self.values), "arms": [{"name": a.name, **a.overrides} for a in self.arms]}
+
+
+def valid_keys() -> list[str]:
+    return sorted({f.name for cls in ARGUMENT_CLASSES for f in fields(cls) if f.init})
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    known = set(valid_keys())
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=3)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ValueError(
+                f"unknown recipe key {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(known))}"
+            )
+
+
+def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def _coerce(action: argparse.Action, value: Any) -> Any:
+    """Convert a string (from YAML or the command line) with the field's own argparse type."""
+    if isinstance(value, list):
+        return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
+    if not isinstance(value, str):
+        return value
+    if value.strip() in _NONE_STRINGS:
+        return None
+    if action.type is string_to_bool or isinstance(action.const, bool):
+        return string_to_bool(value)
+    if action.nargs in ("+", "*"):
+        return [_coerce_scalar(action, v) for v in value.split(",")]
+    return _coerce_scalar(action, value)
+
+
+def _coerce_scalar(action: argparse.Action, value: str) -> Any:
+    if action.type is None or action.type is str:
+        return value
+    try:
+        return action.type(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
+
+
+def _coerce_all(values: dict[str, Any], actions: dict[str, argparse.Action]) -> dict[str, Any]:
+    return {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+
+
+def parse_overrides(argv: list[str]) -> dict[str, Any]:
+    """``['--max_steps', '50', '--report_to', 'none']`` -> ``{'max_steps': '50', 'report_to': 'none'}``.
+
+    A flag with no value is ``True``; several values make a list. Values stay strings here and are
+    converted with the field's type when the recipe is parsed.
+    """
+    overrides: dict[str, Any] = {}
+    key = None
+    for token in argv:
+        if token.startswith("--"):
+            key, _, inline = token[2:].partition("=")
+            key = key.replace("-", "_")
+            overrides[key] = inline if inline else True
+        elif key is None:
+            raise ValueError(f"unexpected argument {token!r}: overrides look like --key value")
+        elif overrides[key] is True:
+            overrides[key] = token
+        else:
+            previous = overrides[key]
+            overrides[key] = (previous if isinstance(previous, list) else [previous]) + [token]
+    return {k: ("true" if v is True else v) for k, v in overrides.items()}
+
+
+def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read a YAML recipe (None: defaults only), apply ``overrides`` to every arm, validate keys."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"recipe file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {str(path)!r} must be a mapping of keys to values, got {type(loaded).__name__}")
+        values = loaded
+    raw_arms = values.pop("arms", None)
+    _check_keys(values, f"recipe {str(path) if path else '(defaults)'}")
+    overrides = dict(overrides or {})
+    _check_keys(overrides, "command-line overrides")
+    values.update(overrides)
+    sweep = values.get("sweep_margins")
+    if sweep:
+        if raw_arms:
+            raise ValueError("a recipe sets either `arms` or `sweep_margins`, not both")
+        raw_arms = sweep_arms(sweep)
+    raw_arms = raw_arms or [dict(a) for a in DEFAULT_ARMS]
+    arms = [_parse_arm(raw, i, overrides) for i, raw in enumerate(raw_arms)]
+    names = [a.name for a in arms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"arm names must be unique, got {names}")
+    recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
+    recipe.arguments()  # fail now, not after the first arm has trained
+    for arm in arms:
+        recipe.arguments(arm)
+    return recipe
+
+
+def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
+    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin."""
+    if isinstance(margins, str):
+        margins = margins.split(",")
+    arms = [{"name": "baseline", "selfish_margin": None}]
+    for margin in margins:
+        text = str(margin).strip()
+        arms.append({"name": f"margin_{text}", "selfish_margin": text})
+    return arms
+
+
+def _parse_arm(raw: Any, index: int, overrides: dict[str, Any]) -> Arm:
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ValueError(f"arm #{index + 1} must be a mapping with a 'name', got {raw!r}")
+    arm_values = {k: v for k, v in raw.items() if k != "name"}
+    _check_keys(arm_values, f"arm {raw['name']!r}")
+    # command-line overrides win over the arm's values, except the margin that defines the arm
+    arm_values.update({k: v for k, v in overrides.items() if not (k == "selfish_margin" and k in arm_values)})
+    return Arm(name=str(raw["name"]), overrides=arm_values)

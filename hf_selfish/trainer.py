@@ -1,0 +1,176 @@
+"""`SelfishTrainer`: a drop-in `transformers.Trainer` whose training loss is the selfish loss.
+
+One class serves both arms of an experiment: ``selfish_margin=None`` trains with plain
+cross-entropy through the very same code path. Evaluation always uses plain cross-entropy over
+the full vocabulary, so the ``eval_loss`` of both arms is the same metric.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+
+from .loss import selfish_causal_lm_loss, validate_margin
+from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SelfishTrainingArguments", "SelfishTrainer", "selfish_loss_func"]
+
+
+@dataclass
+class SelfishTrainingArguments(TrainingArguments):
+    """`TrainingArguments` plus the selfish-loss settings."""
+
+    selfish_margin: float | str | None = field(
+        default=2.0,
+        metadata={
+            "help": "Keep logits >= logit[target] - margin in the training softmax; None (or inf) is plain "
+            "cross-entropy, the baseline arm; 'auto' is ln(V) - ln(1 - selfish_top_p)."
+        },
+    )
+    selfish_top_p: float = field(default=0.99, metadata={"help": "Nucleus of the 'auto' margin."})
+    selfish_margin_schedule: str = field(
+        default="constant",
+        metadata={"help": f"Margin over training: one of {', '.join(SCHEDULES)} (from selfish_margin to selfish_margin_end)."},
+    )
+    selfish_margin_end: float | str | None = field(
+        default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
+    )
+
+    def __post_init__(self):
+        self.selfish_margin = parse_margin(self.selfish_margin)
+        self.selfish_margin_end = parse_margin(self.selfish_margin_end)
+        check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
+        check_top_p(self.selfish_top_p)
+        super().__post_init__()
+
+
+def _output_vocab_size(model: nn.Module) -> int:
+    """Rows of the model's output embedding (its logits' last dimension)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        return int(head.weight.shape[0])
+    return int(model.config.vocab_size)
+
+
+def _logits_of(outputs: Any) -> torch.Tensor:
+    """The logits of a model output (a `ModelOutput`, dict or tuple)."""
+    if isinstance(outputs, dict):
+        return outputs["logits"]
+    return outputs[0]
+
+
+def selfish_loss_func(margin: float | None = 2.0, *, ignore_index: int = -100) -> Callable[..., torch.Tensor]:
+    """A loss for ``Trainer(compute_loss_func=selfish_loss_func(margin))`` with any causal LM.
+
+    The Trainer calls it during training and evaluation alike. It applies the selfish margin while
+    autograd records (training) and plain cross-entropy under ``torch.no_grad()`` (evaluation), so
+    ``eval_loss`` stays comparable between arms.
+    """
+    margin = validate_margin(margin)
+
+    def compute_loss_func(outputs, labels, num_items_in_batch=None):
+        active_margin = margin if torch.is_grad_enabled() else None
+        return selfish_causal_lm_loss(
+            _logits_of(outputs),
+            labels,
+            active_margin,
+            num_items_in_batch=num_items_in_batch,
+            ignore_index=ignore_index,
+        )
+
+    return compute_loss_func
+
+
+class SelfishTrainer(Trainer):
+    """`Trainer` that computes the causal-LM loss itself: selfish while training, plain CE in eval.
+
+    The model is run without ``labels`` so it never computes its own cross-entropy (no double
+    loss). Gradient accumulation is exact: the Trainer counts the labelled tokens of the whole
+    accumulated batch (``num_items_in_batch``) and the loss is divided by that count.
+    """
+
+    args: SelfishTrainingArguments
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, SelfishTrainingArguments):
+            raise ValueError(
+                f"SelfishTrainer needs SelfishTrainingArguments, got {type(self.args).__name__}; "
+                "build the arguments with hf_selfish.SelfishTrainingArguments(...)"
+            )
+        # We compute a causal-LM loss normalised by `num_items_in_batch`: ask the Trainer to count the
+        # labelled tokens of each accumulated batch over `labels[..., 1:]`, and not to rescale for GA.
+        self.model_accepts_loss_kwargs = True
+        self._loss_shifts_labels = True
+        self.margin_schedule = MarginSchedule.from_settings(
+            self.args.selfish_margin,
+            self.args.selfish_margin_end,
+            self.args.selfish_margin_schedule,
+            vocab_size=_output_vocab_size(self.model),
+            top_p=self.args.selfish_top_p,
+        )
+        self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
+        self._masked_fraction_count = 0
+        self._last_margin: float | None = None
+
+    def training_margin(self) -> float | None:
+        """The margin applied at the current training step (``None`` = plain cross-entropy)."""
+        return self.margin_schedule.at(self.state.global_step, self.state.max_steps)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add ``selfish_margin`` and ``selfish_masked_fraction`` to the training logs."""
+        if "loss" in logs and self._last_margin is not None:
+            logs["selfish_margin"] = round(self._last_margin, 6)  # the margin of the last logged step
+            if self._masked_fraction_sum is not None:
+                fraction = self._masked_fraction_sum.item() / self._masked_fraction_count
+                logs["selfish_masked_fraction"] = round(fraction, 6)
+                self._masked_fraction_sum, self._masked_fraction_count = None, 0
+        super().log(logs, start_time)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        shift_labels = inputs.pop("shift_labels", None)
+        if labels is None and shift_labels is None:
+            raise ValueError(
+                f"SelfishTrainer needs `labels` in every batch; got keys {sorted(inputs)}. "
+                "Use a causal-LM collator (DataCollatorForLanguageModeling(mlm=False)) or add labels."
+            )
+        outputs = model(**inputs)
+        margin = self.training_margin() if model.training else None
+        loss, masked_fraction = selfish_causal_lm_loss(
+            _logits_of(outputs),
+            labels,
+            margin,
+            num_items_in_batch=num_items_in_batch,
+            shift_labels=shift_labels,
+            return_masked_fraction=True,
+        )
+        if model.training:
+            self._last_margin = margin
+        if margin is not None:  # stays on the device: no sync per step
+            previous = self._masked_fraction_sum
+            self._masked_fraction_sum = masked_fraction if previous is None else previous + masked_fraction
+            self._masked_fraction_count += 1
+        loss = self._scale_for_token_averaging(loss, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
+
+    def _scale_for_token_averaging(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
+        """Undo DDP's gradient mean when the token count was summed over processes (as Trainer does)."""
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss_scale = self.accelerator.num_processes // self.get_tp_size()
+            loss = loss * (loss_scale if self.args.n_gpu <= 1 else self.args.n_gpu)
+        return loss
