@@ -1,0 +1,204 @@
+"""GradientScenarioCallback in real (tiny) Trainer runs: values, files, logs, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+
+from hf_selfish.scenario_callback import SCENARIOS_FILE, GradientScenarioCallback
+from hf_selfish.scenarios import compute_scenario_norms, load_scenario_norms
+
+VOCAB = 40
+GROUPS = {"rank_1-20": list(range(20)), "rank_21-40": list(range(20, 40))}
+
+
+def tiny_gpt2() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    config = GPT2Config(
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+    )
+    return GPT2LMHeadModel(config)
+
+
+def dataset(rows: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, VOCAB, (rows, 16), generator=generator)
+    labels = ids.clone()
+    # label 0 is never predicted; ignoring it makes the Trainer's num_items_in_batch the count of real
+    # targets even where transformers counts unshifted labels (GPT2LMHeadModel has loss_type None in 5.x)
+    labels[:, 0] = -100
+    return [{"input_ids": row, "labels": label} for row, label in zip(ids, labels)]
+
+
+def training_args(output_dir, **overrides) -> TrainingArguments:
+    values = dict(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=3,
+        logging_steps=1,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return TrainingArguments(**values)
+
+
+class StopAt(TrainerCallback):
+    """Ends training after `step` optimizer steps, as an interruption would (after the checkpoint there)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_first_step_equals_standalone_computation(tmp_path, accumulation):
+    """Step 0 sees all the data (in one batch, or two accumulated micro-batches): norms of its whole gradient."""
+    model = tiny_gpt2()
+    initial = copy.deepcopy(model).eval()
+    data = dataset(4 * accumulation)
+    callback = GradientScenarioCallback(every_k_steps=1)
+    args = training_args(tmp_path, max_steps=1, gradient_accumulation_steps=accumulation)
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+
+    ids = torch.stack([row["input_ids"] for row in data])
+    labels = torch.stack([row["labels"] for row in data])
+    expected = compute_scenario_norms(initial, ids, labels, margin=None)
+    assert callback.recorded_steps == 1
+    assert torch.allclose(callback.norms.stacked(), expected.stacked(), rtol=1e-5, atol=1e-7)
+
+
+def test_every_k_steps_files_and_logs(tmp_path):
+    callback = GradientScenarioCallback(every_k_steps=2, groups=GROUPS)
+    trainer = Trainer(model=tiny_gpt2(), args=training_args(tmp_path), train_dataset=dataset(8), callbacks=[callback])
+    trainer.train()
+
+    assert callback.recorded_steps == 3  # steps 0, 2, 4 of 6
+    final, metadata = load_scenario_norms(tmp_path / SCENARIOS_FILE)
+    assert torch.equal(final.stacked(), callback.norms.stacked())
+    assert metadata["recorded_steps"] == "3" and metadata["global_step"] == "6"
+    at_3, metadata_3 = load_scenario_norms(tmp_path / "checkpoint-3" / SCENARIOS_FILE)
+    assert metadata_3["recorded_steps"] == "2"
+    assert torch.all(at_3.non_target < final.non_target)  # sums only grow
+
+    keys = [f"scenario_{group}_non_target_share" for group in GROUPS]
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    logged_steps = [log["step"] for log in train_logs if all(key in log for key in keys)]
+    assert logged_steps == [1, 3, 5]  # the logs right after each recorded step
+    for log in train_logs:
+        for key in keys:
+            assert key not in log or 0.0 < log[key] < 1.0
+    with open(tmp_path / "checkpoint-6" / "trainer_state.json") as handle:
+        saved_history = json.load(handle)["log_history"]
+    assert [log["step"] for log in saved_history if keys[0] in log] == [1, 3, 5]
+
+
+def test_pop_log_metrics_feeds_a_trainer_log_override(tmp_path):
+    """The route a trainer can take so that every report_to integration sees the shares."""
+
+    class LoggingTrainer(Trainer):
+        def log(self, logs, start_time=None):
+            if "loss" in logs:
+                for callback in self.callback_handler.callbacks:
+                    if isinstance(callback, GradientScenarioCallback):
+                        logs.update(callback.pop_log_metrics())
+            super().log(logs, start_time)
+
+    callback = GradientScenarioCallback(every_k_steps=1, groups=GROUPS)
+    trainer = LoggingTrainer(
+        model=tiny_gpt2(), args=training_args(tmp_path, max_steps=2), train_dataset=dataset(8), callbacks=[callback]
+    )
+    trainer.train()
+    train_logs = [log for log in trainer.state.log_history if "loss" in log]
+    assert all("scenario_rank_21-40_non_target_share" in log for log in train_logs)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_norms(tmp_path_factory):
+    """Scenario norms of a 6-step run without interruption."""
+    output_dir = tmp_path_factory.mktemp("straight")
+    callback = GradientScenarioCallback(every_k_steps=1)
+    Trainer(model=tiny_gpt2(), args=training_args(output_dir), train_dataset=dataset(8), callbacks=[callback]).train()
+    norms, _ = load_scenario_norms(output_dir / SCENARIOS_FILE)
+    return norms
+
+
+@pytest.mark.parametrize("restore_flag", [False, True])
+def test_resume_keeps_the_sums(tmp_path, restore_flag, uninterrupted_norms):
+    data = dataset(8)
+    interrupted_dir = tmp_path / "interrupted"
+    args = training_args(interrupted_dir, restore_callback_states_from_checkpoint=restore_flag)
+    first = GradientScenarioCallback(every_k_steps=1)
+    Trainer(model=tiny_gpt2(), args=args, train_dataset=data, callbacks=[first, StopAt(3)]).train()
+    assert first.recorded_steps == 3 and os.path.isdir(interrupted_dir / "checkpoint-3")
+
+    resumed = GradientScenarioCallback(every_k_steps=1)
+    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=data, callbacks=[resumed])
+    trainer.train(resume_from_checkpoint=True)
+
+    got, metadata = load_scenario_norms(interrupted_dir / SCENARIOS_FILE)
+    assert metadata["recorded_steps"] == "6"
+    assert torch.allclose(got.stacked(), uninterrupted_norms.stacked(), rtol=1e-6, atol=0)
+
+
+def test_label_smoothing_is_refused(tmp_path):
+    args = training_args(tmp_path, max_steps=1, label_smoothing_factor=0.1)
+    trainer = Trainer(model=tiny_gpt2(), args=args, train_dataset=dataset(4), callbacks=[GradientScenarioCallback()])
+    with pytest.raises(ValueError, match="label_smoothing_factor"):
+        trainer.train()
+
+
+@pytest.mark.parametrize("every_k_steps", [0, -1, 1.5, True])
+def test_bad_every_k_steps(every_k_steps):
+    with pytest.raises(ValueError, match="every_k_steps"):
+        GradientScenarioCallback(every_k_steps=every_k_steps)
+
+
+def _ddp_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    """One rank of a 2-process gloo DDP step on half the batch; rank 0 saves the reduced vectors."""
+    from hf_selfish.scenario_callback import _mean_across_processes
+    from hf_selfish.scenarios import GradientScenarioRecorder
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        model = tiny_gpt2()
+        ddp = torch.nn.parallel.DistributedDataParallel(model)
+        rows = dataset(4)[2 * rank : 2 * rank + 2]
+        ids = torch.stack([row["input_ids"] for row in rows])
+        labels = torch.stack([row["labels"] for row in rows])
+        with GradientScenarioRecorder(model) as recorder:
+            ddp(input_ids=ids, labels=labels).loss.backward()
+        reduced = _mean_across_processes(recorder.pop_vectors().stacked())
+        if rank == 0:
+            torch.save({"reduced": reduced, "grad": model.transformer.wte.weight.grad}, out_file)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_process_vectors_average_like_ddp_gradients(tmp_path):
+    torch.multiprocessing.spawn(
+        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True
+    )
+    result = torch.load(tmp_path / "out.pt")
+    # the averaged vectors sum to the gradient DDP applied ...
+    assert torch.allclose(result["reduced"].sum(0), result["grad"], atol=1e-6)
+    # ... which is the gradient of the whole batch in one process (equal token counts on both ranks)
+    data = dataset(4)
+    ids = torch.stack([row["input_ids"] for row in data])
+    labels = torch.stack([row["labels"] for row in data])
+    expected = compute_scenario_norms(tiny_gpt2(), ids, labels, margin=None)
+    assert torch.allclose(result["reduced"].double().norm(dim=-1), expected.stacked(), rtol=1e-5, atol=1e-7)
