@@ -38,6 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .arguments import DataArguments, ModelArguments
 from .callbacks import RankBucketEvalCallback
+from .scenario_callback import SCENARIOS_FILE, GradientScenarioCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
@@ -234,7 +235,11 @@ def build_trainer(
     training = args.training
     training.batch_eval_metrics = True  # accumulate eval statistics batch by batch: O(V) memory
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    rank_buckets = RankBucketEvalCallback(groups or data.groups, vocab_size)
+    groups = groups or data.groups
+    rank_buckets = RankBucketEvalCallback(groups, vocab_size)
+    kwargs = rank_buckets.trainer_kwargs()
+    if training.selfish_log_scenarios_every:
+        kwargs["callbacks"].append(GradientScenarioCallback(training.selfish_log_scenarios_every, groups))
     return SelfishTrainer(
         model=model,
         args=training,
@@ -242,7 +247,7 @@ def build_trainer(
         eval_dataset=data.lm.datasets["validation"],
         processing_class=data.lm.tokenizer,
         data_collator=default_data_collator,
-        **rank_buckets.trainer_kwargs(),
+        **kwargs,
     )
 
 
@@ -307,7 +312,7 @@ def train_run(
         "final": history[-1],
         "history": history,
         "train_history": train_history(trainer.state.log_history),
-        "scenarios": None,
+        "scenarios": str(output_dir / SCENARIOS_FILE) if (output_dir / SCENARIOS_FILE).is_file() else None,
     }
     if trainer.is_world_process_zero():
         atomic_write_json(finished, record)
@@ -460,6 +465,8 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name, groups=reference.groups)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
+        if record.get("scenarios"):
+            record["scenarios"] = str(Path(record["scenarios"]).relative_to(run_dir))
         records.append(record)
         final = record["final"]
         say(f"[{index}/{len(runs)}] {arm.name} seed {seed}: eval_loss {final['eval_loss']:.4f} "

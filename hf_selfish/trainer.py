@@ -44,6 +44,11 @@ class SelfishTrainingArguments(TrainingArguments):
     selfish_margin_end: float | str | None = field(
         default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
     )
+    selfish_log_scenarios_every: int | None = field(
+        default=None,
+        metadata={"help": "Record the per-token gradient norms of the three scenarios every k optimizer steps "
+                  "(GradientScenarioCallback; saved as scenarios.safetensors); None: off, zero cost."},
+    )
     selfish_fused: bool = field(
         default=False,
         metadata={"help": "Train with the fused linear + selfish loss: no [tokens, vocab] logits (evaluation "
@@ -57,6 +62,11 @@ class SelfishTrainingArguments(TrainingArguments):
         self.selfish_margin = parse_margin(self.selfish_margin)
         self.selfish_margin_end = parse_margin(self.selfish_margin_end)
         check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
+        if self.selfish_fused and self.selfish_log_scenarios_every:
+            raise ValueError(
+                "selfish_log_scenarios_every needs the full logits' gradient, which the fused loss never builds; "
+                "turn off selfish_fused for diagnostic runs"
+            )
         check_top_p(self.selfish_top_p)
         super().__post_init__()
 
@@ -137,7 +147,11 @@ class SelfishTrainer(Trainer):
         return self.margin_schedule.at(self.state.global_step, self.state.max_steps)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add ``selfish_margin`` and ``selfish_masked_fraction`` to the training logs."""
+        """Add ``selfish_margin``, ``selfish_masked_fraction`` and callbacks' metrics to the training logs."""
+        if "loss" in logs:
+            for callback in self.callback_handler.callbacks:
+                if hasattr(callback, "pop_log_metrics"):  # e.g. GradientScenarioCallback's 2.2 shares
+                    logs.update(callback.pop_log_metrics())
         if "loss" in logs and self._last_margin is not None:
             logs["selfish_margin"] = round(self._last_margin, 6)  # the margin of the last logged step
             if self._masked_fraction_sum is not None:
