@@ -191,7 +191,7 @@ def test_finetune_recipe_on_a_local_pretrained_model(tmp_path):
     out = tmp_path / "out"
     argv = ["--arm", "selfish", "--model_name_or_path", str(pretrained), "--train_file", str(corpus),
             "--output_dir", str(out), "--block_size", str(BLOCK_SIZE), "--max_steps", "2",
-            "--gradient_accumulation_steps", "1", "--eval_steps", "1", "--max_eval_samples", "8",
+            "--gradient_accumulation_steps", "1", "--eval_steps", "1", "--logging_steps", "1", "--max_eval_samples", "8",
             "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true"]
     assert main(["train", str(REPO_ROOT / "recipes" / "finetune_causal_lm.yaml"), *argv]) == 0
 
