@@ -364,6 +364,11 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     runs = comparison_runs(recipe)
     base = recipe.arguments()
+    if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
+        raise ValueError(
+            f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "
+            "unset (each run pushes to its own <user>/<arm>-seed<seed>) or push one arm with `hf-selfish train --arm`"
+        )
     preflight(base.training)
     run_dir = comparison_dir(recipe)
     check_run_dir(run_dir, recipe, base.experiment.overwrite)
