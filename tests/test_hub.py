@@ -282,3 +282,12 @@ def test_push_report_bad_input(tmp_path, repo_id, message):
     (run_dir / "report.md").unlink()
     with pytest.raises(ValueError, match="report.md does not exist; write it with `hf-selfish report"):
         hub.push_report(run_dir, "tester/x")
+
+
+def test_compare_refuses_one_hub_repository_for_several_runs(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", n_lines=40)
+    argv = run_args(corpus, tmp_path / "cmp", push_to_hub="true", hub_model_id="tester/x")
+    assert main(["compare", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "hub_model_id='tester/x' names one Hub repository for 2 runs" in err
+    assert not (tmp_path / "cmp").exists()
