@@ -291,3 +291,14 @@ def test_compare_refuses_one_hub_repository_for_several_runs(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "hub_model_id='tester/x' names one Hub repository for 2 runs" in err
     assert not (tmp_path / "cmp").exists()
+
+
+def test_report_push_from_the_command_line_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    run_dir = comparison_dir(tmp_path)
+    monkeypatch.setattr("hf_selfish.report.write_report", lambda path: Path(path) / "report.md")
+    before = snapshot(run_dir)
+    assert main(["report", str(run_dir), "--push", "tester/tiny-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hf-selfish report: error: cannot push {run_dir} to tester/tiny-report")
+    assert "HF_HUB_OFFLINE" in err[0]
+    assert snapshot(run_dir) == before
