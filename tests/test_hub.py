@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,13 +51,18 @@ class FakeHubApi:
         self.created.append(repo_id)
         return SimpleNamespace(repo_id=repo_id)
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
         if self.fail_upload:
             raise httpx.ConnectError("[Errno 111] Connection refused")
         folder = Path(folder_path)
         files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         self.uploads.append({"repo_id": repo_id, "folder": folder, "files": files, **kwargs})
-        return SimpleNamespace(commit_url=f"{UNREACHABLE}/{repo_id}/commit/0")
+        commit = SimpleNamespace(commit_url=f"{UNREACHABLE}/{repo_id}/commit/{len(self.uploads)}")
+        if not run_as_future:
+            return commit
+        future = Future()  # the Trainer's checkpoint pushes run in the background
+        future.set_result(commit)
+        return future
 
 
 @pytest.fixture
@@ -234,6 +240,23 @@ def test_failed_final_push_keeps_every_file(tmp_path, monkeypatch):
     assert not (out / "run_result.json").exists()  # not finished: the same command runs (and pushes) again
 
 
+def test_train_with_push_to_hub_uploads_the_finished_run(tmp_path, unreachable_hub, fake_hub):
+    corpus = write_corpus(tmp_path / "corpus.txt", n_lines=60)
+    argv = run_args(corpus, tmp_path / "out", push_to_hub="true", hub_model_id="tester/x", max_steps="1",
+                    save_strategy="steps", save_steps="1")
+    assert main(["train", *argv]) == 0
+    assert fake_hub.created == ["tester/x"]
+    final = fake_hub.uploads[-1]  # after the checkpoint pushes of hub_strategy=every_save
+    assert final["commit_message"] == "Model save" and final["folder"] == tmp_path / "out"
+    assert final["ignore_patterns"] == ["_*", "checkpoint-*"]
+    for name in ("model.safetensors", "tokenizer.json", "trainer_state.json", "token_frequency.json",
+                 "rank_buckets.json", "README.md"):
+        assert name in final["files"], name
+    assert "**selfish cross-entropy** with margin m = 2" in final["files"]["README.md"].decode()
+    assert "# tester/x" in final["files"]["README.md"].decode()
+    assert (tmp_path / "out" / "run_result.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------- push_report
 
 
@@ -241,7 +264,7 @@ def test_push_report_uploads_report_as_card_results_and_plots(tmp_path, unreacha
     run_dir = comparison_dir(tmp_path)
     before = snapshot(run_dir)
     url = hub.push_report(run_dir, "tester/tiny-report")
-    assert url.endswith("tester/tiny-report/commit/0")
+    assert url.endswith("tester/tiny-report/commit/1")
     assert fake_hub.created == ["tester/tiny-report"]
     (upload,) = fake_hub.uploads
     assert sorted(upload["files"]) == ["README.md", "plots/rank_nll.png", "results.json", "token_frequency.json"]
