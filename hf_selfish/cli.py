@@ -6,14 +6,18 @@
     hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO]
 
 Any recipe field can be overridden after the recipe path (``--key value``). Library errors
-(`ValueError`) are printed as one line and exit with status 2.
+(`ValueError`) are printed as one line and exit with status 2. Ctrl-C and SIGTERM stop a run the same
+way (exit status 130): finished runs are kept, and re-running the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import signal
 import sys
+import threading
 import time
 
 from .recipe import load_recipe, parse_overrides, valid_keys
@@ -109,32 +113,56 @@ def _cmd_report(ns) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ns, rest = _build_parser().parse_known_args(argv)
+    interrupted = False
     try:
-        if ns.command in ("train", "compare"):
-            ns.recipe, rest = _split_recipe(rest)
-            overrides = parse_overrides(rest)
-            (_cmd_train if ns.command == "train" else _cmd_compare)(ns, overrides)
-        else:
-            if rest:
-                raise ValueError(f"unexpected arguments {rest}")
-            (_cmd_plot if ns.command == "plot" else _cmd_report)(ns)
+        with _sigterm_as_keyboard_interrupt():
+            if ns.command in ("train", "compare"):
+                ns.recipe, rest = _split_recipe(rest)
+                overrides = parse_overrides(rest)
+                (_cmd_train if ns.command == "train" else _cmd_compare)(ns, overrides)
+            else:
+                if rest:
+                    raise ValueError(f"unexpected arguments {rest}")
+                (_cmd_plot if ns.command == "plot" else _cmd_report)(ns)
     except (ValueError, FileNotFoundError) as err:
         print(f"hf-selfish {ns.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        interrupted = True
         print(f"hf-selfish {ns.command}: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
     finally:
-        _tear_down_process_group()
+        _tear_down_process_group(barrier=not interrupted)
     return 0
 
 
-def _tear_down_process_group() -> None:
-    """Destroy the torch.distributed group (gloo aborts ~1 exit in 5 without it)."""
+def _raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _sigterm_as_keyboard_interrupt():
+    """Turn SIGTERM (``kill``, schedulers, torchrun) into a KeyboardInterrupt, like Ctrl-C, while inside."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _tear_down_process_group(barrier: bool = True) -> None:
+    """Destroy the torch.distributed group (gloo aborts ~1 exit in 5 without it).
+
+    No barrier after an interrupt: the other processes may be gone, and a barrier would wait for them.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()
 
 

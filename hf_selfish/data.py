@@ -485,6 +485,8 @@ def _load_local_files(data_args: DataArguments, cache_dir: str | os.PathLike | N
             raise ValueError(
                 f"{split}_file {file!r} does not exist; give the path of a .txt, .json/.jsonl or .parquet file."
             )
+        if path.stat().st_size == 0:  # `datasets` fails on it with a SchemaInferenceError traceback
+            raise ValueError(f"{split}_file {file!r} is empty; give a file that holds the text.")
         if path.suffix.lower() not in _FILE_BUILDERS:
             raise ValueError(
                 f"{split}_file {file!r} has the extension {path.suffix!r}; supported: {sorted(_FILE_BUILDERS)}."
@@ -572,7 +574,11 @@ def load_tokenizer(model_args: ModelArguments, raw_datasets: DatasetDict | None 
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
     if name is None and model_args.gguf_file is not None:
         kwargs["gguf_file"] = model_args.gguf_file
-    return AutoTokenizer.from_pretrained(name or model_args.model_name_or_path, **kwargs)
+    name = name or model_args.model_name_or_path
+    try:
+        return AutoTokenizer.from_pretrained(name, **kwargs)
+    except OSError as err:  # transformers' "not found" for folders and Hub ids alike
+        raise ValueError(f"cannot load a tokenizer from {name!r}: give a local folder or a Hub id that holds one ({err})") from None
 
 
 def tokenize_datasets(

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -29,10 +30,12 @@ from transformers import (
     AutoModelForCausalLM,
     PreTrainedConfig,
     PreTrainedModel,
+    TrainerState,
     default_data_collator,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
 from .arguments import DataArguments, ModelArguments
@@ -46,7 +49,10 @@ from .trainer import SelfishTrainer, SelfishTrainingArguments
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["PreparedData", "prepare_data", "build_model", "build_trainer", "preflight", "train_run", "compare", "comparison_dir", "RUN_RESULT_FILE"]
+__all__ = [
+    "PreparedData", "prepare_data", "build_model", "build_trainer", "preflight", "train_run", "last_checkpoint",
+    "compare", "comparison_dir", "RUN_RESULT_FILE",
+]
 
 RUN_RESULT_FILE = "run_result.json"
 RESULTS_FILE = "results.json"
@@ -94,9 +100,24 @@ def build_model(model_args: ModelArguments, vocab_size: int, block_size: int, se
             kwargs["gguf_file"] = model_args.gguf_file
         if model_args.torch_dtype:
             kwargs["dtype"] = model_args.torch_dtype
-        model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+        except OSError as err:  # transformers' "not found" for folders and Hub ids alike
+            raise ValueError(
+                f"cannot load a model from model_name_or_path={model_args.model_name_or_path!r}: give a local "
+                f"folder or a Hub id that holds one ({err})"
+            ) from None
     else:
         model = AutoModelForCausalLM.from_config(_scratch_config(model_args, vocab_size))
+    check_model_fits(model, vocab_size, block_size)
+    return model
+
+
+def load_checkpoint_model(
+    model_args: ModelArguments, checkpoint: str | Path, vocab_size: int, block_size: int
+) -> PreTrainedModel:
+    """The model saved in a Trainer checkpoint folder of this run."""
+    model = AutoModelForCausalLM.from_pretrained(str(checkpoint), trust_remote_code=model_args.trust_remote_code)
     check_model_fits(model, vocab_size, block_size)
     return model
 
@@ -125,9 +146,15 @@ def _scratch_config(model_args: ModelArguments, vocab_size: int) -> PreTrainedCo
 def _base_config(model_args: ModelArguments, **fields: Any) -> PreTrainedConfig:
     """``config_name``'s config, else ``model_type``'s defaults, built with ``fields``."""
     if model_args.config_name:
-        return AutoConfig.from_pretrained(
-            model_args.config_name, trust_remote_code=model_args.trust_remote_code, **fields
-        )
+        try:
+            return AutoConfig.from_pretrained(
+                model_args.config_name, trust_remote_code=model_args.trust_remote_code, **fields
+            )
+        except OSError as err:
+            raise ValueError(
+                f"cannot load a config from config_name={model_args.config_name!r}: give a local folder or a Hub id "
+                f"that holds one ({err})"
+            ) from None
     if not model_args.model_type:
         raise ValueError("no model: set model_name_or_path (pretrained) or model_type (from scratch)")
     if model_args.model_type not in CONFIG_MAPPING:
@@ -269,13 +296,22 @@ def train_run(
     if finished.is_file():
         logger.info("%s is finished already (%s): skipping", arm, finished)
         return read_json(finished, what="run result")
-    model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
-    trainer = build_trainer(args, model, data, groups)
-    checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    checkpoint = last_checkpoint(output_dir)
+    state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
+    trained = state is not None and 0 < state.max_steps <= state.global_step
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
+        args.training.eval_on_start = False  # the checkpoint's history holds that evaluation already
+    if trained:  # resuming there, the Trainer would run one step past max_steps: load the weights instead
+        model = load_checkpoint_model(args.model, checkpoint, data.vocab_size, args.data.block_size)
+    else:
+        model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
+    trainer = build_trainer(args, model, data, groups)
     start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if trained:
+        trainer.state = state
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     history = eval_history(trainer.state.log_history)
     if not history or history[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()
@@ -304,6 +340,38 @@ def train_run(
     return record
 
 
+def last_checkpoint(output_dir: str | Path) -> str | None:
+    """The newest complete ``checkpoint-N`` folder of ``output_dir`` (None if there is none).
+
+    The Trainer writes a checkpoint's files in place and its ``trainer_state.json`` last, so a process
+    killed while saving leaves a folder without it (or with a truncated one) beside a half-written
+    model. Resuming from such a folder would load those weights with a fresh state (step 0), so it is
+    skipped: training resumes from the checkpoint before and writes the folder again, whole.
+    """
+    folder = Path(output_dir)
+    if not folder.is_dir():
+        return None
+    pattern = re.compile(rf"{PREFIX_CHECKPOINT_DIR}-(\d+)")
+    steps = {}
+    for path in folder.iterdir():
+        match = pattern.fullmatch(path.name)
+        if match and path.is_dir():
+            steps[int(match.group(1))] = path
+    for step in sorted(steps, reverse=True):
+        if _is_complete_checkpoint(steps[step]):
+            return str(steps[step])
+        logger.warning("%s is incomplete (interrupted while saving?): not resuming from it", steps[step])
+    return None
+
+
+def _is_complete_checkpoint(path: Path) -> bool:
+    try:
+        json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def _save_model(trainer: SelfishTrainer, output_dir: Path) -> None:
     """Save the model; with ``push_to_hub`` the Trainer then writes the model card and uploads ``output_dir``."""
     try:
@@ -329,6 +397,8 @@ def comparison_dir(recipe: Recipe) -> Path:
 def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
     """Every (arm, seed) of a recipe with its parsed arguments, each in ``<output_dir>/<arm>-seed<s>``."""
     base = recipe.arguments()
+    if base.experiment.seeds < 1:
+        raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
     run_dir = comparison_dir(recipe)
     runs = []
     for offset in range(base.experiment.seeds):
@@ -343,17 +413,44 @@ def _data_key(args: RunArguments) -> str:
     return json.dumps([dataclasses.asdict(args.data), dataclasses.asdict(args.model)], sort_keys=True, default=str)
 
 
-def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> None:
-    """Refuse to mix a different recipe's finished results into ``run_dir`` unless ``overwrite``."""
+def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
+    """Whether ``run_dir`` holds another recipe's runs, which only ``overwrite`` may replace (else ValueError).
+
+    `compare` records its recipe in ``results.json`` before the first run trains, so an interrupted
+    comparison is recognised too: its checkpoints are never resumed under another recipe. The
+    ``overwrite`` setting is not part of the recipe compared: re-running the same command, with or
+    without it, resumes.
+    """
     results = run_dir / RESULTS_FILE
-    if not results.is_file() or overwrite:
-        return
-    previous = read_json(results, what="results file").get("recipe")
-    if previous != json.loads(json.dumps(recipe.to_dict(), default=str)):
-        raise ValueError(
-            f"{run_dir} holds the results of a different recipe; pass --overwrite to replace them, "
-            "or choose another --output_dir"
-        )
+    if not results.is_file():
+        return False
+    recorded = read_json(results, what="results file")
+    previous = _comparable_recipe(recorded.get("recipe"))
+    current = _comparable_recipe(recipe.to_dict())
+    if previous == current:
+        return False
+    if overwrite or not _holds_runs(run_dir, recorded):  # nothing trained yet (it failed before): replace
+        return True
+    keys = sorted(k for k in {*previous, *current} if previous.get(k) != current.get(k))
+    raise ValueError(
+        f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}); pass --overwrite "
+        "to replace them, or choose another --output_dir"
+    )
+
+
+def _holds_runs(run_dir: Path, results: dict[str, Any]) -> bool:
+    """Whether a comparison directory holds finished runs or checkpoints."""
+    return bool(results.get("runs")) or any(run_dir.glob(f"*/{PREFIX_CHECKPOINT_DIR}-*")) or any(
+        run_dir.glob(f"*/{RUN_RESULT_FILE}")
+    )
+
+
+def _comparable_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
+    """A recipe as JSON data, without the ``overwrite`` setting (shared, or copied into arms by overrides)."""
+    data = json.loads(json.dumps(recipe or {}, default=str))
+    for values in [data, *(arm for arm in data.get("arms", []) if isinstance(arm, dict))]:
+        values.pop("overwrite", None)
+    return data
 
 
 def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -371,8 +468,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
         )
     preflight(base.training)
     run_dir = comparison_dir(recipe)
-    check_run_dir(run_dir, recipe, base.experiment.overwrite)
-    if base.experiment.overwrite:
+    if check_run_dir(run_dir, recipe, base.experiment.overwrite):
         _clear_finished(run_dir, runs)
     prepared: dict[str, PreparedData] = {}
     reference: PreparedData | None = None  # the first arm's data: its frequencies define the groups
@@ -383,6 +479,9 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
             prepared[key] = prepare_data(args.model, args.data)
         data = prepared[key]
         reference = reference or data
+        if not (run_dir / RESULTS_FILE).is_file():  # record the recipe before anything trains (check_run_dir)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run_dir / RESULTS_FILE, _results(recipe, run_dir, reference, runs, records))
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name, groups=reference.groups)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))

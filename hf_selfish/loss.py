@@ -90,10 +90,16 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
 
 
 def _reduce(loss_sum: torch.Tensor, n_valid: torch.Tensor, num_items_in_batch) -> torch.Tensor:
-    """``sum / num_items_in_batch`` when given, else ``sum / #valid`` (0 when nothing is valid)."""
+    """``sum / num_items_in_batch`` when given, else ``sum / #valid`` (0 when nothing is valid).
+
+    A count of 0 (the Trainer's count for a batch whose labels are all ``ignore_index``) divides by 1:
+    the sum is 0 there, and ``0 / 0`` would put NaN into the loss and the gradient.
+    """
     if num_items_in_batch is not None:
         if torch.is_tensor(num_items_in_batch):
-            num_items_in_batch = num_items_in_batch.to(loss_sum.device)
+            num_items_in_batch = num_items_in_batch.to(loss_sum.device).clamp(min=1)
+        else:
+            num_items_in_batch = max(num_items_in_batch, 1)
         return loss_sum / num_items_in_batch
     return loss_sum / n_valid.clamp(min=1).to(loss_sum.dtype)
 

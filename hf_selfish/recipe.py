@@ -101,14 +101,26 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
     if isinstance(value, list):
         return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
     if not isinstance(value, str):
-        return value
+        return _check_integer(action, value)
     if value.strip() in _NONE_STRINGS:
         return None
     if action.type is string_to_bool or isinstance(action.const, bool):
-        return string_to_bool(value)
+        try:
+            return string_to_bool(value)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
     if action.nargs in ("+", "*"):
         return [_coerce_scalar(action, v) for v in value.split(",")]
     return _coerce_scalar(action, value)
+
+
+def _check_integer(action: argparse.Action, value: Any) -> Any:
+    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why)."""
+    if action.type is int and isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"recipe key {action.dest!r}: expected an integer, got {value!r}")
+        return int(value)
+    return value
 
 
 def _coerce_scalar(action: argparse.Action, value: str) -> Any:
@@ -154,7 +166,13 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"recipe file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or str(err).replace("\n", " ")
+            raise ValueError(f"recipe {str(path)!r} is not valid YAML{where}: {problem}") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {str(path)!r} must be a mapping of keys to values, got {type(loaded).__name__}")
         values = loaded

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments
 
 from .hub import margin_label, write_run_card
+from .fused import check_fusable, fused_causal_lm_loss
 from .loss import selfish_causal_lm_loss, validate_margin
 from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
 
@@ -42,6 +43,14 @@ class SelfishTrainingArguments(TrainingArguments):
     )
     selfish_margin_end: float | str | None = field(
         default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
+    )
+    selfish_fused: bool = field(
+        default=False,
+        metadata={"help": "Train with the fused linear + selfish loss: no [tokens, vocab] logits (evaluation "
+                  "keeps the full logits)."},
+    )
+    selfish_fused_chunk_size: int | None = field(
+        default=None, metadata={"help": "Rows per chunk of the fused loss (default: sized from the vocabulary)."}
     )
 
     def __post_init__(self):
@@ -117,6 +126,8 @@ class SelfishTrainer(Trainer):
             vocab_size=_output_vocab_size(self.model),
             top_p=self.args.selfish_top_p,
         )
+        if self.args.selfish_fused:
+            check_fusable(self.model)  # refuse logit soft-capping / scaling before training starts
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
@@ -150,16 +161,29 @@ class SelfishTrainer(Trainer):
                 f"SelfishTrainer needs `labels` in every batch; got keys {sorted(inputs)}. "
                 "Use a causal-LM collator (DataCollatorForLanguageModeling(mlm=False)) or add labels."
             )
-        outputs = model(**inputs)
         margin = self.training_margin() if model.training else None
-        loss, masked_fraction = selfish_causal_lm_loss(
-            _logits_of(outputs),
-            labels,
-            margin,
-            num_items_in_batch=num_items_in_batch,
-            shift_labels=shift_labels,
-            return_masked_fraction=True,
-        )
+        if self.args.selfish_fused and model.training and not return_outputs:
+            outputs = None  # the fused loss never builds the [B, T, V] logits
+            loss, masked_fraction = fused_causal_lm_loss(
+                model,
+                inputs,
+                labels,
+                margin,
+                num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
+                chunk_size=self.args.selfish_fused_chunk_size,
+                return_masked_fraction=True,
+            )
+        else:
+            outputs = model(**inputs)
+            loss, masked_fraction = selfish_causal_lm_loss(
+                _logits_of(outputs),
+                labels,
+                margin,
+                num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
+                return_masked_fraction=True,
+            )
         if model.training:
             self._last_margin = margin
         if margin is not None:  # stays on the device: no sync per step

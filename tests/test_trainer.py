@@ -167,3 +167,28 @@ def test_plain_training_arguments_refused(tmp_path):
     with pytest.raises(ValueError, match="SelfishTrainingArguments"):
         SelfishTrainer(model=tiny_model("gpt2", VOCAB),
                        args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied embeddings
+def test_fused_training_step_equals_unfused(tmp_path, model_type):
+    def update(fused):
+        model = tiny_model(model_type, VOCAB, seed=4)
+        args = make_args(tmp_path / str(fused), 0.05, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
+                         lr_scheduler_type="constant", selfish_fused=fused, selfish_fused_chunk_size=7,
+                         gradient_accumulation_steps=2, per_device_train_batch_size=2)
+        trainer = SelfishTrainer(model=model, args=args, train_dataset=padded_dataset(4, seed=9))
+        trainer.train()
+        params = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return params, trainer.state.log_history[0]
+    fused, fused_log = update(True)
+    plain, plain_log = update(False)
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    assert fused_log["loss"] == pytest.approx(plain_log["loss"], rel=1e-5)
+    assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], abs=1e-7)
+
+
+def test_fused_refuses_logit_softcapping(tmp_path):
+    model = tiny_model("gpt2", VOCAB)
+    model.config.final_logit_softcapping = 30.0
+    with pytest.raises(ValueError, match="final_logit_softcapping"):
+        SelfishTrainer(model=model, args=make_args(tmp_path, selfish_fused=True), train_dataset=padded_dataset(4))

@@ -1,0 +1,376 @@
+"""`linear_selfish_cross_entropy` against the unfused loss computed another way.
+
+The reference materialises the logits, masks them explicitly with ``masked_fill`` and takes
+``F.cross_entropy``; autograd gives its gradients. The fused loss must match value and gradients.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_selfish.fused import default_chunk_size, linear_selfish_cross_entropy
+
+N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
+IGNORE = -100
+
+
+def reference_loss(hidden, weight, labels, margin, bias=None, num_items_in_batch=None):
+    """linear -> explicit selfish mask -> F.cross_entropy (sum / num_items or mean over valid)."""
+    logits = hidden.float() @ weight.float().T  # [N, V]
+    if bias is not None:
+        logits = logits + bias.float()
+    if margin is not None:
+        safe = torch.where(labels == IGNORE, 0, labels)  # never index with -100
+        threshold = logits.gather(1, safe.unsqueeze(1)) - margin  # [N, 1]
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    if num_items_in_batch is None:
+        if (labels == IGNORE).all():
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE, reduction="sum") / num_items_in_batch
+
+
+def make_inputs(n=N, d=D, v=V, seed=0, ignore_every=None, bias=False):
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(n, d, generator=generator, requires_grad=True)
+    weight = (torch.randn(v, d, generator=generator) / 2).requires_grad_()  # logits ~ N(0, 4): many masked
+    labels = torch.randint(0, v, (n,), generator=generator)
+    if ignore_every:
+        labels[::ignore_every] = IGNORE
+    b = torch.randn(v, generator=generator, requires_grad=True) if bias else None
+    return hidden, weight, labels, b
+
+
+def loss_and_grads(loss_fn, hidden, weight, bias):
+    params = [hidden, weight] + ([bias] if bias is not None else [])
+    loss = loss_fn()
+    grads = torch.autograd.grad(loss, params)
+    return loss.detach(), grads
+
+
+def assert_matches_reference(hidden, weight, labels, margin, bias=None, chunk_size=None, **kwargs):
+    fused, fused_grads = loss_and_grads(
+        lambda: linear_selfish_cross_entropy(hidden, weight, labels, margin, bias=bias, chunk_size=chunk_size, **kwargs),
+        hidden, weight, bias,
+    )
+    ref, ref_grads = loss_and_grads(
+        lambda: reference_loss(hidden, weight, labels, margin, bias=bias, **kwargs), hidden, weight, bias
+    )
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    for name, got, want in zip(("hidden", "weight", "bias"), fused_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad {name}: {m}")
+    return fused
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 10, 36, 37, 64, None])
+@pytest.mark.parametrize("margin", [2.0, 0.5, None])
+def test_matches_reference_for_chunk_sizes(chunk_size, margin):
+    hidden, weight, labels, _ = make_inputs()
+    assert_matches_reference(hidden, weight, labels, margin, chunk_size=chunk_size)
+
+
+def test_margin_actually_masks():
+    """The inputs make the margin matter, far beyond the 1e-5 tolerance of the comparisons."""
+    hidden, weight, labels, _ = make_inputs()
+    selfish, fraction = linear_selfish_cross_entropy(hidden, weight, labels, 2.0, return_masked_fraction=True)
+    plain = linear_selfish_cross_entropy(hidden, weight, labels, None)
+    assert plain - selfish > 1e-2  # masking removes probability mass from the softmax
+    assert 0.2 < fraction < 1.0
+    (selfish_grad,) = torch.autograd.grad(selfish, [weight])
+    (plain_grad,) = torch.autograd.grad(plain, [weight])
+    assert (selfish_grad - plain_grad).norm() > 1e-2 * plain_grad.norm()
+
+
+@pytest.mark.parametrize("chunk_size", [3, 8, 100])
+def test_bias(chunk_size):
+    hidden, weight, labels, bias = make_inputs(bias=True, ignore_every=4)
+    assert_matches_reference(hidden, weight, labels, 2.0, bias=bias, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("chunk_size", [4, 5, 16])
+def test_ignore_index_and_all_ignored_chunks(chunk_size):
+    hidden, weight, labels, bias = make_inputs(ignore_every=3, bias=True)
+    labels[8:24] = IGNORE  # whole chunks of rows without a label
+    fused = assert_matches_reference(hidden, weight, labels, 2.0, bias=bias, chunk_size=chunk_size)
+    assert torch.isfinite(fused)
+
+
+def test_ignored_rows_get_zero_hidden_grad():
+    hidden, weight, labels, _ = make_inputs(ignore_every=3)
+    linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=5).backward()
+    ignored = labels == IGNORE
+    assert torch.equal(hidden.grad[ignored], torch.zeros_like(hidden.grad[ignored]))
+    assert hidden.grad[~ignored].abs().sum(dim=1).min() > 0
+
+
+@pytest.mark.parametrize("num_items_in_batch", [None, 100, torch.tensor(100)])
+def test_all_ignored_batch_gives_zero_loss_and_zero_grads(num_items_in_batch):
+    hidden, weight, labels, bias = make_inputs(bias=True)
+    labels[:] = IGNORE
+    loss, fraction = linear_selfish_cross_entropy(
+        hidden, weight, labels, 2.0, bias=bias, num_items_in_batch=num_items_in_batch, return_masked_fraction=True
+    )
+    loss.backward()
+    assert loss.item() == 0.0 and fraction.item() == 0.0
+    for param in (hidden, weight, bias):
+        assert param.grad is not None
+        assert torch.equal(param.grad, torch.zeros_like(param))
+
+
+def test_margin_none_equals_linear_cross_entropy():
+    hidden, weight, labels, bias = make_inputs(ignore_every=5, bias=True)
+    fused, fused_grads = loss_and_grads(
+        lambda: linear_selfish_cross_entropy(hidden, weight, labels, None, bias=bias, chunk_size=7),
+        hidden, weight, bias,
+    )
+    ref, ref_grads = loss_and_grads(
+        lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels, ignore_index=IGNORE), hidden, weight, bias
+    )
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    for got, want in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_infinite_margin_is_plain_cross_entropy():
+    hidden, weight, labels, _ = make_inputs()
+    infinite = linear_selfish_cross_entropy(hidden, weight, labels, math.inf)
+    plain = F.cross_entropy(hidden @ weight.T, labels)
+    torch.testing.assert_close(infinite, plain, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("num_items_in_batch", [57, torch.tensor(57)])
+def test_num_items_in_batch_divides_the_sum(num_items_in_batch):
+    hidden, weight, labels, _ = make_inputs(ignore_every=4)
+    fused = assert_matches_reference(
+        hidden, weight, labels, 2.0, chunk_size=6, num_items_in_batch=num_items_in_batch
+    )
+    mean = linear_selfish_cross_entropy(hidden, weight, labels, 2.0)
+    n_valid = int((labels != IGNORE).sum())
+    torch.testing.assert_close(fused, mean * n_valid / 57, rtol=1e-5, atol=0)
+
+
+def test_grad_output_scaling():
+    """The loss multiplied after the fact (GA scaling, loss weights) scales every gradient."""
+    hidden, weight, labels, bias = make_inputs(bias=True)
+    (linear_selfish_cross_entropy(hidden, weight, labels, 2.0, bias=bias, chunk_size=8) * -2.5).backward()
+    fused = [p.grad.clone() for p in (hidden, weight, bias)]
+    for p in (hidden, weight, bias):
+        p.grad = None
+    (reference_loss(hidden, weight, labels, 2.0, bias=bias) * -2.5).backward()
+    for got, param in zip(fused, (hidden, weight, bias)):
+        torch.testing.assert_close(got, param.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_leading_dimensions_are_flattened():
+    hidden, weight, labels, _ = make_inputs(n=36)
+    flat = linear_selfish_cross_entropy(hidden, weight, labels, 2.0)
+    batched = linear_selfish_cross_entropy(hidden.reshape(4, 9, D), weight, labels.reshape(4, 9), 2.0)
+    torch.testing.assert_close(batched, flat, rtol=1e-6, atol=0)
+
+
+def test_frozen_weight_and_no_grad():
+    hidden, weight, labels, _ = make_inputs()
+    weight = weight.detach()
+    fused = linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=8)
+    (grad_hidden,) = torch.autograd.grad(fused, [hidden])
+    ref = reference_loss(hidden, weight, labels, 2.0)
+    (ref_grad,) = torch.autograd.grad(ref, [hidden])
+    torch.testing.assert_close(grad_hidden, ref_grad, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        no_grad = linear_selfish_cross_entropy(hidden, weight, labels, 2.0)
+    assert not no_grad.requires_grad
+    torch.testing.assert_close(no_grad, ref.detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_close_to_float32(dtype):
+    hidden, weight, labels, bias = make_inputs(ignore_every=6, bias=True)
+    low = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias)]
+    loss = linear_selfish_cross_entropy(low[0], low[1], labels, 2.0, bias=low[2], chunk_size=8)
+    loss.backward()
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    # Reference on the same (rounded) inputs, in float32.
+    ref_inputs = [t.detach().float().requires_grad_() for t in low]
+    ref = reference_loss(ref_inputs[0], ref_inputs[1], labels, 2.0, bias=ref_inputs[2])
+    ref.backward()
+    torch.testing.assert_close(loss, ref, rtol=2e-2, atol=2e-2)
+    for got, want in zip(low, ref_inputs):
+        assert got.grad.dtype == dtype and torch.isfinite(got.grad).all()
+        # Half-precision logits may flip a few borderline mask decisions: compare in norm.
+        error = (got.grad.float() - want.grad).norm() / want.grad.norm()
+        assert error < 0.1, f"relative gradient error {error:.3f}"
+
+
+def test_masked_fraction_equals_hand_count():
+    hidden, weight, labels, _ = make_inputs(ignore_every=4)
+    _, fraction = linear_selfish_cross_entropy(hidden, weight, labels, 1.5, chunk_size=5, return_masked_fraction=True)
+    logits = (hidden @ weight.T).detach()
+    n_masked, n_valid = 0, 0
+    for row, label in zip(logits.tolist(), labels.tolist()):
+        if label == IGNORE:
+            continue
+        n_valid += 1
+        n_masked += sum(value < row[label] - 1.5 for value in row)
+    assert n_masked > 0
+    assert fraction.item() == pytest.approx(n_masked / (n_valid * V), abs=1e-6)
+    _, plain_fraction = linear_selfish_cross_entropy(hidden, weight, labels, None, return_masked_fraction=True)
+    assert plain_fraction.item() == 0.0
+
+
+def test_margin_zero_keeps_only_logits_at_least_the_target():
+    """margin=0: the loss is the CE over logits >= the target's — closed form on one row."""
+    hidden = torch.tensor([[1.0, 0.0]])
+    weight = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [0.0, 0.0]])  # logits 3, 2, 1, 0
+    loss = linear_selfish_cross_entropy(hidden, weight, torch.tensor([1]), 0.0)
+    expected = math.log(math.exp(3) + math.exp(2)) - 2.0
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("margin", [-1.0, float("nan"), -math.inf])
+def test_bad_margin_raises_naming_value(margin):
+    hidden, weight, labels, _ = make_inputs()
+    with pytest.raises(ValueError, match=str(margin)):
+        linear_selfish_cross_entropy(hidden, weight, labels, margin)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(labels=torch.full((N,), V)), f"label id {V}"),
+        (dict(weight=torch.randn(V, D + 1)), "do not fit"),
+        (dict(labels=torch.zeros(N + 1, dtype=torch.long)), "do not align"),
+        (dict(weight=torch.randn(V, D, dtype=torch.float64)), "one floating dtype"),
+        (dict(chunk_size=0), "chunk_size"),
+    ],
+)
+def test_bad_inputs_raise(change, match):
+    hidden, weight, labels, _ = make_inputs()
+    kwargs = dict(hidden=hidden, weight=weight, labels=labels, margin=2.0) | change
+    with pytest.raises(ValueError, match=match):
+        linear_selfish_cross_entropy(**kwargs)
+
+
+def test_second_backward_raises():
+    hidden, weight, labels, _ = make_inputs()
+    loss = linear_selfish_cross_entropy(hidden, weight, labels, 2.0)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="one backward"):
+        loss.backward()
+
+
+def test_default_chunk_size():
+    assert default_chunk_size(128256, 8192) == 523  # 256 MiB of float32 logits
+    assert default_chunk_size(32000, 8192) == 2097
+    assert default_chunk_size(65, 100) == 100  # never more than N
+
+
+# ---- fused_causal_lm_loss on tiny models ----
+
+from transformers import CohereConfig, Gemma2Config  # noqa: E402
+
+from hf_selfish.fused import check_fusable, fused_causal_lm_loss  # noqa: E402
+from hf_selfish.loss import selfish_causal_lm_loss  # noqa: E402
+
+from .tiny_models import tiny_model  # noqa: E402
+
+TINY_VOCAB = 67
+
+
+def causal_batch(seed=0, batch=3, length=11):
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(0, TINY_VOCAB, (batch, length), generator=generator)
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, -4:] = 0  # right padding
+    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
+    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
+
+
+def parameter_grads(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return dict(zip([n for n, p in model.named_parameters() if p.requires_grad], torch.autograd.grad(loss, params)))
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied output embeddings
+@pytest.mark.parametrize("margin, num_items_in_batch", [(2.0, None), (0.5, 40), (None, None)])
+def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_batch):
+    model = tiny_model(model_type, vocab_size=TINY_VOCAB)
+    with torch.no_grad():  # larger logits, so that the margin masks a good share of the vocabulary
+        model.get_output_embeddings().weight.mul_(8.0)
+    inputs, labels = causal_batch()
+    fused, fraction = fused_causal_lm_loss(
+        model, inputs, labels, margin, num_items_in_batch=num_items_in_batch, chunk_size=7,
+        return_masked_fraction=True,
+    )
+    fused_grads = parameter_grads(model, fused)
+    ref, ref_fraction = selfish_causal_lm_loss(
+        model(**inputs).logits, labels, margin, num_items_in_batch=num_items_in_batch, return_masked_fraction=True
+    )
+    ref_grads = parameter_grads(model, ref)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fraction, ref_fraction, rtol=1e-6, atol=1e-7)
+    if margin == 2.0:
+        assert fraction > 0.05  # the margin matters here
+    assert fused_grads.keys() == ref_grads.keys()
+    for name, grad in fused_grads.items():
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_fused_causal_lm_loss_with_shift_labels():
+    model = tiny_model("llama", vocab_size=TINY_VOCAB)
+    inputs, labels = causal_batch(seed=1)
+    shift_labels = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
+    fused = fused_causal_lm_loss(model, inputs, None, 2.0, shift_labels=shift_labels)
+    ref = selfish_causal_lm_loss(model(**inputs).logits, labels, 2.0)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_causal_lm_loss_under_bf16_autocast():
+    model = tiny_model("llama", vocab_size=TINY_VOCAB)
+    inputs, labels = causal_batch(seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = fused_causal_lm_loss(model, inputs, labels, 2.0)
+        ref = selfish_causal_lm_loss(model(**inputs).logits, labels, 2.0)
+    fused_grads, ref_grads = parameter_grads(model, fused), parameter_grads(model, ref)
+    torch.testing.assert_close(fused, ref, rtol=2e-2, atol=2e-2)
+    for name, grad in fused_grads.items():
+        assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+        error = (grad - ref_grads[name]).norm() / ref_grads[name].norm().clamp(min=1e-12)
+        assert error < 0.1, f"{name}: relative gradient error {error:.3f}"
+
+
+def _tiny(config_cls, **overrides):
+    config = config_cls(
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=16, head_dim=8,
+        intermediate_size=32, max_position_embeddings=32, vocab_size=TINY_VOCAB, **overrides,
+    )
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "config_cls, overrides, attribute",
+    [
+        (Gemma2Config, dict(final_logit_softcapping=30.0), "final_logit_softcapping"),
+        (CohereConfig, dict(), "logit_scale"),  # Cohere scales logits by 0.0625 by default
+    ],
+)
+def test_models_transforming_logits_are_refused(config_cls, overrides, attribute):
+    model = _tiny(config_cls, **overrides)
+    inputs, labels = causal_batch()
+    with pytest.raises(ValueError, match=rf"config\.{attribute}="):
+        fused_causal_lm_loss(model, inputs, labels, 2.0)
+
+
+def test_unknown_logit_transform_is_caught_at_runtime():
+    """A transform no config attribute announces (here a hook scaling the head's output) is refused."""
+    model = tiny_model("llama", vocab_size=TINY_VOCAB)
+    check_fusable(model)  # nothing in the config says so
+    model.get_output_embeddings().register_forward_hook(lambda module, args, output: output * 2.0)
+    inputs, labels = causal_batch()
+    with pytest.raises(ValueError, match="differ from output_embeddings"):
+        fused_causal_lm_loss(model, inputs, labels, 2.0)
