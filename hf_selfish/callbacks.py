@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -11,6 +10,7 @@ from typing import Any
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from .evaluation import IGNORE_INDEX, RankBucketMetrics
+from .files import atomic_write_json
 
 
 logger = logging.getLogger(__name__)
@@ -104,10 +104,8 @@ class RankBucketEvalCallback(TrainerCallback):
             "groups": self.groups,
             "per_token": self.per_token,
         }
-        os.makedirs(output_dir, exist_ok=True)
         path = os.path.join(output_dir, filename)
-        with open(path, "w") as f:
-            json.dump(record, f)
+        atomic_write_json(path, record, indent=None)
         logger.info("rank-bucket per-token statistics written to %s", path)
 
 

@@ -607,7 +607,7 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) 
     texts = batch[TEXT_COLUMN]
     try:
         ids = tokenizer(texts, return_attention_mask=False)["input_ids"]
-    except Exception as err:  # the char tokenizer has no unknown token: name the characters it lacks
+    except Exception:  # the char tokenizer has no unknown token: name the characters it lacks
         if is_char_tokenizer(tokenizer):
             check_characters(texts, tokenizer)
         raise

@@ -298,7 +298,8 @@ def train_run(
         return read_json(finished, what="run result")
     checkpoint = last_checkpoint(output_dir)
     state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
-    trained = state is not None and 0 < state.max_steps <= state.global_step
+    # at max_steps already (this run's: it may extend the checkpoint's); epoch-based runs resume correctly
+    trained = state is not None and 0 < args.training.max_steps <= state.global_step
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
         args.training.eval_on_start = False  # the checkpoint's history holds that evaluation already
@@ -418,8 +419,8 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
 
     `compare` records its recipe in ``results.json`` before the first run trains, so an interrupted
     comparison is recognised too: its checkpoints are never resumed under another recipe. The
-    ``overwrite`` setting is not part of the recipe compared: re-running the same command, with or
-    without it, resumes.
+    `RUN_NEUTRAL_KEYS` are not part of the recipe compared: re-running the same command, with or
+    without ``overwrite``, resumes, and ``--seeds 3`` after ``--seeds 1`` adds two seeds.
     """
     results = run_dir / RESULTS_FILE
     if not results.is_file():
@@ -445,11 +446,16 @@ def _holds_runs(run_dir: Path, results: dict[str, Any]) -> bool:
     )
 
 
+# Settings that do not change what a run computes: more seeds only add runs beside the existing ones.
+RUN_NEUTRAL_KEYS = ("overwrite", "seeds", "disable_tqdm")
+
+
 def _comparable_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
-    """A recipe as JSON data, without the ``overwrite`` setting (shared, or copied into arms by overrides)."""
+    """A recipe as JSON data, without `RUN_NEUTRAL_KEYS` (shared, or copied into arms by overrides)."""
     data = json.loads(json.dumps(recipe or {}, default=str))
     for values in [data, *(arm for arm in data.get("arms", []) if isinstance(arm, dict))]:
-        values.pop("overwrite", None)
+        for key in RUN_NEUTRAL_KEYS:
+            values.pop(key, None)
     return data
 
 

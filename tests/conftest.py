@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # Nothing in the test suite may download from the Hub; set before any test module imports HF libraries.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,3 +41,20 @@ def tinyshakespeare_file() -> Path:
 def tinyshakespeare_text(tinyshakespeare_file: Path) -> str:
     """The whole tinyshakespeare corpus as one string (1,115,394 characters)."""
     return tinyshakespeare_file.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def small_text(tmp_path_factory, tinyshakespeare_text) -> Path:
+    """The first 60k characters of tinyshakespeare (tokenizing it takes a fraction of a second)."""
+    path = tmp_path_factory.mktemp("data") / "small.txt"
+    path.write_text(tinyshakespeare_text[:60_000], encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, like the subprocesses (OMP_NUM_THREADS=1): fast on a busy machine, same sums."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

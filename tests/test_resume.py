@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from hf_selfish.experiment import RESULTS_FILE, RUN_RESULT_FILE, compare, last_checkpoint
 from hf_selfish.recipe import load_recipe
@@ -27,7 +26,6 @@ from .conftest import REPO_ROOT
 
 SEED = 7
 LOSS_TOLERANCE = 1e-6
-SMALL_TEXT_CHARACTERS = 60_000  # 54k train / 6k validation characters: ~1,700 train blocks of 32
 
 
 def recipe_text(output_dir: Path, data_file: Path, *, max_steps: int = 24, arms: str | None = None) -> str:
@@ -67,23 +65,6 @@ disable_tqdm: true
 def write_recipe(path: Path, output_dir: Path, data_file: Path, **kwargs) -> Path:
     path.write_text(recipe_text(output_dir, data_file, **kwargs))
     return path
-
-
-@pytest.fixture(scope="module")
-def small_text(tmp_path_factory, tinyshakespeare_text) -> Path:
-    """The first 60k characters of tinyshakespeare (tokenizing it takes a fraction of a second)."""
-    path = tmp_path_factory.mktemp("data") / "small.txt"
-    path.write_text(tinyshakespeare_text[:SMALL_TEXT_CHARACTERS], encoding="utf-8")
-    return path
-
-
-@pytest.fixture
-def one_thread():
-    """One torch thread, like the subprocesses (OMP_NUM_THREADS=1): fast on a busy machine, same sums."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def cli_env() -> dict[str, str]:
@@ -281,7 +262,7 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
 def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, small_text, monkeypatch):
     import hf_selfish.experiment as experiment
 
-    def interrupted_after_a_checkpoint(args, data, arm):
+    def interrupted_after_a_checkpoint(args, data, **kwargs):
         checkpoint = Path(args.training.output_dir) / "checkpoint-4"
         checkpoint.mkdir(parents=True)
         (checkpoint / "trainer_state.json").write_text("{}")
