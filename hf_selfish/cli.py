@@ -56,8 +56,7 @@ def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _cmd_train(ns, overrides) -> None:
-    from .experiment import prepare_data, train_run
-    from .hub import check_can_push
+    from .experiment import preflight, prepare_data, train_run
 
     recipe = load_recipe(ns.recipe, overrides)
     arm = None
@@ -69,8 +68,7 @@ def _cmd_train(ns, overrides) -> None:
     args = recipe.arguments(arm)
     if args.training.output_dir is None:
         raise ValueError("set output_dir in the recipe or with --output_dir")
-    if args.training.push_to_hub:  # fail before the data and the training
-        check_can_push(args.training.hub_token)
+    preflight(args.training)  # fail before the data and the training
     data = prepare_data(args.model, args.data)
     record = train_run(args, data, arm=ns.arm or "run")
     final = record["final"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -35,6 +36,7 @@ from transformers import (
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.training_args import ParallelMode
 
 from .arguments import DataArguments, ModelArguments
 from .callbacks import RankBucketEvalCallback
@@ -44,13 +46,13 @@ from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
 from .hub import HUB_ERRORS, check_can_push, push_failed_error
 from .recipe import Arm, Recipe, RunArguments
-from .trainer import SelfishTrainer
+from .trainer import SelfishTrainer, SelfishTrainingArguments
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "PreparedData", "prepare_data", "build_model", "build_trainer", "train_run", "last_checkpoint", "compare",
-    "comparison_dir", "RUN_RESULT_FILE",
+    "PreparedData", "prepare_data", "build_model", "build_trainer", "preflight", "train_run", "last_checkpoint",
+    "compare", "comparison_dir", "RUN_RESULT_FILE",
 ]
 
 RUN_RESULT_FILE = "run_result.json"
@@ -219,6 +221,31 @@ def check_model_fits(model: PreTrainedModel, vocab_size: int, block_size: int) -
     positions = max_positions(model)
     if positions is not None and block_size > positions:
         raise ValueError(f"block_size={block_size} exceeds the model's {positions} positions; lower block_size")
+
+
+# ------------------------------------------------------------------------------------------- preflight
+
+
+def preflight(training: SelfishTrainingArguments) -> None:
+    """What must fail a run before its data and training: launched processes that would each train alone,
+    and ``push_to_hub`` with a Hub that cannot be written."""
+    check_distributed_launch(training)
+    if training.push_to_hub:
+        check_can_push(training.hub_token)
+
+
+def check_distributed_launch(training: SelfishTrainingArguments) -> None:
+    """Refuse a multi-process launch the Trainer would not distribute (each process training alone).
+
+    On a machine without GPUs, ``accelerate launch`` and ``torchrun`` start CPU processes that the
+    Trainer runs as DDP (gloo) only with ``use_cpu=True``.
+    """
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and training.parallel_mode != ParallelMode.DISTRIBUTED:
+        raise ValueError(
+            f"{world_size} processes were launched, but the Trainer would train each alone (parallel mode "
+            f"{training.parallel_mode.value}, device {training.device}); for CPU processes pass --use_cpu true"
+        )
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -445,8 +472,12 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     runs = comparison_runs(recipe)
     base = recipe.arguments()
-    if base.training.push_to_hub:  # fail before any training
-        check_can_push(base.training.hub_token)
+    if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
+        raise ValueError(
+            f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "
+            "unset (each run pushes to its own <user>/<arm>-seed<seed>) or push one arm with `hf-selfish train --arm`"
+        )
+    preflight(base.training)
     run_dir = comparison_dir(recipe)
     if check_run_dir(run_dir, recipe, base.experiment.overwrite):
         _clear_finished(run_dir, runs)

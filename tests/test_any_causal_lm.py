@@ -18,8 +18,12 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_selfish.cli import main
+from hf_selfish.data import build_char_tokenizer
 from hf_selfish.experiment import prepare_data
 from hf_selfish.recipe import load_recipe
+
+from .conftest import REPO_ROOT
+from .tiny_models import tiny_model
 
 BLOCK_SIZE = 32
 TINY_CONFIGS = {
@@ -175,3 +179,29 @@ def test_unknown_config_override_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("hf-selfish train: error: config_overrides") and "LlamaConfig has no field 'n_layer'" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_finetune_recipe_on_a_local_pretrained_model(tmp_path):
+    """recipes/finetune_causal_lm.yaml as written, with a local tiny "pretrained" GPT-2 in place of gpt2."""
+    corpus = write_corpus(tmp_path / "corpus.txt")
+    pretrained = tmp_path / "pretrained"
+    tokenizer = build_char_tokenizer(corpus.read_text())
+    tiny_model("gpt2", len(tokenizer), seed=3, n_positions=BLOCK_SIZE).save_pretrained(pretrained)
+    tokenizer.save_pretrained(pretrained)
+    out = tmp_path / "out"
+    argv = ["--arm", "selfish", "--model_name_or_path", str(pretrained), "--train_file", str(corpus),
+            "--output_dir", str(out), "--block_size", str(BLOCK_SIZE), "--max_steps", "2",
+            "--gradient_accumulation_steps", "1", "--eval_steps", "1", "--logging_steps", "1", "--max_eval_samples", "8",
+            "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true"]
+    assert main(["train", str(REPO_ROOT / "recipes" / "finetune_causal_lm.yaml"), *argv]) == 0
+
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    start = next(e for e in history if "eval_loss" in e)
+    assert start["step"] == 0  # eval_on_start: the pretrained weights, before any update
+    args = load_recipe(REPO_ROOT / "recipes" / "finetune_causal_lm.yaml", _overrides(argv[2:])).arguments()
+    blocks = torch.tensor(prepare_data(args.model, args.data).lm.datasets["validation"]["input_ids"])  # [8, 32]
+    assert start["eval_loss"] == pytest.approx(reference_eval_loss(
+        AutoModelForCausalLM.from_pretrained(pretrained), blocks), abs=1e-4)
+    record = json.loads((out / "run_result.json").read_text())
+    assert record["arm"] == "selfish" and record["selfish_margin"] == 2.0 and record["global_step"] == 2
+    assert any("selfish_masked_fraction" in e for e in history)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from concurrent.futures import Future
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -50,13 +51,18 @@ class FakeHubApi:
         self.created.append(repo_id)
         return SimpleNamespace(repo_id=repo_id)
 
-    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+    def upload_folder(self, *, repo_id, folder_path, run_as_future=False, **kwargs):
         if self.fail_upload:
             raise httpx.ConnectError("[Errno 111] Connection refused")
         folder = Path(folder_path)
         files = {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         self.uploads.append({"repo_id": repo_id, "folder": folder, "files": files, **kwargs})
-        return SimpleNamespace(commit_url=f"{UNREACHABLE}/{repo_id}/commit/0")
+        commit = SimpleNamespace(commit_url=f"{UNREACHABLE}/{repo_id}/commit/{len(self.uploads)}")
+        if not run_as_future:
+            return commit
+        future = Future()  # the Trainer's checkpoint pushes run in the background
+        future.set_result(commit)
+        return future
 
 
 @pytest.fixture
@@ -234,6 +240,23 @@ def test_failed_final_push_keeps_every_file(tmp_path, monkeypatch):
     assert not (out / "run_result.json").exists()  # not finished: the same command runs (and pushes) again
 
 
+def test_train_with_push_to_hub_uploads_the_finished_run(tmp_path, unreachable_hub, fake_hub):
+    corpus = write_corpus(tmp_path / "corpus.txt", n_lines=60)
+    argv = run_args(corpus, tmp_path / "out", push_to_hub="true", hub_model_id="tester/x", max_steps="1",
+                    save_strategy="steps", save_steps="1")
+    assert main(["train", *argv]) == 0
+    assert fake_hub.created == ["tester/x"]
+    final = fake_hub.uploads[-1]  # after the checkpoint pushes of hub_strategy=every_save
+    assert final["commit_message"] == "Model save" and final["folder"] == tmp_path / "out"
+    assert final["ignore_patterns"] == ["_*", "checkpoint-*"]
+    for name in ("model.safetensors", "tokenizer.json", "trainer_state.json", "token_frequency.json",
+                 "rank_buckets.json", "README.md"):
+        assert name in final["files"], name
+    assert "**selfish cross-entropy** with margin m = 2" in final["files"]["README.md"].decode()
+    assert "# tester/x" in final["files"]["README.md"].decode()
+    assert (tmp_path / "out" / "run_result.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------- push_report
 
 
@@ -241,7 +264,7 @@ def test_push_report_uploads_report_as_card_results_and_plots(tmp_path, unreacha
     run_dir = comparison_dir(tmp_path)
     before = snapshot(run_dir)
     url = hub.push_report(run_dir, "tester/tiny-report")
-    assert url.endswith("tester/tiny-report/commit/0")
+    assert url.endswith("tester/tiny-report/commit/1")
     assert fake_hub.created == ["tester/tiny-report"]
     (upload,) = fake_hub.uploads
     assert sorted(upload["files"]) == ["README.md", "plots/rank_nll.png", "results.json", "token_frequency.json"]
@@ -282,3 +305,23 @@ def test_push_report_bad_input(tmp_path, repo_id, message):
     (run_dir / "report.md").unlink()
     with pytest.raises(ValueError, match="report.md does not exist; write it with `hf-selfish report"):
         hub.push_report(run_dir, "tester/x")
+
+
+def test_compare_refuses_one_hub_repository_for_several_runs(tmp_path, capsys):
+    corpus = write_corpus(tmp_path / "corpus.txt", n_lines=40)
+    argv = run_args(corpus, tmp_path / "cmp", push_to_hub="true", hub_model_id="tester/x")
+    assert main(["compare", *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "hub_model_id='tester/x' names one Hub repository for 2 runs" in err
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_report_push_from_the_command_line_offline_is_one_line(tmp_path, monkeypatch, capsys):
+    run_dir = comparison_dir(tmp_path)
+    monkeypatch.setattr("hf_selfish.report.write_report", lambda path: Path(path) / "report.md")
+    before = snapshot(run_dir)
+    assert main(["report", str(run_dir), "--push", "tester/tiny-report"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"hf-selfish report: error: cannot push {run_dir} to tester/tiny-report")
+    assert "HF_HUB_OFFLINE" in err[0]
+    assert snapshot(run_dir) == before
