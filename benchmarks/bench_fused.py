@@ -36,8 +36,8 @@ import re
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -245,11 +245,11 @@ def bench(config: BenchConfig, repeats: int, warmup: int, methods: list[str]) ->
 
 
 def markdown_table(rows: list[tuple[BenchConfig, list[Measurement]]]) -> str:
-    lines = [
+    header = (
         "| N | d | V | method | loss | median time (s) | peak extra memory (MiB) "
-        "| time / unfused selfish | memory / unfused selfish |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+        "| time / unfused selfish | memory / unfused selfish |"
+    )
+    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
     for config, measurements in rows:
         by_name = {m.method: m for m in measurements}
         ref = by_name.get(REFERENCE)

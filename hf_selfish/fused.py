@@ -19,34 +19,43 @@ The mask is a comparison, so it carries no gradient: the gradient of a row is th
 kept entries minus the target's one-hot, exactly as autograd gives for the unfused
 ``masked_fill`` + ``F.cross_entropy``.
 
-Design (measured with ``benchmarks/bench_fused.py`` and a vocabulary-chunked prototype, 2-core
-CPU, float32, d=1024):
+Design (measured on the project's shared 2-core CPU, float32, d=1024, forward + backward; the
+machine was busy, so the figures are minima over 5 interleaved runs):
 
 * **Chunk over tokens, compute the gradient in the forward** (Liger Kernel's fused linear
   cross-entropy). Each chunk of rows does three matmuls, ``logits = h_c @ W.T``,
-  ``grad_h_c = g_c @ W`` and ``grad_W += g_c.T @ h_c``: the same FLOPs as the unfused loss, and the
+  ``grad_h_c = g_c @ W`` and ``grad_W += g_c.T @ h_c``: the FLOPs of the unfused loss, and the
   selfish threshold needs nothing but the row's own logits. The gradients are kept until
   ``backward``, which only scales them by ``grad_output``.
 * **Not chunked over the vocabulary** (Cut Cross-Entropy). A vocabulary chunk cannot finish a row:
   the softmax needs the log-sum-exp of the whole row, so the logits are computed twice (one pass
-  for the log-sum-exp, one for the gradient), four matmuls instead of three. Measured at
-  N=2048, V=32000: the vocabulary-chunked prototype took 1.33x the time of token chunking at the
-  same ``[·, V]`` working-set size (see the report in the module's benchmark for the numbers).
-  Its advantage, memory independent of N, matters only with tiny chunks on accelerators; here a
-  token chunk already bounds the working set.
+  for the log-sum-exp, one for the gradient), four matmuls instead of three. A vocabulary-chunked
+  prototype at N=2048, V=32000 took 2.62 / 2.82 / 2.85 s with 1024 / 4096 / 16000 columns per
+  chunk against 2.31 / 2.23 / 2.04 s for token chunks of 256 / 512 / 2048 rows: 1.2-1.4x slower,
+  as the extra matmul predicts. Its advantage, memory independent of N, would matter only for
+  chunks smaller than a few hundred rows, which are slow anyway (below).
 * **Default chunk size**: as many rows as fit a float32 ``[chunk, V]`` block of
   :data:`DEFAULT_CHUNK_BYTES` (256 MiB), i.e. 523 rows at V=128256 and 2097 at V=32000, never
-  more than N. On the CPU, time is flat from 256 rows up (the matmuls stay large enough to run at
-  full speed); smaller chunks cost the per-chunk overhead, larger ones only add memory.
+  more than N. Time was within 15% from 256 rows up (2.31 s at 256 rows, 2.04 s at 2048) and 1.5x
+  slower at 128 rows (3.42 s): per-chunk overhead and smaller matmuls. Beyond that, larger chunks
+  only add memory. The working set of a chunk is that block (float32 inputs; half precision
+  inputs add their own ``[chunk, V]`` logits and gradient copies).
 * **Padding rows are dropped before the loop**: rows whose label is ``ignore_index`` cost no
   matmul; their gradient is exactly zero.
 * **Dtypes**: the matmuls run in the input dtype, as the model's own ``lm_head`` would (bf16
   logits on a bf16 model), the softmax and the loss in float32, and the gradients of ``weight`` and
   ``bias`` are summed over chunks in float32 buffers, then returned in the input dtype.
 
+:func:`fused_causal_lm_loss` applies it to a causal LM: the model runs through its own forward
+with ``logits_to_keep=1`` (its head computes one position) and ``output_hidden_states=True``, and
+its last hidden state and output embedding feed the fused loss. Models that transform their logits
+after the head are refused (known config attributes by name, anything else by comparing the
+model's own last-position logits with the head's on every call).
+
 Limitations: ``backward`` can run once per forward (the gradients are handed to autograd, not
 kept); a second ``backward`` through the same graph raises a ``RuntimeError``. Higher-order
-gradients are not supported.
+gradients are not supported. The output embedding's weight must be whole on the device (DDP is
+fine; FSDP and DeepSpeed ZeRO-3 shard it outside the forward and are not supported).
 """
 
 from __future__ import annotations
@@ -59,15 +68,15 @@ import torch
 from .loss import shift_causal_labels, validate_margin
 
 __all__ = [
-    "linear_selfish_cross_entropy",
-    "fused_causal_lm_loss",
-    "check_fusable",
-    "default_chunk_size",
     "DEFAULT_CHUNK_BYTES",
     "LOGIT_TRANSFORM_ATTRIBUTES",
+    "check_fusable",
+    "default_chunk_size",
+    "fused_causal_lm_loss",
+    "linear_selfish_cross_entropy",
 ]
 
-# Budget of one chunk's float32 logits ``[chunk, V]``; the chunk working set is about 2-3 times it.
+# Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 # Largest float32 below zero that is not a denormal: ``z > _KEEP_ABOVE`` is ``z >= 0`` for every

@@ -1,7 +1,9 @@
-"""`linear_selfish_cross_entropy` against the unfused loss computed another way.
+"""`linear_selfish_cross_entropy` and `fused_causal_lm_loss` against the unfused loss.
 
 The reference materialises the logits, masks them explicitly with ``masked_fill`` and takes
 ``F.cross_entropy``; autograd gives its gradients. The fused loss must match value and gradients.
+On tiny GPT-2 (tied embeddings) and Llama (untied) models, the reference is
+``selfish_causal_lm_loss(model(**inputs).logits, ...)`` and every parameter's gradient must match.
 """
 
 from __future__ import annotations
@@ -11,8 +13,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
-from hf_selfish.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.fused import check_fusable, default_chunk_size, fused_causal_lm_loss, linear_selfish_cross_entropy
+from hf_selfish.loss import selfish_causal_lm_loss
+
+from .tiny_models import tiny_model
 
 N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
 IGNORE = -100
@@ -62,7 +68,7 @@ def assert_matches_reference(hidden, weight, labels, margin, bias=None, chunk_si
     )
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
     for name, got, want in zip(("hidden", "weight", "bias"), fused_grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m: f"grad {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"grad {name}: {m}")
     return fused
 
 
@@ -270,13 +276,6 @@ def test_default_chunk_size():
 
 # ---- fused_causal_lm_loss on tiny models ----
 
-from transformers import CohereConfig, Gemma2Config  # noqa: E402
-
-from hf_selfish.fused import check_fusable, fused_causal_lm_loss  # noqa: E402
-from hf_selfish.loss import selfish_causal_lm_loss  # noqa: E402
-
-from .tiny_models import tiny_model  # noqa: E402
-
 TINY_VOCAB = 67
 
 
@@ -316,7 +315,7 @@ def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_ba
         assert fraction > 0.05  # the margin matters here
     assert fused_grads.keys() == ref_grads.keys()
     for name, grad in fused_grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_fused_causal_lm_loss_with_shift_labels():
@@ -347,8 +346,6 @@ def _tiny(config_cls, **overrides):
         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=16, head_dim=8,
         intermediate_size=32, max_position_embeddings=32, vocab_size=TINY_VOCAB, **overrides,
     )
-    from transformers import AutoModelForCausalLM
-
     return AutoModelForCausalLM.from_config(config)
 
 
