@@ -65,7 +65,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .loss import shift_causal_labels, validate_margin
+from .loss import check_label_range, shift_causal_labels, validate_margin
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -244,16 +244,6 @@ def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
         )
 
 
-def _check_label_range(labels: torch.Tensor, vocab_size: int) -> None:
-    """Raise a ``ValueError`` naming the first (valid) label outside ``[0, vocab_size)``."""
-    bad = (labels < 0) | (labels >= vocab_size)
-    if bool(bad.any()):
-        raise ValueError(
-            f"label id {int(labels[bad][0])} is outside the vocabulary of the weight (size {vocab_size}); "
-            "does the tokenizer's vocabulary match the model's output embeddings?"
-        )
-
-
 def _grad_scale(n_valid: int, num_items_in_batch: torch.Tensor | int | None) -> float:
     """``1 / num_items_in_batch`` when given, else ``1 / #valid``; 0 when no row is labelled."""
     if n_valid == 0:
@@ -312,7 +302,7 @@ def linear_selfish_cross_entropy(
     all_valid = n_valid == labels.shape[0]
     hidden_v = hidden if all_valid else hidden[valid]  # [n, d]: ignored rows cost nothing
     labels_v = labels if all_valid else labels[valid]  # [n]
-    _check_label_range(labels_v, vocab_size)
+    check_label_range(labels_v, vocab_size)
 
     chunk = chunk_size or default_chunk_size(vocab_size, n_valid)
     loss, n_masked = _LinearSelfishCrossEntropy.apply(

@@ -22,7 +22,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["selfish_cross_entropy", "selfish_causal_lm_loss", "validate_margin", "shift_causal_labels"]
+__all__ = [
+    "selfish_cross_entropy",
+    "selfish_causal_lm_loss",
+    "validate_margin",
+    "shift_causal_labels",
+    "check_label_range",
+]
 
 
 def validate_margin(margin: float | None) -> float | None:
@@ -138,7 +144,7 @@ def selfish_cross_entropy(
     logits = logits.reshape(-1, vocab_size)  # [N, V]
     labels = labels.reshape(-1).to(logits.device)  # [N]
     valid = labels != ignore_index  # [N]
-    _check_label_range(labels, valid, vocab_size)
+    check_label_range(labels, vocab_size, valid)
 
     if margin is None:
         loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
@@ -156,13 +162,15 @@ def selfish_cross_entropy(
     return loss
 
 
-def _check_label_range(labels: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> None:
-    """Raise a ``ValueError`` naming the first label outside ``[0, vocab_size)``."""
-    bad = valid & ((labels < 0) | (labels >= vocab_size))
+def check_label_range(labels: torch.Tensor, vocab_size: int, valid: torch.Tensor | None = None) -> None:
+    """Raise a ``ValueError`` naming the first (``valid``) label outside ``[0, vocab_size)``."""
+    bad = (labels < 0) | (labels >= vocab_size)
+    if valid is not None:
+        bad &= valid
     if bool(bad.any()):
         value = int(labels[bad][0])
         raise ValueError(
-            f"label id {value} is outside the vocabulary of the logits (size {vocab_size}); "
+            f"label id {value} is outside the vocabulary of the logits/weight (size {vocab_size}); "
             "does the tokenizer's vocabulary match the model's embeddings?"
         )
 

@@ -138,6 +138,11 @@ class SelfishTrainer(Trainer):
         )
         if self.args.selfish_fused:
             check_fusable(self.model)  # refuse logit soft-capping / scaling before training starts
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+                raise ValueError(
+                    "selfish_fused reads the LM head's weight outside the model's forward, which FSDP and "
+                    "DeepSpeed shard; train these with selfish_fused=False"
+                )
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
