@@ -26,7 +26,6 @@ Two ways to get the tensors:
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,8 +34,6 @@ import torch
 from torch import nn
 
 from .loss import selfish_causal_lm_loss, shift_causal_labels
-
-logger = logging.getLogger(__name__)
 
 SCENARIO_NAMES = ("input", "target", "non_target")
 
