@@ -15,8 +15,8 @@ weight's grad is the sum of all three, which `.grad` alone cannot split. Nothing
 Two ways to get the tensors:
 
 - `compute_scenario_vectors(model, input_ids, labels, margin=...)`: a standalone measurement on one batch
-  (one forward and one backward, model parameters' `.grad` untouched); `G` is the analytic gradient of
-  the selfish loss (`margin`) or of cross-entropy (`margin=None`), targets come from the labels.
+  (one forward and one backward, model parameters' `.grad` untouched); `G` is the gradient of
+  `hf_selfish.loss.selfish_causal_lm_loss` (cross-entropy for `margin=None`), targets come from the labels.
 - `GradientScenarioRecorder(model)`: hooks that ride along the training step's own forward and backward,
   so `G` is whatever loss is really being trained, with its real scaling (`num_items_in_batch`, gradient
   accumulation, ...). It finds each row's target as the single negative entry of `G`, which is exact for
@@ -26,17 +26,14 @@ Two ways to get the tensors:
 
 from __future__ import annotations
 
-import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger(__name__)
+from .loss import selfish_causal_lm_loss, shift_causal_labels
 
 SCENARIO_NAMES = ("input", "target", "non_target")
 
@@ -190,53 +187,6 @@ def targets_from_grad_logits(grad_logits: torch.Tensor, *, ignore_index: int = -
     return targets.masked_fill(counts == 0, ignore_index)
 
 
-def selfish_grad_logits(
-    logits: torch.Tensor,
-    targets: torch.Tensor,
-    margin: float | None,
-    *,
-    ignore_index: int = -100,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Analytic gradient of the selfish loss (or of cross-entropy, `margin=None`) w.r.t. aligned logits.
-
-    Per row with target `y`: logits strictly below `logits[y] - margin` leave the softmax, and
-    `G = (softmax over the kept logits - onehot(y)) * w` with `w = 1 / num_items_in_batch` (default: the
-    number of non-ignored rows); ignored rows get 0. This is the gradient of `sum of per-row CE over the
-    kept set / num_items`, the reduction of transformers' `fixed_cross_entropy`.
-
-    Args:
-        logits: `[N, V]` (any float dtype; computed in float32).
-        targets: `[N]` labels, `ignore_index` for rows without one.
-        margin: `None` or `inf` for cross-entropy, else a margin `>= 0`.
-
-    Returns:
-        `[N, V]` float32.
-    """
-    margin = _check_margin(margin)
-    logits = logits.reshape(-1, logits.shape[-1]).float()  # [N, V]
-    targets = targets.reshape(-1)  # [N]
-    valid = targets != ignore_index  # [N]
-    safe_targets = targets.masked_fill(~valid, 0)  # [N] never gather with ignore_index
-    _check_ids(safe_targets, logits.shape[-1], "targets")
-    if margin is not None:
-        threshold = logits.gather(-1, safe_targets.unsqueeze(-1)) - margin  # [N, 1]
-        logits = logits.masked_fill(logits < threshold, float("-inf"))  # [N, V] target always kept
-    grad = torch.softmax(logits, dim=-1)  # [N, V]
-    grad.scatter_add_(-1, safe_targets.unsqueeze(-1), grad.new_full((grad.shape[0], 1), -1.0))
-    num_items = valid.sum() if num_items_in_batch is None else torch.as_tensor(num_items_in_batch)
-    weight = valid.float() / num_items.to(grad.device).clamp(min=1)  # [N] 0 for ignored rows
-    return grad * weight.unsqueeze(-1)
-
-
-def shift_causal_labels(labels: torch.Tensor, *, ignore_index: int = -100) -> torch.Tensor:
-    """`labels [B, T]` -> targets aligned with the logits `[B, T]`: position t predicts label t+1.
-
-    Same as transformers' `ForCausalLMLoss`: pad one `ignore_index` at the end, drop the first label.
-    """
-    return F.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-
-
 def non_target_share(norms: ScenarioNorms, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
     """Share of scenario 2.2 in the total gradient norm of each group of tokens.
 
@@ -272,12 +222,15 @@ def compute_scenario_vectors(
     margin: float | None = 2.0,
     *,
     ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> ScenarioVectors:
     """Exact scenario vectors of one batch for any `AutoModelForCausalLM`, in one forward and one backward.
 
-    The loss is the causal-LM selfish loss with `margin` (cross-entropy for `margin=None`), mean over the
-    non-ignored labels, with transformers' shift (logits `[:, :-1]` predict labels `[:, 1:]`). Parameters'
-    `.grad` is left untouched; dropout follows `model.training` (call `model.eval()` to switch it off).
+    The loss is the one `SelfishTrainer` trains: `selfish_causal_lm_loss(logits, labels, margin)`
+    (cross-entropy for `margin=None`), with transformers' causal shift and reduction (sum over the
+    labelled tokens / `num_items_in_batch`, default their count). `G` is its autograd gradient on a
+    detached logits leaf, pushed back through the model once. Parameters' `.grad` is left untouched;
+    dropout follows `model.training` (call `model.eval()` to switch it off).
 
     Args:
         input_ids: `[B, T]`.
@@ -308,20 +261,23 @@ def compute_scenario_vectors(
     handles = [embedding.register_forward_hook(keep_embeds), head.register_forward_hook(keep_head_io)]
     try:
         with torch.enable_grad():
-            outputs = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # [B, T, V]
     finally:
         for handle in handles:
             handle.remove()
-    logits = outputs.logits  # [B, T, V] (after any post-head transform, e.g. soft-capping)
-    targets = shift_causal_labels(labels, ignore_index=ignore_index)  # [B, T]
-    grad_final = selfish_grad_logits(logits.detach(), targets, margin, ignore_index=ignore_index)
+    with torch.enable_grad():
+        leaf = logits.detach().requires_grad_(True)  # [B, T, V] after any post-head transform (soft-capping)
+        loss = selfish_causal_lm_loss(
+            leaf, labels, margin, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch
+        )
+        (grad_final,) = torch.autograd.grad(loss, leaf)  # [B, T, V]
     grad_raw, grad_embeds = torch.autograd.grad(
-        logits, [captured["raw_logits"], captured["embeds"]], grad_outputs=grad_final.view_as(logits).to(logits.dtype)
+        logits, [captured["raw_logits"], captured["embeds"]], grad_outputs=grad_final.to(logits.dtype)
     )
     return scenario_vectors(
         captured["hidden"].detach(),
         grad_raw,
-        targets,
+        shift_causal_labels(labels, ignore_index),
         captured["input_ids"],
         grad_embeds,
         padding_idx=getattr(embedding, "padding_idx", None),
@@ -337,10 +293,17 @@ def compute_scenario_norms(
     margin: float | None = 2.0,
     *,
     ignore_index: int = -100,
+    num_items_in_batch: int | torch.Tensor | None = None,
 ) -> ScenarioNorms:
     """Per-token norms `[V]` of `compute_scenario_vectors` (same arguments)."""
     vectors = compute_scenario_vectors(
-        model, input_ids, labels, attention_mask, margin, ignore_index=ignore_index
+        model,
+        input_ids,
+        labels,
+        attention_mask,
+        margin,
+        ignore_index=ignore_index,
+        num_items_in_batch=num_items_in_batch,
     )
     return vectors.norms()
 
@@ -452,7 +415,8 @@ def save_scenario_norms(norms: ScenarioNorms, path: str | Path, metadata: Mappin
     from safetensors.torch import save_file
 
     path = Path(path)
-    tensors = {name: tensor.detach().double().cpu().contiguous() for name, tensor in zip(SCENARIO_NAMES, norms.stacked())}
+    stacked = norms.stacked().detach().double().cpu()  # [3, V]
+    tensors = {name: tensor.contiguous() for name, tensor in zip(SCENARIO_NAMES, stacked)}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=dict(metadata or {}))
     tmp.replace(path)
@@ -488,19 +452,6 @@ def _embedding_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
             "need a causal LM such as AutoModelForCausalLM"
         )
     return embedding, head
-
-
-def _check_margin(margin: float | None) -> float | None:
-    """`None`/`inf` -> None (cross-entropy); a finite margin >= 0 -> float; anything else -> ValueError."""
-    if margin is None:
-        return None
-    try:
-        value = float(margin)
-    except (TypeError, ValueError):
-        raise ValueError(f"margin must be a number >= 0 or None, got {margin!r}") from None
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"margin must be >= 0 (or None for cross-entropy), got {margin!r}")
-    return None if math.isinf(value) else value
 
 
 def _check_ids(ids: torch.Tensor, vocab_size: int, what: str) -> None:

@@ -5,6 +5,12 @@ from __future__ import annotations
 import copy
 import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,15 +18,17 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, 
 
 from hf_selfish.scenario_callback import SCENARIOS_FILE, GradientScenarioCallback
 from hf_selfish.scenarios import compute_scenario_norms, load_scenario_norms
+from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments
 
 VOCAB = 40
 GROUPS = {"rank_1-20": list(range(20)), "rank_21-40": list(range(20, 40))}
 
 
-def tiny_gpt2() -> GPT2LMHeadModel:
+def tiny_gpt2(initializer_range: float = 0.02) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
+        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=initializer_range,
     )
     return GPT2LMHeadModel(config)
 
@@ -79,6 +87,23 @@ def test_first_step_equals_standalone_computation(tmp_path, accumulation):
     expected = compute_scenario_norms(initial, ids, labels, margin=None)
     assert callback.recorded_steps == 1
     assert torch.allclose(callback.norms.stacked(), expected.stacked(), rtol=1e-5, atol=1e-7)
+
+
+def test_selfish_trainer_step_equals_standalone_selfish_computation(tmp_path):
+    """SelfishTrainer keeps labels away from the model; the recorded split is still the selfish loss's."""
+    model = tiny_gpt2(initializer_range=0.5)  # spread logits so that margin 2 masks some
+    initial = copy.deepcopy(model).eval()
+    data = dataset(4)
+    callback = GradientScenarioCallback(every_k_steps=1)
+    args = SelfishTrainingArguments(**training_args(tmp_path, max_steps=1).to_dict() | {"selfish_margin": 2.0})
+    SelfishTrainer(model=model, args=args, train_dataset=data, callbacks=[callback]).train()
+
+    ids = torch.stack([row["input_ids"] for row in data])
+    labels = torch.stack([row["labels"] for row in data])
+    expected = compute_scenario_norms(initial, ids, labels, margin=2.0)
+    ce = compute_scenario_norms(initial, ids, labels, margin=None)
+    assert torch.allclose(callback.norms.stacked(), expected.stacked(), rtol=1e-5, atol=1e-7)
+    assert not torch.allclose(expected.non_target, ce.non_target, rtol=1e-3)  # margin 2 matters here
 
 
 def test_every_k_steps_files_and_logs(tmp_path):
@@ -167,33 +192,66 @@ def test_bad_every_k_steps(every_k_steps):
         GradientScenarioCallback(every_k_steps=every_k_steps)
 
 
-def _ddp_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
-    """One rank of a 2-process gloo DDP step on half the batch; rank 0 saves the reduced vectors."""
+# Two processes (gloo on CPU, launched with torch.distributed.run): each rank records one DDP step on its half
+# of the batch; the callback's reduction must give the vectors of the gradient DDP applied.
+
+_DDP_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    import torch
+    import torch.distributed as dist
+    from test_scenario_callback import dataset, tiny_gpt2
     from hf_selfish.scenario_callback import _mean_across_processes
     from hf_selfish.scenarios import GradientScenarioRecorder
 
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
-    try:
-        model = tiny_gpt2()
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        rows = dataset(4)[2 * rank : 2 * rank + 2]
-        ids = torch.stack([row["input_ids"] for row in rows])
-        labels = torch.stack([row["labels"] for row in rows])
-        with GradientScenarioRecorder(model) as recorder:
-            ddp(input_ids=ids, labels=labels).loss.backward()
-        reduced = _mean_across_processes(recorder.pop_vectors().stacked())
-        if rank == 0:
-            torch.save({"reduced": reduced, "grad": model.transformer.wte.weight.grad}, out_file)
-    finally:
-        torch.distributed.destroy_process_group()
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    model = tiny_gpt2()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    rows = dataset(4)[2 * rank : 2 * rank + 2]
+    ids = torch.stack([row["input_ids"] for row in rows])
+    labels = torch.stack([row["labels"] for row in rows])
+    with GradientScenarioRecorder(model) as recorder:
+        ddp(input_ids=ids, labels=labels).loss.backward()
+    reduced = _mean_across_processes(recorder.pop_vectors().stacked())
+    if rank == 0:
+        torch.save({"reduced": reduced, "grad": model.transformer.wte.weight.grad}, sys.argv[2])
+    dist.destroy_process_group()
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_process_vectors_average_like_ddp_gradients(tmp_path):
-    torch.multiprocessing.spawn(
-        _ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "out.pt")), nprocs=2, join=True
+    script = tmp_path / "ddp_step.py"
+    script.write_text(_DDP_SCRIPT)
+    out_file = tmp_path / "out.pt"
+    repo_root = str(Path(__file__).resolve().parent.parent)
+    python_path = os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        str(script), str(Path(__file__).parent), str(out_file),
+    ]
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
-    result = torch.load(tmp_path / "out.pt")
+    try:
+        _, stderr = launcher.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its two workers
+        launcher.communicate()
+        raise
+    assert launcher.returncode == 0, stderr[-4000:]
+
+    result = torch.load(out_file)
     # the averaged vectors sum to the gradient DDP applied ...
     assert torch.allclose(result["reduced"].sum(0), result["grad"], atol=1e-6)
     # ... which is the gradient of the whole batch in one process (equal token counts on both ranks)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from hf_selfish.loss import selfish_cross_entropy
 from hf_selfish.scenarios import (
     GradientScenarioRecorder,
     ScenarioNorms,
@@ -17,8 +18,6 @@ from hf_selfish.scenarios import (
     output_embedding_gradients,
     save_scenario_norms,
     scenario_vectors,
-    selfish_grad_logits,
-    shift_causal_labels,
     targets_from_grad_logits,
 )
 
@@ -34,6 +33,13 @@ def reference_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float | N
         target_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1))  # [N, 1]
         logits = logits.masked_fill(logits < target_logit - margin, float("-inf"))
     return F.cross_entropy(logits, labels, ignore_index=-100)
+
+
+def loss_grad(logits: torch.Tensor, targets: torch.Tensor, margin: float | None) -> torch.Tensor:
+    """G = dLoss/dlogits of the package's selfish loss on aligned `logits [N, V]`, by autograd."""
+    leaf = logits.detach().clone().requires_grad_(True)
+    selfish_cross_entropy(leaf, targets, margin).backward()
+    return leaf.grad
 
 
 def masked_fraction(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> float:
@@ -95,42 +101,8 @@ def autograd_grads(model, input_ids, labels, attention_mask, margin) -> None:
 
 
 # --------------------------------------------------------------------------------------------------------
-# The analytic logit gradient and the target read off it
+# The target read off G
 # --------------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("margin", [None, 0.0, 0.5, 2.0])
-def test_selfish_grad_logits_equals_autograd_of_masked_cross_entropy(margin):
-    generator = torch.Generator().manual_seed(0)
-    logits = (3 * torch.randn(2, 9, 7, generator=generator)).requires_grad_(True)
-    labels = torch.randint(0, 7, (2, 9), generator=generator)
-    labels[0, 2] = -100
-    reference_loss(logits, labels, margin).backward()
-
-    analytic = selfish_grad_logits(logits[:, :-1].detach(), labels[:, 1:], margin)
-
-    assert torch.allclose(analytic.view(2, 8, 7), logits.grad[:, :-1], atol=ATOL)
-    assert torch.all(logits.grad[:, -1] == 0)
-
-
-def test_selfish_grad_logits_num_items_in_batch_scales_rows():
-    logits = torch.randn(4, 5)
-    targets = torch.tensor([0, 1, -100, 3])
-    mean = selfish_grad_logits(logits, targets, 2.0)
-    summed_over_ten = selfish_grad_logits(logits, targets, 2.0, num_items_in_batch=10)
-    assert torch.allclose(summed_over_ten * 10, mean * 3, atol=ATOL)
-    assert torch.all(mean[2] == 0)
-
-
-def test_selfish_grad_logits_all_ignored_is_zero_not_nan():
-    grad = selfish_grad_logits(torch.randn(3, 5), torch.full((3,), -100), 2.0)
-    assert torch.equal(grad, torch.zeros(3, 5))
-
-
-@pytest.mark.parametrize("margin", [-1.0, float("nan"), "two"])
-def test_bad_margin_raises(margin):
-    with pytest.raises(ValueError, match="margin"):
-        selfish_grad_logits(torch.randn(2, 3), torch.tensor([0, 1]), margin)
 
 
 def test_targets_from_grad_logits_recovers_labels_and_refuses_label_smoothing():
@@ -138,21 +110,16 @@ def test_targets_from_grad_logits_recovers_labels_and_refuses_label_smoothing():
     logits = 3 * torch.randn(20, 6, generator=generator)
     targets = torch.randint(0, 6, (20,), generator=generator)
     targets[[3, 7]] = -100
-    grad = selfish_grad_logits(logits, targets, 2.0)
+    grad = loss_grad(logits, targets, 2.0)
     alone = targets.ne(-100) & (grad == 0).all(dim=-1)  # margin masked every other logit: q[y] == 1, G row 0
     assert alone.any()
     assert torch.equal(targets_from_grad_logits(grad), targets.masked_fill(alone, -100))
-    assert torch.equal(targets_from_grad_logits(selfish_grad_logits(logits, targets, None)), targets)
+    assert torch.equal(targets_from_grad_logits(loss_grad(logits, targets, None)), targets)
 
     smoothed = logits.clone().requires_grad_(True)
     F.cross_entropy(smoothed, targets, ignore_index=-100, label_smoothing=0.1).backward()
     with pytest.raises(ValueError, match="label smoothing"):
         targets_from_grad_logits(smoothed.grad)
-
-
-def test_shift_causal_labels():
-    labels = torch.tensor([[5, 6, -100, 7]])
-    assert shift_causal_labels(labels).tolist() == [[6, -100, 7, -100]]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -180,14 +147,29 @@ def test_untied_llama_vectors_equal_autograd_grads(margin):
     assert torch.equal(model.lm_head.weight.grad, head_grad)
 
 
+@pytest.mark.parametrize("margin", [-1.0, float("nan"), "two"])
+def test_bad_margin_raises(margin):
+    input_ids, labels, attention_mask = batch()
+    with pytest.raises(ValueError, match="margin"):
+        compute_scenario_vectors(tiny_llama(), input_ids, labels, attention_mask, margin)
+
+
+def test_num_items_in_batch_scales_the_vectors():
+    model = tiny_llama()
+    input_ids, labels, attention_mask = batch()
+    mean = compute_scenario_norms(model, input_ids, labels, attention_mask, 2.0)
+    items = int(labels[:, 1:].ne(-100).sum())
+    over_double = compute_scenario_norms(model, input_ids, labels, attention_mask, 2.0, num_items_in_batch=2 * items)
+    assert torch.allclose(over_double.stacked() * 2, mean.stacked(), rtol=1e-5)
+
+
 def test_untied_llama_ce_and_selfish_give_different_non_target_vectors():
     model = tiny_llama()
     input_ids, labels, attention_mask = batch()
     ce = compute_scenario_norms(model, input_ids, labels, attention_mask, None)
     selfish = compute_scenario_norms(model, input_ids, labels, attention_mask, 2.0)
     assert not torch.allclose(ce.non_target, selfish.non_target)
-    assert torch.allclose(ce.input.sum(), ce.input.sum())  # both finite
-    assert torch.isfinite(selfish.stacked()).all()
+    assert torch.isfinite(ce.stacked()).all() and torch.isfinite(selfish.stacked()).all()
 
 
 @pytest.mark.parametrize("margin", [None, 2.0])
@@ -221,8 +203,8 @@ def test_masked_token_gets_no_non_target_gradient_under_margin_but_does_under_ce
     )  # [N, V=4]
     targets = torch.tensor([0, 1, 2])
 
-    _, non_target_selfish = output_embedding_gradients(hidden, selfish_grad_logits(logits, targets, 2.0), targets)
-    _, non_target_ce = output_embedding_gradients(hidden, selfish_grad_logits(logits, targets, None), targets)
+    _, non_target_selfish = output_embedding_gradients(hidden, loss_grad(logits, targets, 2.0), targets)
+    _, non_target_ce = output_embedding_gradients(hidden, loss_grad(logits, targets, None), targets)
 
     assert torch.equal(non_target_selfish[3], torch.zeros(2))  # masked at every position: exactly nothing
     assert non_target_ce[3].abs().sum() > 0
