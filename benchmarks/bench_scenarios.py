@@ -24,7 +24,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, TrainerControl, TrainerState, TrainingArguments
 from transformers.utils import logging as hf_logging
 
-from hf_selfish.scenario_callback import GradientScenarioCallback
+from hf_selfish.callbacks import GradientScenarioCallback
 
 VOCAB, BLOCK, BATCH = 65, 64, 12
 GROUPS = {f"rank_{lo}-{min(lo + 9, VOCAB)}": list(range(lo - 1, min(lo + 9, VOCAB))) for lo in range(1, VOCAB + 1, 10)}

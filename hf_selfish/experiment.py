@@ -39,8 +39,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
 from .arguments import DataArguments, ModelArguments
-from .callbacks import RankBucketEvalCallback
-from .scenario_callback import SCENARIOS_FILE, GradientScenarioCallback
+from .callbacks import SCENARIOS_FILE, GradientScenarioCallback, RankBucketEvalCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency

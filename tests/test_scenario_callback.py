@@ -16,7 +16,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
-from hf_selfish.scenario_callback import SCENARIOS_FILE, GradientScenarioCallback
+from hf_selfish.callbacks import SCENARIOS_FILE, GradientScenarioCallback
 from hf_selfish.scenarios import compute_scenario_norms, load_scenario_norms
 from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments
 
@@ -202,7 +202,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from test_scenario_callback import dataset, tiny_gpt2
-    from hf_selfish.scenario_callback import _mean_across_processes
+    from hf_selfish.callbacks import _mean_across_processes
     from hf_selfish.scenarios import GradientScenarioRecorder
 
     dist.init_process_group("gloo")
