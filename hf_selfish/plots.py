@@ -35,8 +35,11 @@ from .report import (
     format_margin,
     group_label,
     group_names,
+    is_sweep,
     load_results,
     metric_key,
+    sweep_groups,
+    sweep_rows,
 )
 
 logger = logging.getLogger(__name__)
@@ -853,4 +856,6 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         paths.append(plot_scenarios(norms, out / f"scenarios_{_safe_name(arm)}.png", tokens=tokens, order=order, title=title))
     if scenarios:
         paths.append(plot_scenarios_comparison(scenarios, out / "scenarios_non_target_comparison.png", tokens=tokens, order=order))
+    if is_sweep(results) and sweep_rows(results):
+        paths.append(plot_margin_sweep(sweep_rows(results), out / "margin_sweep.png", groups=sweep_groups(results)))
     return paths

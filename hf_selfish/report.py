@@ -21,13 +21,14 @@ import math
 import os
 import re
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .files import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -635,6 +636,62 @@ def _plots_section(plots: Sequence[str | os.PathLike]) -> str:
     return "\n".join(lines).rstrip()
 
 
+SWEEP_GROUPS = ("rank_1-10", "rank_41-50", "lang_main", "lang_small")
+SWEEP_STATS = ("nll", "accuracy", "recall_at_5", "mrr")
+
+
+def is_sweep(results: Mapping[str, Any]) -> bool:
+    """Whether a comparison is a margin sweep (its recipe sets ``sweep_margins``)."""
+    return bool((results.get("recipe") or {}).get("sweep_margins"))
+
+
+def sweep_groups(results: Mapping[str, Any]) -> list[str]:
+    """The groups a sweep is summarised on: the most frequent and a rare bucket, and the languages."""
+    present = group_names(results)
+    return [g for g in SWEEP_GROUPS if g in present]
+
+
+def sweep_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per finished run and sweep group: the margin setting, its value, and the final stats.
+
+    The rows `plots.plot_margin_sweep` takes; ``margin`` is None for the plain cross-entropy arm.
+    """
+    settings = {arm["name"]: arm.get("selfish_margin_setting", arm.get("selfish_margin"))
+                for arm in results.get("arms", [])}
+    rows = []
+    for arm, runs in finished_runs(results).items():
+        for run in runs:
+            for group in sweep_groups(results):
+                row = {"arm": arm, "seed": run.get("seed"), "group": group,
+                       "margin": settings.get(arm), "margin_value": run.get("selfish_margin")}
+                for stat in SWEEP_STATS:
+                    value = _finite(run["final"].get(metric_key(group, stat)))
+                    if value is not None:
+                        row[stat] = value
+                rows.append(row)
+    return rows
+
+
+def sweep_table(results: Mapping[str, Any]) -> str:
+    """Markdown: one row per arm (margin), the sweep groups' final NLL / accuracy / MRR (mean over seeds)."""
+    rows = sweep_rows(results)
+    groups = sweep_groups(results)
+    header = ["arm", "margin", "eval loss"] + [f"{group_label(g)} {s}" for g in groups for s in ("NLL", "acc", "MRR")]
+    lines = []
+    for arm, runs in finished_runs(results).items():
+        arm_rows = [r for r in rows if r["arm"] == arm]
+        margin = arm_rows[0]["margin_value"] if arm_rows else None
+        setting = arm_rows[0]["margin"] if arm_rows else None
+        label = "none (CE)" if margin is None else (f"auto = {margin:.2f}" if setting == "auto" else format_margin(margin))
+        cells = [arm, label, _fmt(statistics.mean(r["final"]["eval_loss"] for r in runs))]
+        for group in groups:
+            for stat in ("nll", "accuracy", "mrr"):
+                values = [r[stat] for r in arm_rows if r["group"] == group and stat in r]
+                cells.append(_fmt(statistics.mean(values)) if values else "absent")
+        lines.append(cells)
+    return markdown_table(header, lines, ["l", "l"] + ["r"] * (len(header) - 2))
+
+
 def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike] = ()) -> str:
     """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``)."""
     summary = summarize(results)
@@ -657,26 +714,14 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     if any(row.counts_differ for row in summary.groups):
         parts += ["", "\\* the arms evaluated different token counts in this group; the first arm's count is shown."]
     parts += ["", "## Overall eval loss", "", eval_loss_table(summary), "", "## Verdict", "", verdict(summary)]
+    if is_sweep(results):
+        parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
     parts += ["", "## Other metrics", ""]
     for stat in other_stats:
         parts += [f"### {STAT_TITLES[stat]}", "", group_table(summary, stat, with_tokens=False), ""]
     if plots:
         parts += [_plots_section(plots), ""]
     return "\n".join(parts).rstrip() + "\n"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temp file in the same folder, then ``os.replace`` it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def existing_plots(run_dir: str | os.PathLike) -> list[str]:
@@ -690,10 +735,10 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     run_dir = Path(run_dir)
     results = load_results(run_dir)
     report = run_dir / REPORT_FILENAME
-    _write_atomic(report, render_report(results, existing_plots(run_dir)))
+    atomic_write_text(report, render_report(results, existing_plots(run_dir)))
     summary = summarize(results)
     record = {**summary.to_json(), "verdict": verdict(summary)}
-    _write_atomic(run_dir / SUMMARY_FILENAME, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(run_dir / SUMMARY_FILENAME, json.dumps(record, indent=2, allow_nan=False) + "\n")
     logger.info("report written to %s", report)
     return report
 
@@ -913,5 +958,5 @@ def write_model_card(output_dir: str | os.PathLike, **kwargs: Any) -> Path:
     if kwargs.get("metrics") is None and kwargs.get("results") is None:
         kwargs["metrics"] = _last_eval_metrics(output_dir)
     path = output_dir / MODEL_CARD_FILENAME
-    _write_atomic(path, render_model_card(**kwargs))
+    atomic_write_text(path, render_model_card(**kwargs))
     return path

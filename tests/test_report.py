@@ -3,6 +3,7 @@
 import json
 import math
 import re
+import statistics
 
 import numpy as np
 import pytest
@@ -479,3 +480,35 @@ def test_stat_json_never_nan():
     summary = summarize(make_results(seeds=(3,)))
     text = json.dumps(summary.to_json(), allow_nan=False)
     assert math.isfinite(json.loads(text)["groups"][0]["arms"]["baseline"]["stats"]["nll"]["mean"])
+
+
+def test_margin_sweep_rows_table_and_plot(tmp_path):
+    from hf_selfish.report import is_sweep, sweep_rows, sweep_table
+
+    nll = {**FINAL_NLL, "margin_2": FINAL_NLL["selfish"], "margin_auto": FINAL_NLL["baseline"]}
+    acc = {**FINAL_ACCURACY, "margin_2": FINAL_ACCURACY["selfish"], "margin_auto": FINAL_ACCURACY["baseline"]}
+    loss = {**EVAL_LOSS, "margin_2": EVAL_LOSS["selfish"], "margin_auto": EVAL_LOSS["baseline"]}
+    results = make_results(arms=("baseline", "margin_2", "margin_auto"), margins=(None, 2.0, 4.17),
+                           tables=(nll, acc, loss))
+    results["arms"][2]["selfish_margin_setting"] = "auto"
+    for run in results["runs"]:
+        run["selfish_margin"] = {"baseline": None, "margin_2": 2.0, "margin_auto": 4.17}[run["arm"]]
+    assert not is_sweep(results)
+    results["recipe"]["sweep_margins"] = ["2", "auto"]
+    assert is_sweep(results)
+    rows = sweep_rows(results)
+    rank_1 = [r for r in rows if r["group"] == "rank_1-10"]
+    assert len(rank_1) == 3 * len(SEEDS)
+    auto = [r for r in rank_1 if r["arm"] == "margin_auto"]
+    assert all(r["margin"] == "auto" and r["margin_value"] == 4.17 for r in auto)
+    expected = statistics.mean(r["final"]["eval_rank_1-10_nll"] for r in results["runs"] if r["arm"] == "margin_auto")
+    assert statistics.mean(r["nll"] for r in auto) == pytest.approx(expected)
+    table = sweep_table(results)
+    assert "auto = 4.17" in table and "none (CE)" in table
+    assert f"{expected:.4f}" in table
+    make_run_dir(tmp_path, results)
+    from hf_selfish.plots import write_plots
+    from hf_selfish.report import write_report
+
+    assert tmp_path / "plots" / "margin_sweep.png" in write_plots(tmp_path)
+    assert "## Margin sweep" in write_report(tmp_path).read_text()
