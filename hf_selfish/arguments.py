@@ -91,3 +91,7 @@ class ExperimentArguments:
     overwrite: bool = field(
         default=False, metadata={"help": "Replace a finished comparison in output_dir instead of refusing."}
     )
+    sweep_margins: list[str] | None = field(
+        default=None,
+        metadata={"help": "Margin sweep: arms = the CE baseline + one selfish arm per margin (numbers or 'auto')."},
+    )

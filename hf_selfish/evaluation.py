@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 
 logger = logging.getLogger(__name__)
@@ -86,16 +87,16 @@ def target_nll_and_rank(
     keep = flat_targets != ignore_index  # [N]
     safe_targets = torch.where(keep, flat_targets, torch.zeros_like(flat_targets))  # [N]
 
-    nll = torch.zeros(flat_targets.shape, dtype=torch.float32, device=logits.device)  # [N]
-    rank = torch.zeros(flat_targets.shape, dtype=torch.long, device=logits.device)  # [N]
+    nll = torch.empty(flat_targets.shape, dtype=torch.float32, device=logits.device)  # [N]
+    rank = torch.empty(flat_targets.shape, dtype=torch.long, device=logits.device)  # [N]
     rows_per_chunk = max(1, max_chunk_elements // max(vocab_size, 1))
     for start in range(0, flat_targets.numel(), rows_per_chunk):
         rows = slice(start, start + rows_per_chunk)
         chunk = flat_logits[rows].float()  # [n, V]
+        # The same kernel as the models' own loss; ignored positions get 0.
+        nll[rows] = F.cross_entropy(chunk, flat_targets[rows], ignore_index=ignore_index, reduction="none")
         target_logit = chunk.gather(-1, safe_targets[rows, None])  # [n, 1]
-        nll[rows] = torch.logsumexp(chunk, dim=-1) - target_logit.squeeze(-1)
         rank[rows] = (chunk > target_logit).sum(dim=-1) + 1
-    nll = torch.where(keep, nll, torch.zeros_like(nll))
     rank = torch.where(keep, rank, torch.zeros_like(rank))
     return nll.view(targets.shape), rank.view(targets.shape)
 
@@ -113,18 +114,25 @@ def causal_nll_and_rank(
         logits: `[B, T, V]`. labels: `[B, T]` unshifted, as given to the model (`ignore_index` skipped).
 
     Returns:
-        `(targets, nll, rank)`, each `[B, T - 1]`: `targets = labels[:, 1:]`.
+        `(targets, nll, rank)`, each `[B, T]` and aligned with `logits`: `targets = causal_targets(labels)`,
+        so the last position is `ignore_index` (with `nll = 0`, `rank = 0`).
     """
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
         raise ValueError(
             f"expected logits [B, T, V] and labels [B, T] with the same B and T; got {tuple(logits.shape)} "
             f"and {tuple(labels.shape)}."
         )
-    targets = labels[:, 1:]  # [B, T-1]
-    nll, rank = target_nll_and_rank(
-        logits[:, :-1], targets, ignore_index=ignore_index, max_chunk_elements=max_chunk_elements
-    )
+    targets = causal_targets(labels, ignore_index=ignore_index)  # [B, T]
+    nll, rank = target_nll_and_rank(logits, targets, ignore_index=ignore_index, max_chunk_elements=max_chunk_elements)
     return targets, nll, rank
+
+
+def causal_targets(labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """`[B, T]` labels -> `[B, T]` targets of each position: `labels[:, 1:]`, then one `ignore_index` column.
+
+    Shifting the labels (not the logits) keeps the logits contiguous, so they are never copied.
+    """
+    return F.pad(labels[:, 1:], (0, 1), value=ignore_index)
 
 
 def _check_targets(targets: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
@@ -338,7 +346,7 @@ class RankBucketMetrics:
 
     - `preprocess_logits_for_metrics(logits [B, T, V], labels [B, T]) -> [B, T, 2]` float32 runs on each
       process before the Trainer gathers predictions: channel 0 is the target's NLL, channel 1 its rank, at
-      the logits' positions (`[:, t]` scores `labels[:, t + 1]`; the last position is filler). Only these
+      the logits' positions (`[:, t]` scores `labels[:, t + 1]`; the last position is (0, 0)). Only these
       `B x T x 2` numbers are gathered and kept, never the `[B, T, V]` logits.
     - `compute_metrics(eval_pred, compute_result=True)` accumulates them into `TokenStats` (O(V)) and, when
       `compute_result` is true, returns the group metrics (the Trainer prefixes `eval_`) and starts afresh.
@@ -387,11 +395,8 @@ class RankBucketMetrics:
                 f"logits have {logits.shape[-1]} entries in their last dimension but vocab_size is "
                 f"{self.vocab_size}; pass the model's output vocabulary size."
             )
-        _, nll, rank = causal_nll_and_rank(logits, labels, ignore_index=self.ignore_index)  # [B, T-1] each
-        stats = torch.zeros(*logits.shape[:2], 2, dtype=torch.float32, device=logits.device)  # [B, T, 2]
-        stats[:, :-1, 0] = nll
-        stats[:, :-1, 1] = rank.float()
-        return stats
+        _, nll, rank = causal_nll_and_rank(logits, labels, ignore_index=self.ignore_index)  # [B, T] each
+        return torch.stack([nll, rank.float()], dim=-1)  # [B, T, 2]
 
     def compute_metrics(self, eval_pred: Any, compute_result: bool = True) -> dict[str, float | int]:
         """Accumulate one `EvalPrediction` of `[B, T, 2]` predictions and `[B, T]` labels.
@@ -406,9 +411,8 @@ class RankBucketMetrics:
                 f"{tuple(predictions.shape)} and {tuple(labels.shape)}. Pass this object's "
                 "preprocess_logits_for_metrics to the Trainer too."
             )
-        targets = labels[:, 1:]  # [B, T-1]
-        nll = predictions[:, :-1, 0]  # [B, T-1]
-        rank = predictions[:, :-1, 1].round().long()  # [B, T-1]
+        targets = causal_targets(labels, ignore_index=self.ignore_index)  # [B, T]
+        nll, rank = predictions[..., 0], predictions[..., 1].round().long()  # [B, T] each
         self._stats.update(targets, nll, rank, ignore_index=self.ignore_index)
         if not compute_result:
             return {}

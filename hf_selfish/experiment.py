@@ -70,8 +70,8 @@ def prepare_data(model_args: ModelArguments, data_args: DataArguments) -> Prepar
     log-spaced for big vocabularies), plus the two language groups under the low-resource simulation.
     """
     lm = prepare_lm_data(model_args, data_args, train_language=data_args.train_language)
-    tokens = token_labels(lm.tokenizer)
-    frequency = TokenFrequency.from_dataset(lm.datasets["train"], lm.vocab_size, tokens=tokens[: lm.vocab_size])
+    tokens = token_labels(lm.tokenizer, lm.vocab_size)
+    frequency = TokenFrequency.from_dataset(lm.datasets["train"], lm.vocab_size, tokens=tokens)
     groups = {**frequency.groups(data_args.bucket_scheme, data_args.bucket_size), **lm.groups}
     return PreparedData(lm=lm, frequency=frequency, groups=groups)
 
@@ -146,11 +146,18 @@ def check_model_fits(model: PreTrainedModel, vocab_size: int, block_size: int) -
 # --------------------------------------------------------------------------------------------- trainer
 
 
-def build_trainer(args: RunArguments, model: PreTrainedModel, data: PreparedData) -> SelfishTrainer:
-    """A `SelfishTrainer` with rank-bucket evaluation (metrics logged as ``eval_{group}_{stat}``)."""
+def build_trainer(
+    args: RunArguments, model: PreTrainedModel, data: PreparedData, groups: dict[str, list[int]] | None = None
+) -> SelfishTrainer:
+    """A `SelfishTrainer` with rank-bucket evaluation (metrics logged as ``eval_{group}_{stat}``).
+
+    ``groups`` default to the run's own data groups; a comparison passes its reference groups so
+    every arm is scored on the same token groups.
+    """
     training = args.training
     training.batch_eval_metrics = True  # accumulate eval statistics batch by batch: O(V) memory
-    rank_buckets = RankBucketEvalCallback(data.groups, model.get_output_embeddings().weight.shape[0])
+    vocab_size = model.get_output_embeddings().weight.shape[0]
+    rank_buckets = RankBucketEvalCallback(groups or data.groups, vocab_size)
     return SelfishTrainer(
         model=model,
         args=training,
@@ -172,7 +179,9 @@ def train_history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [entry for entry in log_history if "loss" in entry and "eval_loss" not in entry]
 
 
-def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> dict[str, Any]:
+def train_run(
+    args: RunArguments, data: PreparedData, *, arm: str = "run", groups: dict[str, list[int]] | None = None
+) -> dict[str, Any]:
     """Train one run into ``args.training.output_dir`` and return its record (see `results.json`).
 
     A finished run (``run_result.json`` present) is returned as it is; an interrupted one resumes
@@ -184,7 +193,7 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
         logger.info("%s is finished already (%s): skipping", arm, finished)
         return read_json(finished, what="run result")
     model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
-    trainer = build_trainer(args, model, data)
+    trainer = build_trainer(args, model, data, groups)
     checkpoint = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if checkpoint:
         logger.info("%s: resuming from %s", arm, checkpoint)
@@ -201,7 +210,8 @@ def train_run(args: RunArguments, data: PreparedData, *, arm: str = "run") -> di
     record = {
         "arm": arm,
         "seed": args.training.seed,
-        "selfish_margin": args.training.selfish_margin,
+        "selfish_margin": trainer.margin_schedule.start,  # "auto" resolved against the vocabulary
+        "selfish_margin_setting": args.training.selfish_margin,
         "output_dir": str(output_dir),
         "status": "finished",
         "resumed_from": checkpoint,
@@ -281,7 +291,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
         data = prepared[key]
         reference = reference or data
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
-        record = train_run(args, data, arm=arm.name)
+        record = train_run(args, data, arm=arm.name, groups=reference.groups)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
         records.append(record)
         final = record["final"]
@@ -298,6 +308,13 @@ def _clear_finished(run_dir: Path, runs) -> None:
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 
+def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Name and margin of an arm (the resolved number once one of its runs has trained)."""
+    resolved = [r["selfish_margin"] for r in records if r["arm"] == arm.name]
+    margin = resolved[0] if resolved else args.training.selfish_margin
+    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": args.training.selfish_margin}
+
+
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:
     data.frequency.save(run_dir)
     return {
@@ -308,7 +325,6 @@ def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -
         "tokens": data.frequency.tokens,
         "train_counts": data.frequency.counts,
         "groups": data.groups,
-        "arms": [{"name": arm.name, "selfish_margin": args.training.selfish_margin}
-                 for arm, seed, args in runs if seed == runs[0][1]],
+        "arms": [_arm_summary(arm, args, records) for arm, seed, args in runs if seed == runs[0][1]],
         "runs": records,
     }

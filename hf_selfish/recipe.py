@@ -36,7 +36,7 @@ __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "D
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
-_NONE_STRINGS = {"none", "null", "~"}
+_NONE_STRINGS = {"None", "null", "~"}  # "none" stays a string: report_to: none
 
 
 @dataclass
@@ -102,7 +102,7 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
     if not isinstance(value, str):
         return value
-    if value.strip().lower() in _NONE_STRINGS:
+    if value.strip() in _NONE_STRINGS:
         return None
     if action.type is string_to_bool or isinstance(action.const, bool):
         return string_to_bool(value)
@@ -158,19 +158,37 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {str(path)!r} must be a mapping of keys to values, got {type(loaded).__name__}")
         values = loaded
-    raw_arms = values.pop("arms", None) or [dict(a) for a in DEFAULT_ARMS]
+    raw_arms = values.pop("arms", None)
     _check_keys(values, f"recipe {str(path) if path else '(defaults)'}")
     overrides = dict(overrides or {})
     _check_keys(overrides, "command-line overrides")
     values.update(overrides)
+    sweep = values.get("sweep_margins")
+    if sweep:
+        if raw_arms:
+            raise ValueError("a recipe sets either `arms` or `sweep_margins`, not both")
+        raw_arms = sweep_arms(sweep)
+    raw_arms = raw_arms or [dict(a) for a in DEFAULT_ARMS]
     arms = [_parse_arm(raw, i, overrides) for i, raw in enumerate(raw_arms)]
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
     recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
-    for arm in arms:  # fail now, not after the first arm has trained
+    recipe.arguments()  # fail now, not after the first arm has trained
+    for arm in arms:
         recipe.arguments(arm)
     return recipe
+
+
+def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
+    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin."""
+    if isinstance(margins, str):
+        margins = margins.split(",")
+    arms = [{"name": "baseline", "selfish_margin": None}]
+    for margin in margins:
+        text = str(margin).strip()
+        arms.append({"name": f"margin_{text}", "selfish_margin": text})
+    return arms
 
 
 def _parse_arm(raw: Any, index: int, overrides: dict[str, Any]) -> Arm:

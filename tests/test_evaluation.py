@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -111,8 +113,8 @@ def test_causal_shift_pairs_logits_t_with_label_t_plus_1():
     logits[0, 1, 1] = 5.0  # position 1 predicts token 1 strongly
     labels = torch.tensor([[3, 2, 0]])
     targets, nll, rank = causal_nll_and_rank(logits, labels)
-    assert targets.tolist() == [[2, 0]]
-    assert rank.tolist() == [[1, 2]]
+    assert targets.tolist() == [[2, 0, -100]]
+    assert rank.tolist() == [[1, 2, 0]] and nll[0, 2] == 0
     assert nll[0, 0].item() == pytest.approx(math.log(math.exp(5) + 3) - 5, abs=1e-6)
     assert nll[0, 1].item() == pytest.approx(math.log(math.exp(5) + 3), rel=1e-6)
 
@@ -214,7 +216,8 @@ def test_empty_group_reports_only_zero_tokens():
 
 def test_ignored_positions_do_not_count():
     stats = TokenStats.zeros(4)
-    stats.update(torch.tensor([[1, -100], [-100, 2]]), torch.tensor([[1.0, 99.0], [99.0, 2.0]]), torch.tensor([[1, 0], [0, 3]]))
+    targets = torch.tensor([[1, -100], [-100, 2]])
+    stats.update(targets, torch.tensor([[1.0, 99.0], [99.0, 2.0]]), torch.tensor([[1, 0], [0, 3]]))
     assert stats.count.tolist() == [0, 1, 1, 0]
     assert stats.nll_sum.tolist() == [0.0, 1.0, 2.0, 0.0]
 
@@ -242,7 +245,7 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="ranks start at 1"):
         TokenStats.zeros(5).update(torch.tensor([2]), torch.tensor([1.0]), torch.tensor([0]))
     with pytest.raises(ValueError, match="vocab_size"):
-        RankBucketMetrics({"g": [0]}, 5).preprocess_logits_for_metrics(torch.zeros(1, 3, 6), torch.zeros(1, 3, dtype=torch.long))
+        RankBucketMetrics({"g": [0]}, 5).preprocess_logits_for_metrics(torch.zeros(1, 3, 6), torch.zeros(1, 3).long())
     with pytest.raises(ValueError, match="preprocess_logits_for_metrics"):
         RankBucketMetrics({"g": [0]}, 5).compute_metrics(_EvalPred(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long)))
     with pytest.raises(ValueError, match="aligned"):
@@ -284,7 +287,9 @@ def test_batchwise_accumulation_equals_one_pass_and_memory_is_O_vocab():
     preds = whole.preprocess_logits_for_metrics(logits, labels).numpy()  # the non-batched Trainer passes numpy
     assert_metrics_close(result, whole.compute_metrics(_EvalPred(preds, labels.numpy())), rtol=1e-9)
 
-    expected = reference_group_metrics(logits[:, :-1].reshape(-1, vocab_size).numpy(), labels[:, 1:].reshape(-1).numpy(), groups)
+    expected = reference_group_metrics(
+        logits[:, :-1].reshape(-1, vocab_size).numpy(), labels[:, 1:].reshape(-1).numpy(), groups
+    )
     assert_metrics_close(result, expected)
 
 
@@ -355,7 +360,9 @@ def _trainer(model, output_dir, eval_dataset, *, batch_size=4, batch_eval_metric
         disable_tqdm=True,
         **kwargs,
     )
-    return Trainer(model=model, args=args, eval_dataset=eval_dataset, train_dataset=eval_dataset, data_collator=_pad_collator)
+    return Trainer(
+        model=model, args=args, eval_dataset=eval_dataset, train_dataset=eval_dataset, data_collator=_pad_collator
+    )
 
 
 @pytest.fixture(scope="module")
@@ -417,7 +424,8 @@ def test_all_tokens_group_weighted_nll_equals_eval_loss(tmp_path):
     # Independent path: the model's own loss. Fixed-length blocks, equal batches, no -100: the Trainer's
     # eval_loss is then the mean NLL over all predicted positions.
     generator = torch.Generator().manual_seed(11)
-    blocks = [{"input_ids": (ids := torch.randint(0, VOCAB, (12,), generator=generator).tolist()), "labels": ids} for _ in range(8)]
+    rows = torch.randint(0, VOCAB, (8, 12), generator=generator).tolist()
+    blocks = [{"input_ids": row, "labels": row} for row in rows]
     trainer = _trainer(_tiny_gpt2(), tmp_path, blocks, batch_size=4)
     attach_rank_bucket_eval(trainer, {"all": list(range(VOCAB))}, VOCAB)
     metrics = trainer.evaluate()
@@ -457,8 +465,13 @@ def test_attach_refuses_to_replace_existing_hooks(model, tmp_path):
 
 def test_trainer_kwargs_install_the_hooks(model, direct_metrics, tmp_path):
     callback = RankBucketEvalCallback(GROUPS, VOCAB, save_per_token=False)
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_eval_batch_size=5, batch_eval_metrics=True, report_to=[], use_cpu=True, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, eval_dataset=_ragged_eval_set(), data_collator=_pad_collator, **callback.trainer_kwargs())
+    args = TrainingArguments(
+        output_dir=str(tmp_path), per_device_eval_batch_size=5, batch_eval_metrics=True, report_to=[], use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model, args=args, eval_dataset=_ragged_eval_set(), data_collator=_pad_collator, **callback.trainer_kwargs()
+    )
     assert_metrics_close(_eval_keys(trainer.evaluate()), direct_metrics, rtol=1e-5)
     assert not (tmp_path / RANK_BUCKETS_FILENAME).exists()
 
@@ -491,7 +504,8 @@ def test_evaluate_module_loads_offline_from_the_package_and_matches(tmp_path):
     targets[5] = -100
     nll, rank = target_nll_and_rank(logits, targets)
     groups = {"a": [0, 1, 2], "b": [3, 4, 5, 6, 7], "never": [8, 9]}
-    inputs = {"pairs": torch.stack([nll.double(), rank.double()], -1).tolist(), "references": targets.tolist(), "groups": groups}
+    pairs = torch.stack([nll.double(), rank.double()], -1).tolist()  # [N, 2]
+    inputs = {"pairs": pairs, "references": targets.tolist(), "groups": groups}
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
@@ -501,7 +515,8 @@ def test_evaluate_module_loads_offline_from_the_package_and_matches(tmp_path):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     done = subprocess.run(
-        [sys.executable, "-c", _EVALUATE_SCRIPT], input=json.dumps(inputs), env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", _EVALUATE_SCRIPT],
+        input=json.dumps(inputs), env=env, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
@@ -511,3 +526,56 @@ def test_evaluate_module_loads_offline_from_the_package_and_matches(tmp_path):
     expected_nll_only = {k: v for k, v in expected.items() if k.endswith(("_nll", "_nll_weighted", "_tokens", "_types"))}
     assert_metrics_close(results["nll_only"], expected_nll_only)
     assert os.path.isfile(os.path.join(rank_bucket_metric_path(), "rank_bucket_nll.py"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Two processes (gloo on CPU): the Trainer gathers the [B, T, 2] statistics, so each process logs the metrics
+# of the whole eval set, with the sampler's duplicated tail samples dropped.
+
+_DISTRIBUTED_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    sys.path.insert(0, sys.argv[1])
+    import torch.distributed as dist
+    from test_evaluation import GROUPS, VOCAB, _ragged_eval_set, _tiny_gpt2, _trainer
+    from hf_selfish.callbacks import attach_rank_bucket_eval
+    trainer = _trainer(_tiny_gpt2(), sys.argv[2], _ragged_eval_set(), batch_size=2)
+    attach_rank_bucket_eval(trainer, GROUPS, VOCAB)
+    metrics = trainer.evaluate()
+    world = dist.get_world_size()
+    with open(os.path.join(sys.argv[2], f"metrics_{dist.get_rank()}.json"), "w") as f:
+        json.dump({"world_size": world, "metrics": metrics}, f)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_log_the_metrics_of_the_whole_eval_set(direct_metrics, tmp_path):
+    script = tmp_path / "run_eval.py"
+    script.write_text(_DISTRIBUTED_SCRIPT)
+    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        str(script), str(Path(__file__).parent), str(tmp_path),
+    ]
+    launcher = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = launcher.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its two workers
+        launcher.communicate()
+        raise
+    assert launcher.returncode == 0, stderr[-4000:]
+    results = [json.loads((tmp_path / f"metrics_{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world_size"] for r in results] == [2, 2]
+    for result in results:
+        assert_metrics_close(_eval_keys(result["metrics"]), direct_metrics, rtol=1e-5)

@@ -1,0 +1,68 @@
+"""Recipes: YAML + command-line overrides -> argument dataclasses, arms, sweeps, key errors."""
+
+import pytest
+
+from hf_selfish.recipe import load_recipe, parse_overrides
+
+
+def write(tmp_path, text):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_yaml_values_and_overrides_use_the_field_types(tmp_path):
+    path = write(tmp_path, "learning_rate: 1e-3\nmax_steps: 10\nreport_to: none\nmodel_type: gpt2\n")
+    recipe = load_recipe(path, parse_overrides(["--max_steps", "50", "--use_cpu", "--block_size=32"]))
+    args = recipe.arguments(recipe.arms[1])
+    assert args.training.learning_rate == 1e-3  # "1e-3" is a string to YAML 1.1
+    assert args.training.max_steps == 50 and args.training.use_cpu is True
+    assert args.data.block_size == 32 and args.model.model_type == "gpt2"
+    assert args.training.report_to == [] or args.training.report_to == ["none"] or args.training.report_to == "none"
+
+
+def test_default_arms_are_baseline_and_selfish(tmp_path):
+    recipe = load_recipe(write(tmp_path, "max_steps: 1\n"))
+    margins = {a.name: recipe.arguments(a).training.selfish_margin for a in recipe.arms}
+    assert margins == {"baseline": None, "selfish": 2.0}
+
+
+def test_overrides_do_not_replace_an_arm_margin(tmp_path):
+    text = "arms:\n  - {name: a, selfish_margin: null}\n  - {name: b, selfish_margin: 4}\n  - {name: c}\n"
+    recipe = load_recipe(write(tmp_path, text), {"selfish_margin": "1.5", "max_steps": "7"})
+    got = {a.name: (recipe.arguments(a).training.selfish_margin, recipe.arguments(a).training.max_steps)
+           for a in recipe.arms}
+    assert got == {"a": (None, 7), "b": (4.0, 7), "c": (1.5, 7)}
+
+
+def test_sweep_margins_make_one_arm_per_margin(tmp_path):
+    recipe = load_recipe(write(tmp_path, "sweep_margins: ['1', '8', auto]\n"))
+    assert [(a.name, recipe.arguments(a).training.selfish_margin) for a in recipe.arms] == [
+        ("baseline", None), ("margin_1", 1.0), ("margin_8", 8.0), ("margin_auto", "auto")]
+
+
+def test_unknown_key_lists_valid_keys_and_suggests(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown recipe key 'max_step'.*Did you mean max_steps.*Valid keys:.*block_size"):
+        load_recipe(write(tmp_path, "max_step: 3\n"))
+    with pytest.raises(ValueError, match="unknown recipe key 'lerning_rate' in command-line overrides"):
+        load_recipe(write(tmp_path, "max_steps: 3\n"), {"lerning_rate": "1"})
+    with pytest.raises(ValueError, match="unknown recipe key 'margin' in arm 'x'"):
+        load_recipe(write(tmp_path, "arms: [{name: x, margin: 2}]\n"))
+
+
+def test_bad_values_are_named(tmp_path):
+    with pytest.raises(ValueError, match="'max_steps': cannot read 'many'"):
+        load_recipe(write(tmp_path, "max_steps: 3\n"), {"max_steps": "many"})
+    with pytest.raises(ValueError, match="selfish margin must be a non-negative number or None, got -2.0"):
+        load_recipe(write(tmp_path, "selfish_margin: -2\n"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_recipe(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="arm names must be unique"):
+        load_recipe(write(tmp_path, "arms: [{name: x}, {name: x}]\n"))
+
+
+def test_parse_overrides_shapes():
+    assert parse_overrides(["--a", "1", "--b", "--c", "x", "y", "--d-e=2"]) == {
+        "a": "1", "b": "true", "c": ["x", "y"], "d_e": "2"}
+    with pytest.raises(ValueError, match="unexpected argument 'stray'"):
+        parse_overrides(["stray"])
