@@ -12,7 +12,6 @@ and reloads without the GGUF file. About 40 s and 3 GB RSS on 2 CPU cores.
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 import pytest
@@ -49,13 +48,6 @@ from hf_selfish.pretrained import load_causal_lm, resolve_model_path  # noqa: E4
 from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments  # noqa: E402
 
 
-def _tinyshakespeare_path() -> Path:
-    env = os.environ.get("HF_SELFISH_TINYSHAKESPEARE")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
-
-
 @pytest.fixture(scope="module")
 def folder() -> str:
     path = resolve_model_path(WHEEL_PACKAGE)
@@ -75,12 +67,9 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def blocks(tokenizer) -> list[list[int]]:
+def blocks(tokenizer, tinyshakespeare_text) -> list[list[int]]:
     """The first two 128-token blocks of tinyshakespeare in the model's BPE tokens."""
-    path = _tinyshakespeare_path()
-    if not path.is_file():
-        pytest.skip(f"tinyshakespeare not found at {path}; set HF_SELFISH_TINYSHAKESPEARE to a local copy")
-    ids = tokenizer(path.read_text(encoding="utf-8")[:4000])["input_ids"]
+    ids = tokenizer(tinyshakespeare_text[:4000])["input_ids"]
     assert len(ids) >= NUM_BLOCKS * BLOCK_SIZE
     return [ids[i * BLOCK_SIZE : (i + 1) * BLOCK_SIZE] for i in range(NUM_BLOCKS)]
 
