@@ -50,6 +50,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .arguments import DataArguments, ModelArguments
+from .pretrained import resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -574,7 +575,7 @@ def load_tokenizer(model_args: ModelArguments, raw_datasets: DatasetDict | None 
     kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
     if name is None and model_args.gguf_file is not None:
         kwargs["gguf_file"] = model_args.gguf_file
-    name = name or model_args.model_name_or_path
+    name = resolve_model_path(name or model_args.model_name_or_path)  # a model package -> its folder
     try:
         return AutoTokenizer.from_pretrained(name, **kwargs)
     except OSError as err:  # transformers' "not found" for folders and Hub ids alike

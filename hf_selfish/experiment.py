@@ -44,6 +44,7 @@ from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
 from .frequency import TokenFrequency
 from .hub import HUB_ERRORS, check_can_push, push_failed_error
+from .pretrained import load_causal_lm
 from .recipe import Arm, Recipe, RunArguments
 from .trainer import SelfishTrainer, SelfishTrainingArguments
 
@@ -95,13 +96,8 @@ def build_model(model_args: ModelArguments, vocab_size: int, block_size: int, se
     """A pretrained causal LM, or a fresh one from ``model_type`` + ``config_overrides`` (seeded init)."""
     set_seed(seed)
     if model_args.model_name_or_path is not None:
-        kwargs: dict[str, Any] = {"trust_remote_code": model_args.trust_remote_code}
-        if model_args.gguf_file:
-            kwargs["gguf_file"] = model_args.gguf_file
-        if model_args.torch_dtype:
-            kwargs["dtype"] = model_args.torch_dtype
         try:
-            model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, **kwargs)
+            model = load_causal_lm(model_args)  # package names resolved, GGUF dequantized to a dense model
         except OSError as err:  # transformers' "not found" for folders and Hub ids alike
             raise ValueError(
                 f"cannot load a model from model_name_or_path={model_args.model_name_or_path!r}: give a local "
