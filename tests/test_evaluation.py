@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +20,11 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from hf_selfish.callbacks import RANK_BUCKETS_FILENAME, RankBucketEvalCallback, attach_rank_bucket_eval
+from hf_selfish.callbacks import (
+    RANK_BUCKETS_FILENAME,
+    RankBucketEvalCallback,
+    attach_rank_bucket_eval,
+)
 from hf_selfish.evaluation import (
     RankBucketMetrics,
     TokenStats,
@@ -33,6 +35,7 @@ from hf_selfish.evaluation import (
     validate_groups,
 )
 
+from .torchrun import run_two_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATS = ("nll", "nll_weighted", "tokens", "types", "accuracy", "recall_at_5", "mrr")
@@ -537,7 +540,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
     import json, os, sys
     sys.path.insert(0, sys.argv[1])
     import torch.distributed as dist
-    from test_evaluation import GROUPS, VOCAB, _ragged_eval_set, _tiny_gpt2, _trainer
+    from tests.test_evaluation import GROUPS, VOCAB, _ragged_eval_set, _tiny_gpt2, _trainer
     from hf_selfish.callbacks import attach_rank_bucket_eval
     trainer = _trainer(_tiny_gpt2(), sys.argv[2], _ragged_eval_set(), batch_size=2)
     attach_rank_bucket_eval(trainer, GROUPS, VOCAB)
@@ -549,32 +552,11 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_log_the_metrics_of_the_whole_eval_set(direct_metrics, tmp_path):
     script = tmp_path / "run_eval.py"
     script.write_text(_DISTRIBUTED_SCRIPT)
-    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        str(script), str(Path(__file__).parent), str(tmp_path),
-    ]
-    launcher = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = launcher.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its two workers
-        launcher.communicate()
-        raise
-    assert launcher.returncode == 0, stderr[-4000:]
+    run_two_processes(script, str(Path(__file__).parent), str(tmp_path))
     results = [json.loads((tmp_path / f"metrics_{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["world_size"] for r in results] == [2, 2]
     for result in results:

@@ -5,20 +5,24 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from hf_selfish.callbacks import SCENARIOS_FILE, GradientScenarioCallback
 from hf_selfish.scenarios import compute_scenario_norms, load_scenario_norms
 from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments
+
+from .torchrun import run_two_processes
 
 VOCAB = 40
 GROUPS = {"rank_1-20": list(range(20)), "rank_21-40": list(range(20, 40))}
@@ -201,7 +205,7 @@ _DDP_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[1])
     import torch
     import torch.distributed as dist
-    from test_scenario_callback import dataset, tiny_gpt2
+    from tests.test_scenario_callback import dataset, tiny_gpt2
     from hf_selfish.callbacks import _mean_across_processes
     from hf_selfish.scenarios import GradientScenarioRecorder
 
@@ -222,34 +226,12 @@ _DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_process_vectors_average_like_ddp_gradients(tmp_path):
     script = tmp_path / "ddp_step.py"
     script.write_text(_DDP_SCRIPT)
     out_file = tmp_path / "out.pt"
-    repo_root = str(Path(__file__).resolve().parent.parent)
-    python_path = os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": python_path, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        str(script), str(Path(__file__).parent), str(out_file),
-    ]
-    launcher = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = launcher.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its two workers
-        launcher.communicate()
-        raise
-    assert launcher.returncode == 0, stderr[-4000:]
+    run_two_processes(script, str(Path(__file__).parent), str(out_file))
 
     result = torch.load(out_file)
     # the averaged vectors sum to the gradient DDP applied ...
