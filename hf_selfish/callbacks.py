@@ -12,13 +12,24 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers import (
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import IGNORE_INDEX, RankBucketMetrics
 from .files import atomic_write_json
-from .scenarios import GradientScenarioRecorder, ScenarioNorms, non_target_share, save_scenario_norms
+from .scenarios import (
+    GradientScenarioRecorder,
+    ScenarioNorms,
+    non_target_share,
+    save_scenario_norms,
+)
 
 logger = logging.getLogger(__name__)
 

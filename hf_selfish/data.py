@@ -34,7 +34,6 @@ import hashlib
 import logging
 import os
 import re
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterable, Sequence
@@ -50,6 +49,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .arguments import DataArguments, ModelArguments
+from .files import atomic_path
 from .pretrained import resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -146,20 +146,14 @@ def download_file(
         OSError: the download failed (``urllib.error.URLError`` included).
     """
     destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".part")
-    try:
+    with atomic_path(destination, suffix=".part") as tmp:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+        with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             while chunk := response.read(1 << 16):
                 out.write(chunk)
                 digest.update(chunk)
         if sha256 is not None and digest.hexdigest() != sha256:
             raise ValueError(f"downloaded {url} has sha256 {digest.hexdigest()}, expected {sha256}")
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return destination
 
 

@@ -43,7 +43,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .files import atomic_write_json
 
 FREQUENCY_FILE_NAME = "token_frequency.json"
 UNSEEN_GROUP = "unseen"
@@ -266,17 +267,7 @@ class TokenFrequency:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write JSON atomically (temp file + ``os.replace``); a directory gets ``token_frequency.json``."""
-        path = _frequency_path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(self.to_dict(), f, ensure_ascii=False)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_json(_frequency_path(path), self.to_dict(), indent=None)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TokenFrequency:

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .files import atomic_path
 from .loss import selfish_causal_lm_loss, shift_causal_labels
 
 SCENARIO_NAMES = ("input", "target", "non_target")
@@ -417,9 +418,8 @@ def save_scenario_norms(norms: ScenarioNorms, path: str | Path, metadata: Mappin
     path = Path(path)
     stacked = norms.stacked().detach().double().cpu()  # [3, V]
     tensors = {name: tensor.contiguous() for name, tensor in zip(SCENARIO_NAMES, stacked)}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=dict(metadata or {}))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=dict(metadata or {}))
 
 
 def load_scenario_norms(path: str | Path) -> tuple[ScenarioNorms, dict[str, str]]:

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from transformers import Trainer, TrainingArguments
 
-from .hub import margin_label, write_run_card
 from .fused import check_fusable, fused_causal_lm_loss
+from .hub import margin_label, write_run_card
 from .loss import selfish_causal_lm_loss, validate_margin
 from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
 

@@ -16,8 +16,12 @@ import evaluate
 import numpy as np
 import torch
 
-from hf_selfish.evaluation import IGNORE_INDEX, TokenStats, group_metrics, validate_groups
-
+from hf_selfish.evaluation import (
+    IGNORE_INDEX,
+    TokenStats,
+    group_metrics,
+    validate_groups,
+)
 
 _CITATION = """\
 @misc{selfish_tokens,
