@@ -43,6 +43,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .loss import check_label_range
+
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
@@ -82,8 +84,8 @@ def target_nll_and_rank(
     vocab_size = logits.shape[-1]
     flat_logits = logits.reshape(-1, vocab_size)  # [N, V]
     flat_targets = targets.reshape(-1).long()  # [N]
-    _check_targets(flat_targets, vocab_size, ignore_index)
     keep = flat_targets != ignore_index  # [N]
+    check_label_range(flat_targets, vocab_size, keep)
     safe_targets = torch.where(keep, flat_targets, torch.zeros_like(flat_targets))  # [N]
 
     nll = torch.empty(flat_targets.shape, dtype=torch.float32, device=logits.device)  # [N]
@@ -132,17 +134,6 @@ def causal_targets(labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) ->
     Shifting the labels (not the logits) keeps the logits contiguous, so they are never copied.
     """
     return F.pad(labels[:, 1:], (0, 1), value=ignore_index)
-
-
-def _check_targets(targets: torch.Tensor, vocab_size: int, ignore_index: int) -> None:
-    """Raise if a target is neither `ignore_index` nor a valid id in `[0, vocab_size)`."""
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= vocab_size))
-    if bad.any():
-        value = targets[bad][0].item()
-        raise ValueError(
-            f"target id {value} is outside the vocabulary [0, {vocab_size}) and is not ignore_index "
-            f"({ignore_index}); check the labels and the vocab_size."
-        )
 
 
 @dataclass
@@ -202,8 +193,8 @@ class TokenStats:
         targets = targets.detach().reshape(-1).long().cpu()  # [N]
         nll = nll.detach().reshape(-1).cpu().double()  # [N]
         rank = rank.detach().reshape(-1).long().cpu()  # [N]
-        _check_targets(targets, self.vocab_size, ignore_index)
         keep = targets != ignore_index
+        check_label_range(targets, self.vocab_size, keep)
         targets, nll, rank = targets[keep], nll[keep], rank[keep]
         if rank.numel() and int(rank.min()) < 1:
             raise ValueError(

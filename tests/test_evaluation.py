@@ -243,7 +243,7 @@ def test_bad_groups_raise(groups, message):
 
 
 def test_bad_inputs_raise():
-    with pytest.raises(ValueError, match="target id 9"):
+    with pytest.raises(ValueError, match="label id 9 is outside the vocabulary"):
         TokenStats.zeros(5).update(torch.tensor([9]), torch.tensor([1.0]), torch.tensor([1]))
     with pytest.raises(ValueError, match="ranks start at 1"):
         TokenStats.zeros(5).update(torch.tensor([2]), torch.tensor([1.0]), torch.tensor([0]))

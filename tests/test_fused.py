@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
-from hf_selfish.fused import check_fusable, default_chunk_size, fused_causal_lm_loss, linear_selfish_cross_entropy
+from hf_selfish.fused import (
+    check_fusable,
+    default_chunk_size,
+    fused_causal_lm_loss,
+    linear_selfish_cross_entropy,
+)
 from hf_selfish.loss import selfish_causal_lm_loss
 
 from .tiny_models import tiny_model

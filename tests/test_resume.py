@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from hf_selfish.experiment import RESULTS_FILE, RUN_RESULT_FILE, compare, last_checkpoint
+from hf_selfish.experiment import (
+    RESULTS_FILE,
+    RUN_RESULT_FILE,
+    compare,
+    last_checkpoint,
+)
 from hf_selfish.recipe import load_recipe
 
 from .conftest import REPO_ROOT
