@@ -42,11 +42,11 @@ from .arguments import DataArguments, ModelArguments
 from .callbacks import SCENARIOS_FILE, GradientScenarioCallback, RankBucketEvalCallback
 from .data import LMData, prepare_lm_data, token_labels
 from .files import atomic_write_json, read_json
-from .frequency import TokenFrequency
+from .frequency import FREQUENCY_FILE_NAME, TokenFrequency
 from .hub import HUB_ERRORS, check_can_push, push_failed_error
 from .pretrained import load_causal_lm
 from .recipe import Arm, Recipe, RunArguments
-from .trainer import SelfishTrainer, SelfishTrainingArguments
+from .trainer import SelfishTrainer, SelfishTrainingArguments, output_vocab_size
 
 logger = logging.getLogger(__name__)
 
@@ -256,7 +256,7 @@ def build_trainer(
     """
     training = args.training
     training.batch_eval_metrics = True  # accumulate eval statistics batch by batch: O(V) memory
-    vocab_size = model.get_output_embeddings().weight.shape[0]
+    vocab_size = output_vocab_size(model)
     groups = groups or data.groups
     rank_buckets = RankBucketEvalCallback(groups, vocab_size)
     kwargs = rank_buckets.trainer_kwargs()
@@ -319,7 +319,8 @@ def train_run(
         history = eval_history(trainer.state.log_history)
     seconds = time.perf_counter() - start
     trainer.save_state()
-    data.frequency.save(output_dir)
+    if trainer.is_world_process_zero():  # before the save: with push_to_hub the save uploads output_dir
+        data.frequency.save(output_dir)
     _save_model(trainer, output_dir)
     record = {
         "arm": arm,
@@ -484,9 +485,11 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
         if key not in prepared:
             prepared[key] = prepare_data(args.model, args.data)
         data = prepared[key]
-        reference = reference or data
-        if not (run_dir / RESULTS_FILE).is_file():  # record the recipe before anything trains (check_run_dir)
+        if reference is None:
+            reference = data
             run_dir.mkdir(parents=True, exist_ok=True)
+            reference.frequency.save(run_dir / FREQUENCY_FILE_NAME)  # the comparison's frequencies, once
+        if not (run_dir / RESULTS_FILE).is_file():  # record the recipe before anything trains (check_run_dir)
             atomic_write_json(run_dir / RESULTS_FILE, _results(recipe, run_dir, reference, runs, records))
         say(f"[{index}/{len(runs)}] {arm.name} (margin {args.training.selfish_margin}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name, groups=reference.groups)
@@ -516,7 +519,7 @@ def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) ->
 
 
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:
-    data.frequency.save(run_dir)
+    """The content of ``results.json`` (see the module docstring) for the runs recorded so far."""
     return {
         "format": RESULTS_FORMAT,
         "name": run_dir.name,

@@ -71,7 +71,7 @@ class SelfishTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
-def _output_vocab_size(model: nn.Module) -> int:
+def output_vocab_size(model: nn.Module) -> int:
     """Rows of the model's output embedding (its logits' last dimension)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is not None:
@@ -133,7 +133,7 @@ class SelfishTrainer(Trainer):
             self.args.selfish_margin,
             self.args.selfish_margin_end,
             self.args.selfish_margin_schedule,
-            vocab_size=_output_vocab_size(self.model),
+            vocab_size=output_vocab_size(self.model),
             top_p=self.args.selfish_top_p,
         )
         if self.args.selfish_fused:
