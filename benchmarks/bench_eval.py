@@ -64,8 +64,13 @@ def main() -> None:
 
     torch.manual_seed(0)
     config = GPT2Config(
-        n_layer=4, n_head=4, n_embd=128, vocab_size=cli.vocab_size, n_positions=cli.block_size,
-        bos_token_id=0, eos_token_id=0,
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        vocab_size=cli.vocab_size,
+        n_positions=cli.block_size,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = GPT2LMHeadModel(config)
     model.loss_type = "ForCausalLM"

@@ -288,8 +288,10 @@ def main(argv=None) -> None:
         config = BenchConfig(args.n, args.d, vocab, args.margin, args.device, DTYPES[args.dtype], args.chunk_size)
         rows.append((config, bench(config, args.repeats, args.warmup, args.methods)))
     chunk = args.chunk_size or ", ".join(f"{default_chunk_size(v, args.n)} (V={v})" for v in args.vocab)
-    memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else (
-        "peak RSS (VmHWM reset)" if CpuPeakMemory().use_hwm else "peak RSS (psutil sampling)"
+    memory = (
+        "torch.cuda.max_memory_allocated"
+        if args.device.startswith("cuda")
+        else ("peak RSS (VmHWM reset)" if CpuPeakMemory().use_hwm else "peak RSS (psutil sampling)")
     )
     print(
         f"device={args.device} dtype={args.dtype} threads={torch.get_num_threads()} margin={args.margin} "

@@ -53,8 +53,9 @@ def run_case(n: int, v: int, device: torch.device, dtype: torch.dtype, margin: f
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["4096x65", "4096x32000", "2048x128256"],
-                        help="TOKENSxVOCAB cases")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["4096x65", "4096x32000", "2048x128256"], help="TOKENSxVOCAB cases"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--margin", type=float, default=2.0)
@@ -67,8 +68,16 @@ def main(argv=None):
         results = run_case(n, v, device, dtype, args.margin, args.repeats)
         base = results["F.cross_entropy"]
         for name, m in results.items():
-            rows.append([f"{n} x {v}", name, f"{m.median_s * 1e3:.1f}", f"{m.median_s / base.median_s:.2f}x",
-                         f"{m.peak_mib:.0f}", f"{m.peak_bytes / max(base.peak_bytes, 1):.2f}x"])
+            rows.append(
+                [
+                    f"{n} x {v}",
+                    name,
+                    f"{m.median_s * 1e3:.1f}",
+                    f"{m.median_s / base.median_s:.2f}x",
+                    f"{m.peak_mib:.0f}",
+                    f"{m.peak_bytes / max(base.peak_bytes, 1):.2f}x",
+                ]
+            )
     print(f"device={device} dtype={args.dtype} threads={torch.get_num_threads()} torch={torch.__version__}")
     print(markdown_table(["tokens x vocab", "loss", "fwd+bwd ms", "time vs CE", "peak MiB", "memory vs CE"], rows))
 

@@ -37,8 +37,14 @@ class Arm:
     def __init__(self, callback: GradientScenarioCallback | None, args: TrainingArguments):
         torch.manual_seed(0)
         config = GPT2Config(
-            vocab_size=VOCAB, n_positions=BLOCK, n_embd=128, n_layer=4, n_head=4,
-            resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            vocab_size=VOCAB,
+            n_positions=BLOCK,
+            n_embd=128,
+            n_layer=4,
+            n_head=4,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
         )
         self.model = GPT2LMHeadModel(config).train()
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-3)

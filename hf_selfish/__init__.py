@@ -1,20 +1,54 @@
 """hf_selfish: selfish-token hard-negative masking for the Hugging Face Trainer.
 
+Selfish loss is the method of Turumtaev, "Stop Jostling: Adaptive Negative Sampling Reduces the
+Marginalization of Low-Resource Language Tokens by Cross-Entropy Loss" (LoResLM 2025)::
+
     from hf_selfish import SelfishTrainer, SelfishTrainingArguments
     args = SelfishTrainingArguments(output_dir="out", selfish_margin=2.0)   # None: plain CE
     trainer = SelfishTrainer(model=model, args=args, train_dataset=train, eval_dataset=val)
+
+Names are imported on first use (as transformers does), so ``from hf_selfish import
+selfish_cross_entropy`` loads torch only, and ``import hf_selfish`` loads nothing heavy.
 """
 
-from .loss import selfish_causal_lm_loss, selfish_cross_entropy, validate_margin
-from .trainer import SelfishTrainer, SelfishTrainingArguments, selfish_loss_func
+from __future__ import annotations
 
-__version__ = "0.1.0"
+import importlib
+from typing import Any
 
-__all__ = [
-    "SelfishTrainer",
-    "SelfishTrainingArguments",
-    "selfish_causal_lm_loss",
-    "selfish_cross_entropy",
-    "selfish_loss_func",
-    "validate_margin",
-]
+__version__ = "0.2.0"
+
+# public name -> the module that defines it
+_EXPORTS = {
+    "selfish_cross_entropy": ".ops.loss",
+    "selfish_causal_lm_loss": ".ops.loss",
+    "validate_margin": ".ops.loss",
+    "linear_selfish_cross_entropy": ".ops.fused",
+    "SelfishTrainingArguments": ".config",
+    "SelfishTrainer": ".trainer",
+    "selfish_loss_func": ".trainer",
+    "RankBucketEvalCallback": ".callbacks",
+    "GradientScenarioCallback": ".callbacks",
+    "TokenFrequency": ".frequency",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:  # submodules, e.g. `hf_selfish.hub` after `from hf_selfish import hub`
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

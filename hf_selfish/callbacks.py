@@ -24,6 +24,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import IGNORE_INDEX, RankBucketMetrics
 from .files import atomic_write_json
+from .metric_names import SCENARIOS_FILE, metric_key_prefix, rank_buckets_file, scenario_share_key
 from .scenarios import (
     GradientScenarioRecorder,
     ScenarioNorms,
@@ -33,7 +34,7 @@ from .scenarios import (
 
 logger = logging.getLogger(__name__)
 
-RANK_BUCKETS_FILENAME = "rank_buckets.json"
+__all__ = ["GradientScenarioCallback", "RankBucketEvalCallback", "attach_rank_bucket_eval"]
 
 
 class RankBucketEvalCallback(TrainerCallback):
@@ -107,13 +108,12 @@ class RankBucketEvalCallback(TrainerCallback):
         self.metrics.last_stats = None
         self.per_token = stats.per_token_json()
         if self.save_per_token and state.is_world_process_zero:
-            prefix = _metric_key_prefix(metrics or {})
+            prefix = metric_key_prefix(metrics or {})
             self._write_per_token(args.output_dir, prefix, state)
 
     def _write_per_token(self, output_dir: str, prefix: str, state: TrainerState) -> None:
         """Write `rank_buckets.json` (`rank_buckets_{name}.json` for the eval dataset `name`)."""
-        suffix = prefix[len("eval_") :] if prefix.startswith("eval_") else ("" if prefix == "eval" else prefix)
-        filename = RANK_BUCKETS_FILENAME if not suffix else f"rank_buckets_{suffix}.json"
+        filename = rank_buckets_file(prefix)
         record = {
             "global_step": state.global_step,
             "epoch": state.epoch,
@@ -125,14 +125,6 @@ class RankBucketEvalCallback(TrainerCallback):
         path = os.path.join(output_dir, filename)
         atomic_write_json(path, record, indent=None)
         logger.info("rank-bucket per-token statistics written to %s", path)
-
-
-def _metric_key_prefix(metrics: Mapping[str, Any]) -> str:
-    """The `metric_key_prefix` of an `evaluate()` result, read off its `{prefix}_runtime` key."""
-    for key in metrics:
-        if key.endswith("_runtime"):
-            return key[: -len("_runtime")]
-    return "eval"
 
 
 def attach_rank_bucket_eval(
@@ -164,29 +156,8 @@ def attach_rank_bucket_eval(
         )
     return callback
 
-# ------------------------------------------------------------------------------------------------ gradient scenarios
-# `GradientScenarioCallback`: record the three gradient scenarios during `Trainer.train()`.
-#
-# Design. A callback never sees the batch, so it does not need to: at `on_train_begin` it builds a
-# `GradientScenarioRecorder` on `model` (forward hooks on the input embedding and the LM head, tensor hooks
-# on their outputs). On a step to record (`global_step % every_k_steps == 0`) it attaches the hooks in
-# `on_step_begin`; the trainer's own forward/backward (all gradient-accumulation micro-batches) fills the
-# `[3, V, d]` sums; `on_step_end` detaches, averages them across processes the way DDP averages gradients,
-# and adds the row norms to running `[3, V]` float64 sums. So `G` comes from the loss actually trained
-# (selfish or CE, with its real `num_items_in_batch` scaling), no extra forward/backward runs, and steps
-# not recorded cost nothing. No trainer code is needed.
-#
-# Saved: `scenarios.safetensors` (see `hf_selfish.scenarios.save_scenario_norms`) in every checkpoint folder
-# and in `output_dir` at the end of training. Resume: the sums also travel in `trainer_state.json` through
-# transformers' `ExportableState` mechanism; `on_train_begin` reads them back from the resumed
-# `TrainerState`, whether or not `restore_callback_states_from_checkpoint` is set.
-#
-# Logged: with `groups`, the share of scenario 2.2 per group over the steps recorded since the previous
-# training log, as `scenario_{group}_non_target_share`. `pop_log_metrics()` hands them to a trainer that
-# merges them into `Trainer.log` (so every `report_to` integration sees them); otherwise `on_log` adds them
-# to that log record (trainer_state.json log_history and callbacks that run after this one).
 
-SCENARIOS_FILE = "scenarios.safetensors"
+# ------------------------------------------------------------------------------------------------ gradient scenarios
 
 
 class GradientScenarioCallback(TrainerCallback, ExportableState):
@@ -276,7 +247,7 @@ class GradientScenarioCallback(TrainerCallback, ExportableState):
         if window is None or not self.groups:
             return {}
         shares = non_target_share(ScenarioNorms.from_stacked(window), self.groups)
-        return {f"scenario_{group}_non_target_share": share for group, share in shares.items()}
+        return {scenario_share_key(group): share for group, share in shares.items()}
 
     # ---- Saving and resuming --------------------------------------------------------------------------
 

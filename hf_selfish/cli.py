@@ -20,24 +20,31 @@ import sys
 import threading
 import time
 
-from .recipe import load_recipe, parse_overrides, valid_keys
+from .lab.recipe import load_recipe, parse_overrides, valid_keys
 
 logger = logging.getLogger("hf_selfish")
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hf-selfish", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="hf-selfish", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("train", "train one run (one arm) of a recipe"),
-                       ("compare", "train every arm x seed of a recipe, then write report and plots")):
+    for name, text in (
+        ("train", "train one run (one arm) of a recipe"),
+        ("compare", "train every arm x seed of a recipe, then write report and plots"),
+    ):
         # RECIPE is read off the unknown arguments (`_split_recipe`): an argparse positional would take the
         # value of the first override when the recipe is left out (`train --train_file corpus.txt`).
         usage = f"hf-selfish {name} [RECIPE]{' [--arm NAME]' if name == 'train' else ''} [--KEY VALUE ...]"
-        cmd = sub.add_parser(name, help=text, usage=usage,
-                             description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
-                                         "Overrides: --KEY VALUE for any recipe key.",
-                             epilog="recipe keys: " + ", ".join(valid_keys()))
+        cmd = sub.add_parser(
+            name,
+            help=text,
+            usage=usage,
+            description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
+            "Overrides: --KEY VALUE for any recipe key.",
+            epilog="recipe keys: " + ", ".join(valid_keys()),
+        )
         if name == "train":
             cmd.add_argument("--arm", help="the recipe arm to train (default: the recipe's shared values)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
@@ -56,7 +63,7 @@ def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
 
 
 def _cmd_train(ns, overrides) -> None:
-    from .experiment import preflight, prepare_data, train_run
+    from .lab.run import preflight, prepare_data, train_run
 
     recipe = load_recipe(ns.recipe, overrides)
     arm = None
@@ -72,14 +79,16 @@ def _cmd_train(ns, overrides) -> None:
     data = prepare_data(args.model, args.data)
     record = train_run(args, data, arm=ns.arm or "run")
     final = record["final"]
-    print(f"{record['arm']}: eval_loss {final['eval_loss']:.4f} after {record['global_step']} steps "
-          f"({record['train_seconds']:.0f} s) -> {record['output_dir']}")
+    print(
+        f"{record['arm']}: eval_loss {final['eval_loss']:.4f} after {record['global_step']} steps "
+        f"({record['train_seconds']:.0f} s) -> {record['output_dir']}"
+    )
 
 
 def _cmd_compare(ns, overrides) -> None:
-    from .experiment import compare, comparison_dir
-    from .plots import write_plots
-    from .report import write_report
+    from .lab.compare import compare, comparison_dir
+    from .reporting.plots import write_plots
+    from .reporting.report import write_report
 
     start = time.perf_counter()
     recipe = load_recipe(ns.recipe, overrides)
@@ -92,8 +101,8 @@ def _cmd_compare(ns, overrides) -> None:
 
 
 def _cmd_plot(ns) -> None:
-    from .plots import write_plots
-    from .report import write_report
+    from .reporting.plots import write_plots
+    from .reporting.report import write_report
 
     for path in write_plots(ns.run_dir):
         print(path)
@@ -101,7 +110,7 @@ def _cmd_plot(ns) -> None:
 
 
 def _cmd_report(ns) -> None:
-    from .report import write_report
+    from .reporting.report import write_report
 
     print(write_report(ns.run_dir))
     if ns.push:

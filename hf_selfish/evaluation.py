@@ -21,8 +21,8 @@ correct iff `rank == 1`, in the top 5 iff `rank <= 5`, and its reciprocal rank i
 
 Group statistics (tokens absent from the eval data are excluded, never counted as 0):
 
-- `nll`: mean over the group's tokens present in the eval data of each token's mean NLL (the seed's
-  definition: every token type weighs the same).
+- `nll`: mean over the group's tokens present in the eval data of each token's mean NLL (every token
+  type weighs the same, as in the selfish-loss paper's per-token plots).
 - `nll_weighted`: mean NLL over all eval positions whose target is in the group (occurrence-weighted).
 - `tokens`: number of such positions; `types`: number of distinct group tokens present.
 - `accuracy`, `recall_at_5`, `mrr`: occurrence-weighted means over the same positions.
@@ -43,13 +43,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .loss import check_label_range
+from .metric_names import group_metric_name
+from .ops.loss import check_label_range, shift_causal_labels
 
 logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 TOP_K_RECALL = 5
-GROUP_STATS = ("nll", "nll_weighted", "tokens", "types", "accuracy", "recall_at_5", "mrr")
 # Ranks travel through the Trainer as float32 (see `RankBucketMetrics`); integers are exact up to 2**24.
 MAX_FLOAT32_EXACT_INT = 2**24
 # Positions per chunk in `target_nll_and_rank` are chosen so one chunk holds at most this many logits.
@@ -115,7 +115,7 @@ def causal_nll_and_rank(
         logits: `[B, T, V]`. labels: `[B, T]` unshifted, as given to the model (`ignore_index` skipped).
 
     Returns:
-        `(targets, nll, rank)`, each `[B, T]` and aligned with `logits`: `targets = causal_targets(labels)`,
+        `(targets, nll, rank)`, each `[B, T]` and aligned with `logits`: `targets = shift_causal_labels(labels)`,
         so the last position is `ignore_index` (with `nll = 0`, `rank = 0`).
     """
     if logits.dim() != 3 or labels.dim() != 2 or logits.shape[:2] != labels.shape:
@@ -123,17 +123,9 @@ def causal_nll_and_rank(
             f"expected logits [B, T, V] and labels [B, T] with the same B and T; got {tuple(logits.shape)} "
             f"and {tuple(labels.shape)}."
         )
-    targets = causal_targets(labels, ignore_index=ignore_index)  # [B, T]
+    targets = shift_causal_labels(labels, ignore_index)  # [B, T]
     nll, rank = target_nll_and_rank(logits, targets, ignore_index=ignore_index, max_chunk_elements=max_chunk_elements)
     return targets, nll, rank
-
-
-def causal_targets(labels: torch.Tensor, *, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """`[B, T]` labels -> `[B, T]` targets of each position: `labels[:, 1:]`, then one `ignore_index` column.
-
-    Shifting the labels (not the logits) keeps the logits contiguous, so they are never copied.
-    """
-    return F.pad(labels[:, 1:], (0, 1), value=ignore_index)
 
 
 @dataclass
@@ -302,7 +294,7 @@ def group_metrics(
     metrics: dict[str, float | int] = {}
     for name, ids in checked.items():
         for stat, value in _one_group_metrics(stats, ids, ranking=ranking).items():
-            metrics[f"{name}_{stat}"] = value
+            metrics[group_metric_name(name, stat)] = value
     return metrics
 
 
@@ -401,7 +393,7 @@ class RankBucketMetrics:
                 f"{tuple(predictions.shape)} and {tuple(labels.shape)}. Pass this object's "
                 "preprocess_logits_for_metrics to the Trainer too."
             )
-        targets = causal_targets(labels, ignore_index=self.ignore_index)  # [B, T]
+        targets = shift_causal_labels(labels, self.ignore_index)  # [B, T]
         nll, rank = predictions[..., 0], predictions[..., 1].round().long()  # [B, T] each
         self._stats.update(targets, nll, rank, ignore_index=self.ignore_index)
         if not compute_result:

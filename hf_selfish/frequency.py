@@ -28,16 +28,13 @@ from typing import Any
 import numpy as np
 
 from .files import atomic_write_json
+from .metric_names import FREQUENCY_FILE, UNSEEN_GROUP, rank_group_name
 
-FREQUENCY_FILE_NAME = "token_frequency.json"
-UNSEEN_GROUP = "unseen"
+__all__ = ["FREQUENCY_FILE_NAME", "UNSEEN_GROUP", "TokenFrequency", "display_token", "frequency_order"]
+
+FREQUENCY_FILE_NAME = FREQUENCY_FILE
 _FORMAT = "hf_selfish.token_frequency"
 _FORMAT_VERSION = 1
-
-
-def rank_group_name(lo: int, hi: int) -> str:
-    """Name of the group of 1-based inclusive ranks ``lo..hi``: ``rank_{lo}-{hi}``."""
-    return f"rank_{lo}-{hi}"
 
 
 def _check_vocab_size(vocab_size: Any) -> int:
@@ -284,13 +281,31 @@ def _frequency_path(path: str | os.PathLike) -> Path:
     return path / FREQUENCY_FILE_NAME if path.is_dir() else path
 
 
+def frequency_order(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Token ids by frequency rank: most frequent first, ties by lower id. ``[V]``."""
+    counts = np.asarray(counts)
+    if counts.ndim != 1 or counts.size == 0:
+        raise ValueError(f"counts must be a non-empty 1-D sequence, got shape {counts.shape}")
+    return np.lexsort((np.arange(counts.size), -counts.astype(np.int64)))  # last key is primary
+
+
 def _ranks_from_counts(counts: np.ndarray) -> list[int]:
     """1-based ranks: by count descending, ties by lower id."""
-    ids = np.arange(counts.size)
-    order = np.lexsort((ids, -counts.astype(np.int64)))  # last key is primary: count desc, then id asc
     ranks = np.empty(counts.size, dtype=np.int64)
-    ranks[order] = np.arange(1, counts.size + 1)
+    ranks[frequency_order(counts)] = np.arange(1, counts.size + 1)
     return ranks.tolist()
+
+
+def display_token(token: str | None, *, space: str = "space") -> str:
+    """A readable token: ``"\\n"`` -> ``\\n``, ``" "`` -> ``space``, other non-printables escaped; None -> ``?``."""
+    if token is None:
+        return "?"
+    named = {" ": space, "\n": "\\n", "\t": "\\t", "\r": "\\r", "": "''"}
+    if token in named:
+        return named[token]
+    if token.isspace() or not token.isprintable():
+        return repr(token)[1:-1]
+    return token
 
 
 def _bincount(ids: np.ndarray, vocab_size: int) -> np.ndarray:

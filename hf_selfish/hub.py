@@ -1,12 +1,7 @@
-"""Publishing to the Hugging Face Hub: the model card of a run, a preflight check, and a comparison's report.
+"""Talking to the Hugging Face Hub: a preflight check, the error of a failed push, a comparison's upload.
 
-Three pieces:
+The model card itself is made by `hf_selfish.model_card`.
 
-- `write_run_card(output_dir, log_history, training_args)`: turns ``output_dir/README.md`` into the model
-  card of `report.render_model_card` (training loss and margin, per-group table of the last evaluation),
-  keeping the metadata of the card already there (the one `Trainer.create_model_card` writes: ``base_model``,
-  ``license``, tags). `SelfishTrainer.create_model_card` calls it, so ``--push_to_hub true`` pushes this
-  card through the Trainer's own `push_to_hub`.
 - `check_can_push(token)`: raises a one-line `ValueError` that says what to do when the Hub cannot be
   written (offline mode, no token, Hub unreachable or token refused). Call it before training.
 - `push_report(run_dir, repo_id)`: uploads a comparison's ``report.md`` (as ``README.md`` under a card
@@ -21,36 +16,23 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-from huggingface_hub import HfApi, ModelCard, ModelCardData, constants, get_token
+from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.utils import httpx
 
-from .report import render_model_card
+from .metric_names import FREQUENCY_FILE, PLOTS_DIR, REPORT_FILE, RESULTS_FILE
+from .model_card import MODEL_CARD_FILE, report_card
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "HUB_ERRORS",
-    "MODEL_CARD_NAME",
-    "check_can_push",
-    "last_eval_entry",
-    "margin_label",
-    "push_failed_error",
-    "push_report",
-    "write_run_card",
-]
+__all__ = ["HUB_ERRORS", "check_can_push", "push_failed_error", "push_report"]
 
-MODEL_CARD_NAME = "README.md"
-CARD_TAGS = ("hf_selfish", "selfish-loss")
 # What a failed Hub call raises: offline mode / missing token are OSErrors, HTTP and connection errors httpx errors.
 HUB_ERRORS = (OSError, httpx.HTTPError)
 # Files of a comparison's run directory that `push_report` uploads (report.md goes up as README.md).
-REPORT_FILE = "report.md"
-REPORT_UPLOADS = ("results.json", "token_frequency.json")
-PLOTS_DIR = "plots"
+REPORT_UPLOADS = (RESULTS_FILE, FREQUENCY_FILE)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -106,62 +88,6 @@ def _one_line(err: BaseException) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# model card of a run
-# ------------------------------------------------------------------------------------------------
-
-
-def margin_label(setting: float | str | None, resolved: float | None) -> float | str | None:
-    """The margin a card shows: the setting, with the number an ``"auto"`` margin resolved to."""
-    if setting == "auto" and resolved is not None:
-        return f"auto = {resolved:.4g} (ln V - ln(1 - top_p))"
-    return setting
-
-
-def last_eval_entry(log_history: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The last evaluation of a Trainer's log history (the entry with ``eval_loss``), or None."""
-    for entry in reversed(log_history):
-        if "eval_loss" in entry:
-            return dict(entry)
-    return None
-
-
-def write_run_card(
-    output_dir: str | os.PathLike,
-    log_history: Sequence[Mapping[str, Any]],
-    training_args: Mapping[str, Any],
-    *,
-    model_id: str | None = None,
-) -> Path:
-    """Write ``output_dir/README.md``: `report.render_model_card` of the run's last evaluation.
-
-    The metadata of the card already there (the Trainer's: ``base_model``, ``license``, ``datasets``,
-    tags) is carried over. Raises ValueError when ``log_history`` holds no evaluation.
-    """
-    metrics = last_eval_entry(log_history)
-    if metrics is None:
-        raise ValueError(
-            "the model card needs an evaluation, but the log history holds no eval_loss; run trainer.evaluate() "
-            "before pushing"
-        )
-    path = Path(output_dir) / MODEL_CARD_NAME
-    metadata = ModelCard.load(path).data if path.is_file() else ModelCardData()
-    tags = metadata.tags or []
-    text = render_model_card(
-        metrics=metrics,
-        training_args=training_args,
-        model_id=model_id,
-        base_model=metadata.base_model if isinstance(metadata.base_model, str) else None,
-        license=metadata.license,
-        datasets=metadata.datasets,
-        tags=[tags] if isinstance(tags, str) else list(tags),
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
-    logger.info("model card written to %s", path)
-    return path
-
-
-# ------------------------------------------------------------------------------------------------
 # comparison report
 # ------------------------------------------------------------------------------------------------
 
@@ -188,8 +114,9 @@ def push_report(run_dir: str | os.PathLike, repo_id: str, *, token: str | None =
         _stage_report(run_dir, Path(staging))
         try:
             api.create_repo(repo_id, token=token, private=private, exist_ok=True)
-            commit = api.upload_folder(repo_id=repo_id, folder_path=staging, token=token,
-                                       commit_message=f"hf_selfish report of {run_dir.name}")
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=staging, token=token, commit_message=f"hf_selfish report of {run_dir.name}"
+            )
         except HUB_ERRORS as err:
             raise ValueError(
                 f"pushing {run_dir} to {repo_id} failed ({_one_line(err)}); every local file is kept, "
@@ -200,9 +127,8 @@ def push_report(run_dir: str | os.PathLike, repo_id: str, *, token: str | None =
 
 def _stage_report(run_dir: Path, staging: Path) -> None:
     """Copy what `push_report` uploads into ``staging``: README.md (card header + report), results, plots."""
-    card = ModelCard(f"---\n{ModelCardData(tags=list(CARD_TAGS) + ['report']).to_yaml()}\n---\n\n"
-                     + (run_dir / REPORT_FILE).read_text(encoding="utf-8"))
-    (staging / MODEL_CARD_NAME).write_text(str(card), encoding="utf-8")
+    card = report_card((run_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    (staging / MODEL_CARD_FILE).write_text(card, encoding="utf-8")
     for name in REPORT_UPLOADS:
         if (run_dir / name).is_file():
             shutil.copy2(run_dir / name, staging / name)

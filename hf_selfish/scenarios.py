@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from .files import atomic_path
-from .loss import selfish_causal_lm_loss, shift_causal_labels
+from .ops.loss import selfish_causal_lm_loss, shift_causal_labels
 
 SCENARIO_NAMES = ("input", "target", "non_target")
 
@@ -383,9 +383,7 @@ class GradientScenarioRecorder:
 
         def on_grad(grad_embeds: torch.Tensor) -> None:
             with torch.no_grad():
-                vector = input_embedding_gradient(
-                    input_ids, grad_embeds, self.vocab_size, padding_idx=self.padding_idx
-                )
+                vector = input_embedding_gradient(input_ids, grad_embeds, self.vocab_size, padding_idx=self.padding_idx)
                 self._buffer(vector)[0] += vector
 
         output.register_hook(on_grad)

@@ -8,67 +8,20 @@ the full vocabulary, so the ``eval_loss`` of both arms is the same metric.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer
 
-from .fused import check_fusable, fused_causal_lm_loss
-from .hub import margin_label, write_run_card
-from .loss import selfish_causal_lm_loss, validate_margin
-from .margin import SCHEDULES, MarginSchedule, check_schedule, check_top_p, parse_margin
+from .config import SelfishTrainingArguments
+from .ops.loss import selfish_causal_lm_loss, validate_margin
+from .ops.margin import MarginSchedule
+from .patching import check_fusable, fused_causal_lm_loss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SelfishTrainingArguments", "SelfishTrainer", "selfish_loss_func"]
-
-
-@dataclass
-class SelfishTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the selfish-loss settings."""
-
-    selfish_margin: float | str | None = field(
-        default=2.0,
-        metadata={
-            "help": "Keep logits >= logit[target] - margin in the training softmax; None (or inf) is plain "
-            "cross-entropy, the baseline arm; 'auto' is ln(V) - ln(1 - selfish_top_p)."
-        },
-    )
-    selfish_top_p: float = field(default=0.99, metadata={"help": "Nucleus of the 'auto' margin."})
-    selfish_margin_schedule: str = field(
-        default="constant",
-        metadata={"help": f"Margin over training: one of {', '.join(SCHEDULES)} (from selfish_margin to selfish_margin_end)."},
-    )
-    selfish_margin_end: float | str | None = field(
-        default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
-    )
-    selfish_log_scenarios_every: int | None = field(
-        default=None,
-        metadata={"help": "Record the per-token gradient norms of the three scenarios every k optimizer steps "
-                  "(GradientScenarioCallback; saved as scenarios.safetensors); None: off, zero cost."},
-    )
-    selfish_fused: bool = field(
-        default=False,
-        metadata={"help": "Train with the fused linear + selfish loss: no [tokens, vocab] logits (evaluation "
-                  "keeps the full logits)."},
-    )
-    selfish_fused_chunk_size: int | None = field(
-        default=None, metadata={"help": "Rows per chunk of the fused loss (default: sized from the vocabulary)."}
-    )
-
-    def __post_init__(self):
-        self.selfish_margin = parse_margin(self.selfish_margin)
-        self.selfish_margin_end = parse_margin(self.selfish_margin_end)
-        check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
-        if self.selfish_fused and self.selfish_log_scenarios_every:
-            raise ValueError(
-                "selfish_log_scenarios_every needs the full logits' gradient, which the fused loss never builds; "
-                "turn off selfish_fused for diagnostic runs"
-            )
-        check_top_p(self.selfish_top_p)
-        super().__post_init__()
+__all__ = ["SelfishTrainer", "SelfishTrainingArguments", "output_vocab_size", "selfish_loss_func"]
 
 
 def output_vocab_size(model: nn.Module) -> int:
@@ -213,7 +166,7 @@ class SelfishTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def create_model_card(self, **kwargs) -> None:
-        """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.hub.write_run_card`.
+        """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.model_card.write_run_card`.
 
         Its metadata (base model, license, tags) is kept; the body states the training loss (selfish and
         its margin, or plain cross-entropy) and holds the per-group table of the last evaluation.
@@ -221,12 +174,15 @@ class SelfishTrainer(Trainer):
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
+        from .model_card import write_run_card  # huggingface_hub's card module: only when a card is made
+
         settings = self.args.to_dict()
-        settings["selfish_margin"] = margin_label(self.args.selfish_margin, self.margin_schedule.start)
+        settings["selfish_margin_value"] = self.margin_schedule.start  # "auto" resolved against the vocabulary
         if self.args.max_steps > 0:  # max_steps overrides the epochs
             settings.pop("num_train_epochs", None)
-        write_run_card(self.args.output_dir, self.state.log_history, settings,
-                       model_id=self.hub_model_id or self.args.hub_model_id)
+        write_run_card(
+            self.args.output_dir, self.state.log_history, settings, model_id=self.hub_model_id or self.args.hub_model_id
+        )
 
     def _scale_for_token_averaging(self, loss: torch.Tensor, num_items_in_batch) -> torch.Tensor:
         """Undo DDP's gradient mean when the token count was summed over processes (as Trainer does)."""

@@ -1,7 +1,7 @@
 """Thin entry point for `accelerate launch` / `torchrun`: `hf-selfish train` with the same arguments.
 
-    accelerate launch --config_file recipes/accelerate/cpu_ddp.yaml scripts/train.py RECIPE [--key value ...]
-    torchrun --nproc_per_node 2 scripts/train.py RECIPE [--key value ...]
+accelerate launch --config_file recipes/accelerate/cpu_ddp.yaml scripts/train.py RECIPE [--key value ...]
+torchrun --nproc_per_node 2 scripts/train.py RECIPE [--key value ...]
 """
 
 import sys

@@ -18,9 +18,9 @@ from datasets import Dataset
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
 
 from hf_selfish.cli import main
-from hf_selfish.data import build_char_tokenizer
-from hf_selfish.experiment import prepare_data
-from hf_selfish.recipe import load_recipe
+from hf_selfish.lab.data import build_char_tokenizer
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import prepare_data
 
 from .conftest import REPO_ROOT
 from .tiny_models import tiny_model
@@ -34,7 +34,15 @@ TINY_CONFIGS = {
     "intermediate_size=64,max_position_embeddings=32",
 }
 WORDS = "the of and to in is was he that it for on with as his at by had from they".split() + [
-    "quixotic", "zephyr", "jukebox", "wyvern", "fjord", "kvetch", "syzygy", "mezquit"]
+    "quixotic",
+    "zephyr",
+    "jukebox",
+    "wyvern",
+    "fjord",
+    "kvetch",
+    "syzygy",
+    "mezquit",
+]
 
 
 def corpus_lines(n_lines: int = 160, seed: int = 0) -> list[str]:
@@ -189,10 +197,34 @@ def test_finetune_recipe_on_a_local_pretrained_model(tmp_path):
     tiny_model("gpt2", len(tokenizer), seed=3, n_positions=BLOCK_SIZE).save_pretrained(pretrained)
     tokenizer.save_pretrained(pretrained)
     out = tmp_path / "out"
-    argv = ["--arm", "selfish", "--model_name_or_path", str(pretrained), "--train_file", str(corpus),
-            "--output_dir", str(out), "--block_size", str(BLOCK_SIZE), "--max_steps", "2",
-            "--gradient_accumulation_steps", "1", "--eval_steps", "1", "--logging_steps", "1", "--max_eval_samples", "8",
-            "--save_strategy", "no", "--use_cpu", "true", "--disable_tqdm", "true"]
+    argv = [
+        "--arm",
+        "selfish",
+        "--model_name_or_path",
+        str(pretrained),
+        "--train_file",
+        str(corpus),
+        "--output_dir",
+        str(out),
+        "--block_size",
+        str(BLOCK_SIZE),
+        "--max_steps",
+        "2",
+        "--gradient_accumulation_steps",
+        "1",
+        "--eval_steps",
+        "1",
+        "--logging_steps",
+        "1",
+        "--max_eval_samples",
+        "8",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "true",
+        "--disable_tqdm",
+        "true",
+    ]
     assert main(["train", str(REPO_ROOT / "recipes" / "finetune_causal_lm.yaml"), *argv]) == 0
 
     history = json.loads((out / "trainer_state.json").read_text())["log_history"]
@@ -200,8 +232,9 @@ def test_finetune_recipe_on_a_local_pretrained_model(tmp_path):
     assert start["step"] == 0  # eval_on_start: the pretrained weights, before any update
     args = load_recipe(REPO_ROOT / "recipes" / "finetune_causal_lm.yaml", _overrides(argv[2:])).arguments()
     blocks = torch.tensor(prepare_data(args.model, args.data).lm.datasets["validation"]["input_ids"])  # [8, 32]
-    assert start["eval_loss"] == pytest.approx(reference_eval_loss(
-        AutoModelForCausalLM.from_pretrained(pretrained), blocks), abs=1e-4)
+    assert start["eval_loss"] == pytest.approx(
+        reference_eval_loss(AutoModelForCausalLM.from_pretrained(pretrained), blocks), abs=1e-4
+    )
     record = json.loads((out / "run_result.json").read_text())
     assert record["arm"] == "selfish" and record["selfish_margin"] == 2.0 and record["global_step"] == 2
     assert any("selfish_masked_fraction" in e for e in history)

@@ -18,12 +18,14 @@ from transformers import default_data_collator
 from hf_selfish import SelfishTrainer, SelfishTrainingArguments, selfish_loss_func
 from hf_selfish.callbacks import RankBucketEvalCallback
 from hf_selfish.cli import main
-from hf_selfish.data import build_char_tokenizer
-from hf_selfish.loss import selfish_causal_lm_loss, selfish_cross_entropy
+from hf_selfish.lab.data import build_char_tokenizer
+from hf_selfish.ops.loss import selfish_causal_lm_loss, selfish_cross_entropy
 
 from .tiny_models import tiny_model
 
-TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20  # 1,620 characters, 30 distinct
+TEXT = (
+    "First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n" * 20
+)  # 1,620 characters, 30 distinct
 MARGIN_MESSAGE = "selfish margin must be a non-negative number or None, got {}"
 
 
@@ -69,7 +71,9 @@ def test_bad_margin_on_the_command_line(tmp_path, capsys, value, shown):
 
 
 def test_bad_margin_in_an_arm(tmp_path, capsys):
-    recipe = write_recipe(tmp_path, "arms:\n  - {name: base, selfish_margin: null}\n  - {name: neg, selfish_margin: -0.5}\n")
+    recipe = write_recipe(
+        tmp_path, "arms:\n  - {name: base, selfish_margin: null}\n  - {name: neg, selfish_margin: -0.5}\n"
+    )
     assert cli_error(capsys, "compare", str(recipe)) == "hf-selfish compare: error: " + MARGIN_MESSAGE.format("-0.5")
 
 
@@ -103,7 +107,11 @@ def test_unknown_key_lists_the_valid_keys_and_suggests_close_ones(tmp_path, caps
 @pytest.mark.parametrize(
     "extra, where, hint",
     [
-        ("selfish_margn: 1.0\n", "recipe {recipe}", " Did you mean selfish_margin, selfish_margin_end, selfish_margin_schedule?"),
+        (
+            "selfish_margn: 1.0\n",
+            "recipe {recipe}",
+            " Did you mean selfish_margin, selfish_margin_end, selfish_margin_schedule?",
+        ),
         ("arms:\n  - {name: a, max_step: 3}\n", "arm 'a'", " Did you mean max_steps, save_steps, eval_steps?"),
         ("zzzz: 1\n", "recipe {recipe}", ""),
     ],
@@ -120,26 +128,43 @@ def test_unknown_key_in_the_recipe_or_an_arm(tmp_path, capsys, extra, where, hin
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ("max_steps: [1\n", "recipe '{recipe}' is not valid YAML at line 11, column 1: expected ',' or ']', but got '<stream end>'"),
+        (
+            "max_steps: [1\n",
+            "recipe '{recipe}' is not valid YAML at line 11, column 1: expected ',' or ']', but got '<stream end>'",
+        ),
         ("max_steps: 1.5\n", "recipe key 'max_steps': expected an integer, got 1.5"),
-        ("learning_rate: fast\n", "recipe key 'learning_rate': cannot read 'fast' (could not convert string to float: 'fast')"),
-        ("use_cpu: maybe\n", "recipe key 'use_cpu': cannot read 'maybe' (Truthy value expected: got maybe but expected "
-         "one of yes/no, true/false, t/f, y/n, 1/0 (case insensitive).)"),
+        (
+            "learning_rate: fast\n",
+            "recipe key 'learning_rate': cannot read 'fast' (could not convert string to float: 'fast')",
+        ),
+        (
+            "use_cpu: maybe\n",
+            "recipe key 'use_cpu': cannot read 'maybe' (Truthy value expected: got maybe but expected "
+            "one of yes/no, true/false, t/f, y/n, 1/0 (case insensitive).)",
+        ),
         ("arms:\n  - {name: a}\n  - {name: a}\n", "arm names must be unique, got ['a', 'a']"),
         ("arms:\n  - {selfish_margin: 1}\n", "arm #1 must be a mapping with a 'name', got {'selfish_margin': 1}"),
-        ("selfish_margin_schedule: cosine\n", "a cosine margin schedule needs a start margin (selfish_margin) and an "
-         "end margin (selfish_margin_end), got start=2.0, end=None"),
+        (
+            "selfish_margin_schedule: cosine\n",
+            "a cosine margin schedule needs a start margin (selfish_margin) and an "
+            "end margin (selfish_margin_end), got start=2.0, end=None",
+        ),
         ("selfish_margin: auto\nselfish_top_p: 1.5\n", "selfish_top_p must lie strictly between 0 and 1, got 1.5"),
     ],
 )
 def test_recipe_values_that_cannot_be_read(tmp_path, capsys, extra, message):
     recipe = write_recipe(tmp_path, extra)
-    assert cli_error(capsys, "compare", str(recipe)) == "hf-selfish compare: error: " + message.replace("{recipe}", str(recipe))
+    assert cli_error(capsys, "compare", str(recipe)) == "hf-selfish compare: error: " + message.replace(
+        "{recipe}", str(recipe)
+    )
 
 
 def test_recipe_file_and_arguments(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
-    assert cli_error(capsys, "compare", str(missing)) == f"hf-selfish compare: error: recipe file '{missing}' does not exist"
+    assert (
+        cli_error(capsys, "compare", str(missing))
+        == f"hf-selfish compare: error: recipe file '{missing}' does not exist"
+    )
     recipe = write_recipe(tmp_path)
     assert cli_error(capsys, "compare", str(recipe), "stray") == (
         "hf-selfish compare: error: unexpected argument 'stray': overrides look like --key value"
@@ -189,8 +214,15 @@ def test_tokenizer_larger_than_the_model_embeddings(tmp_path, capsys):
     tiny_model("gpt2", vocab_size=10, n_positions=16).save_pretrained(model_dir)
     recipe = write_recipe(tmp_path)
     error = cli_error(
-        capsys, "compare", str(recipe), "--model_name_or_path", str(model_dir), "--model_type", "null",
-        "--config_overrides", "null",
+        capsys,
+        "compare",
+        str(recipe),
+        "--model_name_or_path",
+        str(model_dir),
+        "--model_type",
+        "null",
+        "--config_overrides",
+        "null",
     )
     assert error == (
         "hf-selfish compare: error: the tokenizer has 30 tokens but the model's embeddings hold 10; use the model's "
@@ -252,9 +284,18 @@ def test_all_ignored_labels_give_zero_loss_and_zero_gradient():
 
 def trainer_args(tmp_path, **overrides) -> SelfishTrainingArguments:
     values = dict(
-        output_dir=str(tmp_path), selfish_margin=0.5, max_steps=2, per_device_train_batch_size=4,
-        per_device_eval_batch_size=4, learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to="none",
-        use_cpu=True, disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        selfish_margin=0.5,
+        max_steps=2,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        learning_rate=1e-2,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
     )
     values.update(overrides)
     return SelfishTrainingArguments(**values)
@@ -265,7 +306,10 @@ def test_training_on_batches_without_labels_stays_finite(tmp_path):
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     data = Dataset.from_dict({"input_ids": [[1, 2, 3, 4, 5, 6]] * 8, "labels": [[-100] * 6] * 8})
     trainer = SelfishTrainer(
-        model=model, args=trainer_args(tmp_path, weight_decay=0.0), train_dataset=data, eval_dataset=data,
+        model=model,
+        args=trainer_args(tmp_path, weight_decay=0.0),
+        train_dataset=data,
+        eval_dataset=data,
         data_collator=default_data_collator,
     )
     trainer.train()
@@ -282,8 +326,11 @@ def test_a_group_without_eval_tokens_is_absent_not_nan(tmp_path):
     groups = {"seen": [1, 2], "half": [3, 15], "absent": [10, 11, 12]}
     callback = RankBucketEvalCallback(groups, VOCAB, save_per_token=False)
     trainer = SelfishTrainer(
-        model=model, args=trainer_args(tmp_path, batch_eval_metrics=True), eval_dataset=data,
-        data_collator=default_data_collator, **callback.trainer_kwargs(),
+        model=model,
+        args=trainer_args(tmp_path, batch_eval_metrics=True),
+        eval_dataset=data,
+        data_collator=default_data_collator,
+        **callback.trainer_kwargs(),
     )
     metrics = trainer.evaluate()
     assert metrics["eval_absent_tokens"] == 0

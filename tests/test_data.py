@@ -13,9 +13,9 @@ from datasets import Dataset
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from hf_selfish import data as data_module
-from hf_selfish.arguments import DataArguments, ModelArguments
-from hf_selfish.data import (
+from hf_selfish.frequency import TokenFrequency
+from hf_selfish.lab.arguments import DataArguments, ModelArguments
+from hf_selfish.lab.data import (
     LANGUAGE_COLUMN,
     TINYSHAKESPEARE_ENV,
     DataNotFoundError,
@@ -42,7 +42,7 @@ from hf_selfish.data import (
     tokenize_datasets,
     unknown_characters,
 )
-from hf_selfish.frequency import TokenFrequency
+from hf_selfish.lab.data import sources as data_module
 
 N_CHARS = 1_115_394
 N_TRAIN, N_VAL = 1_003_854, 111_540

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 from transformers.training_args import ParallelMode
 
-from hf_selfish.experiment import build_trainer, check_distributed_launch, prepare_data
-from hf_selfish.recipe import load_recipe
-from hf_selfish.report import split_metric_key
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import build_trainer, check_distributed_launch, prepare_data
+from hf_selfish.metric_names import split_metric_key
 
 from .conftest import REPO_ROOT
 from .test_any_causal_lm import BLOCK_SIZE, TINY_CONFIGS, write_corpus
@@ -67,8 +67,15 @@ def launch(command: list[str], timeout: float = 240) -> subprocess.CompletedProc
         "HF_DATASETS_OFFLINE": "1",
         "OMP_NUM_THREADS": "1",
     }
-    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -92,10 +99,17 @@ def ddp_run(tmp_path_factory):
     recipe.write_text(RECIPE + f"train_file: {corpus}\n")
     out = root / "out"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(REPO_ROOT / "recipes" / "accelerate" / "cpu_ddp.yaml"),
-        "--main_process_port", str(free_port()),
-        str(REPO_ROOT / "scripts" / "train.py"), str(recipe), "--output_dir", str(out),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(REPO_ROOT / "recipes" / "accelerate" / "cpu_ddp.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        str(REPO_ROOT / "scripts" / "train.py"),
+        str(recipe),
+        "--output_dir",
+        str(out),
     ]
     return recipe, out, launch(command)
 
@@ -140,15 +154,20 @@ def test_bucket_metrics_equal_a_one_process_evaluation(ddp_run, tmp_path):
         logits = model(input_ids=blocks).logits  # [13, 32, V]
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1), blocks[:, 1:].flatten(), reduction="sum").item()
     groups = [k[: -len("_tokens")] for k in tokens]
-    logged_sum = sum(distributed[f"{g}_nll_weighted"] * distributed[f"{g}_tokens"] for g in groups if tokens[f"{g}_tokens"])
+    logged_sum = sum(
+        distributed[f"{g}_nll_weighted"] * distributed[f"{g}_tokens"] for g in groups if tokens[f"{g}_tokens"]
+    )
     assert logged_sum == pytest.approx(nll, rel=1e-5)
 
 
-@pytest.mark.parametrize("world_size, mode, refused", [
-    ("2", ParallelMode.NOT_PARALLEL, True),  # CPU processes without use_cpu: each would train alone
-    ("2", ParallelMode.DISTRIBUTED, False),
-    (None, ParallelMode.NOT_PARALLEL, False),
-])
+@pytest.mark.parametrize(
+    "world_size, mode, refused",
+    [
+        ("2", ParallelMode.NOT_PARALLEL, True),  # CPU processes without use_cpu: each would train alone
+        ("2", ParallelMode.DISTRIBUTED, False),
+        (None, ParallelMode.NOT_PARALLEL, False),
+    ],
+)
 def test_a_launch_that_would_not_be_distributed_is_refused(monkeypatch, world_size, mode, refused):
     if world_size is None:
         monkeypatch.delenv("WORLD_SIZE", raising=False)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 
-from hf_selfish.experiment import compare
-from hf_selfish.recipe import load_recipe
+from hf_selfish.lab.compare import compare
+from hf_selfish.lab.recipe import load_recipe
 
 from .test_resume import recipe_text
 

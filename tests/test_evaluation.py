@@ -20,11 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
-from hf_selfish.callbacks import (
-    RANK_BUCKETS_FILENAME,
-    RankBucketEvalCallback,
-    attach_rank_bucket_eval,
-)
+from hf_selfish.callbacks import RankBucketEvalCallback, attach_rank_bucket_eval
 from hf_selfish.evaluation import (
     RankBucketMetrics,
     TokenStats,
@@ -34,6 +30,7 @@ from hf_selfish.evaluation import (
     target_nll_and_rank,
     validate_groups,
 )
+from hf_selfish.metric_names import RANK_BUCKETS_FILE as RANK_BUCKETS_FILENAME
 
 from .torchrun import run_two_processes
 
@@ -188,9 +185,13 @@ def test_constant_logits_closed_form():
         assert result[f"{name}_tokens"] == int(n.sum())
         assert result[f"{name}_types"] == int(present.sum())
         assert result[f"{name}_nll"] == pytest.approx(token_nll[ids][present].mean().item(), rel=1e-6)
-        assert result[f"{name}_nll_weighted"] == pytest.approx((token_nll[ids] * n).sum().item() / n.sum().item(), rel=1e-6)
+        assert result[f"{name}_nll_weighted"] == pytest.approx(
+            (token_nll[ids] * n).sum().item() / n.sum().item(), rel=1e-6
+        )
         assert result[f"{name}_accuracy"] == pytest.approx(((token_rank[ids] == 1) * n).sum().item() / n.sum().item())
-        assert result[f"{name}_recall_at_5"] == pytest.approx(((token_rank[ids] <= 5) * n).sum().item() / n.sum().item())
+        assert result[f"{name}_recall_at_5"] == pytest.approx(
+            ((token_rank[ids] <= 5) * n).sum().item() / n.sum().item()
+        )
         assert result[f"{name}_mrr"] == pytest.approx((n / token_rank[ids]).sum().item() / n.sum().item())
     assert result["rank_9-12_types"] == 1  # only id 8 occurs: 9, 10, 11 are excluded, not counted as 0
 
@@ -214,7 +215,7 @@ def test_empty_group_reports_only_zero_tokens():
     metrics = group_metrics(stats, {"seen": [0, 1], "unseen": [4, 5], "no_ids": []})
     assert {k: v for k, v in metrics.items() if not k.startswith("seen_")} == {"unseen_tokens": 0, "no_ids_tokens": 0}
     assert all(not (isinstance(v, float) and math.isnan(v)) for v in metrics.values())
-    assert [k[len("seen_"):] for k in metrics if k.startswith("seen_")] == list(STATS)
+    assert [k[len("seen_") :] for k in metrics if k.startswith("seen_")] == list(STATS)
 
 
 def test_ignored_positions_do_not_count():
@@ -250,7 +251,9 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="vocab_size"):
         RankBucketMetrics({"g": [0]}, 5).preprocess_logits_for_metrics(torch.zeros(1, 3, 6), torch.zeros(1, 3).long())
     with pytest.raises(ValueError, match="preprocess_logits_for_metrics"):
-        RankBucketMetrics({"g": [0]}, 5).compute_metrics(_EvalPred(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long)))
+        RankBucketMetrics({"g": [0]}, 5).compute_metrics(
+            _EvalPred(torch.zeros(1, 3, 5), torch.zeros(1, 3, dtype=torch.long))
+        )
     with pytest.raises(ValueError, match="aligned"):
         target_nll_and_rank(torch.zeros(2, 3, 5), torch.zeros(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="vocab_size"):
@@ -319,7 +322,9 @@ GROUPS = {"rank_1-8": list(range(8)), "rank_9-16": list(range(8, 16)), "rank_17-
 
 def _tiny_gpt2() -> GPT2LMHeadModel:
     torch.manual_seed(0)
-    config = GPT2Config(n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0)
+    config = GPT2Config(
+        n_layer=2, n_head=2, n_embd=32, vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=0
+    )
     model = GPT2LMHeadModel(config)
     # GPT2LMHeadModel's class name does not match "ForCausalLM": tell the Trainer its loss shifts labels, so
     # `eval_loss` is normalised by the predicted positions (the SelfishTrainer does this itself).
@@ -387,7 +392,7 @@ def direct_metrics(model):
 
 
 def _eval_keys(metrics: dict) -> dict:
-    return {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_rank_")}
+    return {k[len("eval_") :]: v for k, v in metrics.items() if k.startswith("eval_rank_")}
 
 
 @pytest.mark.parametrize("batch_size", [3, 8])
@@ -438,8 +443,16 @@ def test_all_tokens_group_weighted_nll_equals_eval_loss(tmp_path):
 
 def test_callback_writes_per_token_json_and_history_reaches_checkpoints(tmp_path):
     trainer = _trainer(
-        _tiny_gpt2(), tmp_path, _ragged_eval_set(), batch_size=4, max_steps=2, eval_strategy="steps", eval_steps=1,
-        save_strategy="steps", save_steps=2, logging_steps=1,
+        _tiny_gpt2(),
+        tmp_path,
+        _ragged_eval_set(),
+        batch_size=4,
+        max_steps=2,
+        eval_strategy="steps",
+        eval_steps=1,
+        save_strategy="steps",
+        save_steps=2,
+        logging_steps=1,
     )
     attach_rank_bucket_eval(trainer, GROUPS, VOCAB)
     trainer.train()
@@ -469,11 +482,19 @@ def test_attach_refuses_to_replace_existing_hooks(model, tmp_path):
 def test_trainer_kwargs_install_the_hooks(model, direct_metrics, tmp_path):
     callback = RankBucketEvalCallback(GROUPS, VOCAB, save_per_token=False)
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_eval_batch_size=5, batch_eval_metrics=True, report_to=[], use_cpu=True,
+        output_dir=str(tmp_path),
+        per_device_eval_batch_size=5,
+        batch_eval_metrics=True,
+        report_to=[],
+        use_cpu=True,
         disable_tqdm=True,
     )
     trainer = Trainer(
-        model=model, args=args, eval_dataset=_ragged_eval_set(), data_collator=_pad_collator, **callback.trainer_kwargs()
+        model=model,
+        args=args,
+        eval_dataset=_ragged_eval_set(),
+        data_collator=_pad_collator,
+        **callback.trainer_kwargs(),
     )
     assert_metrics_close(_eval_keys(trainer.evaluate()), direct_metrics, rtol=1e-5)
     assert not (tmp_path / RANK_BUCKETS_FILENAME).exists()
@@ -519,14 +540,20 @@ def test_evaluate_module_loads_offline_from_the_package_and_matches(tmp_path):
     }
     done = subprocess.run(
         [sys.executable, "-c", _EVALUATE_SCRIPT],
-        input=json.dumps(inputs), env=env, capture_output=True, text=True, timeout=120,
+        input=json.dumps(inputs),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(done.stdout.strip().splitlines()[-1])
 
     expected = reference_group_metrics(logits.numpy(), targets.numpy(), groups)
     assert_metrics_close(results["with_ranks"], expected)
-    expected_nll_only = {k: v for k, v in expected.items() if k.endswith(("_nll", "_nll_weighted", "_tokens", "_types"))}
+    expected_nll_only = {
+        k: v for k, v in expected.items() if k.endswith(("_nll", "_nll_weighted", "_tokens", "_types"))
+    }
     assert_metrics_close(results["nll_only"], expected_nll_only)
     assert os.path.isfile(os.path.join(rank_bucket_metric_path(), "rank_bucket_nll.py"))
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from hf_selfish.cli import main
-from hf_selfish.experiment import eval_history, prepare_data, train_run
-from hf_selfish.recipe import load_recipe
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import eval_history, prepare_data, train_run
 
 TINY = """
 dataset_name: tinyshakespeare

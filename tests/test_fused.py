@@ -15,13 +15,9 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
-from hf_selfish.fused import (
-    check_fusable,
-    default_chunk_size,
-    fused_causal_lm_loss,
-    linear_selfish_cross_entropy,
-)
-from hf_selfish.loss import selfish_causal_lm_loss
+from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.ops.loss import selfish_causal_lm_loss
+from hf_selfish.patching import check_fusable, fused_causal_lm_loss
 
 from .tiny_models import tiny_model
 
@@ -65,8 +61,12 @@ def loss_and_grads(loss_fn, hidden, weight, bias):
 
 def assert_matches_reference(hidden, weight, labels, margin, bias=None, chunk_size=None, **kwargs):
     fused, fused_grads = loss_and_grads(
-        lambda: linear_selfish_cross_entropy(hidden, weight, labels, margin, bias=bias, chunk_size=chunk_size, **kwargs),
-        hidden, weight, bias,
+        lambda: linear_selfish_cross_entropy(
+            hidden, weight, labels, margin, bias=bias, chunk_size=chunk_size, **kwargs
+        ),
+        hidden,
+        weight,
+        bias,
     )
     ref, ref_grads = loss_and_grads(
         lambda: reference_loss(hidden, weight, labels, margin, bias=bias, **kwargs), hidden, weight, bias
@@ -136,7 +136,9 @@ def test_margin_none_equals_linear_cross_entropy():
     hidden, weight, labels, bias = make_inputs(ignore_every=5, bias=True)
     fused, fused_grads = loss_and_grads(
         lambda: linear_selfish_cross_entropy(hidden, weight, labels, None, bias=bias, chunk_size=7),
-        hidden, weight, bias,
+        hidden,
+        weight,
+        bias,
     )
     ref, ref_grads = loss_and_grads(
         lambda: F.cross_entropy(F.linear(hidden, weight, bias), labels, ignore_index=IGNORE), hidden, weight, bias
@@ -156,9 +158,7 @@ def test_infinite_margin_is_plain_cross_entropy():
 @pytest.mark.parametrize("num_items_in_batch", [57, torch.tensor(57)])
 def test_num_items_in_batch_divides_the_sum(num_items_in_batch):
     hidden, weight, labels, _ = make_inputs(ignore_every=4)
-    fused = assert_matches_reference(
-        hidden, weight, labels, 2.0, chunk_size=6, num_items_in_batch=num_items_in_batch
-    )
+    fused = assert_matches_reference(hidden, weight, labels, 2.0, chunk_size=6, num_items_in_batch=num_items_in_batch)
     mean = linear_selfish_cross_entropy(hidden, weight, labels, 2.0)
     n_valid = int((labels != IGNORE).sum())
     torch.testing.assert_close(fused, mean * n_valid / 57, rtol=1e-5, atol=0)
@@ -306,7 +306,12 @@ def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_ba
         model.get_output_embeddings().weight.mul_(8.0)
     inputs, labels = causal_batch()
     fused, fraction = fused_causal_lm_loss(
-        model, inputs, labels, margin, num_items_in_batch=num_items_in_batch, chunk_size=7,
+        model,
+        inputs,
+        labels,
+        margin,
+        num_items_in_batch=num_items_in_batch,
+        chunk_size=7,
         return_masked_fraction=True,
     )
     fused_grads = parameter_grads(model, fused)
@@ -348,8 +353,15 @@ def test_fused_causal_lm_loss_under_bf16_autocast():
 
 def _tiny(config_cls, **overrides):
     config = config_cls(
-        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1, hidden_size=16, head_dim=8,
-        intermediate_size=32, max_position_embeddings=32, vocab_size=TINY_VOCAB, **overrides,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        hidden_size=16,
+        head_dim=8,
+        intermediate_size=32,
+        max_position_embeddings=32,
+        vocab_size=TINY_VOCAB,
+        **overrides,
     )
     return AutoModelForCausalLM.from_config(config)
 

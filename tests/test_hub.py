@@ -20,9 +20,10 @@ from huggingface_hub.utils import httpx
 from hf_selfish import SelfishTrainer, SelfishTrainingArguments, hub
 from hf_selfish.callbacks import RankBucketEvalCallback
 from hf_selfish.cli import main
-from hf_selfish.experiment import prepare_data, train_run
-from hf_selfish.recipe import load_recipe
-from hf_selfish.report import MEAN_STATS, STAT_TITLES, group_label
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import prepare_data, train_run
+from hf_selfish.metric_names import MEAN_STATS, STAT_TITLES, group_label
+from hf_selfish.model_card import write_run_card
 
 from .test_any_causal_lm import run_args, write_corpus
 from .test_trainer import padded_dataset
@@ -88,13 +89,31 @@ def trained(tmp_path, margin, *, push_to_hub=False, hub_model_id=None) -> Selfis
     """A tiny GPT-2 trained 2 steps with rank-bucket evaluation at every step."""
     callback = RankBucketEvalCallback(GROUPS, VOCAB)
     args = SelfishTrainingArguments(
-        output_dir=str(tmp_path / "run"), selfish_margin=margin, per_device_train_batch_size=4,
-        per_device_eval_batch_size=8, max_steps=2, learning_rate=1e-2, logging_steps=1, eval_strategy="steps",
-        eval_steps=1, batch_eval_metrics=True, save_strategy="no", report_to="none", use_cpu=True, seed=0,
-        disable_tqdm=True, push_to_hub=push_to_hub, hub_model_id=hub_model_id,
+        output_dir=str(tmp_path / "run"),
+        selfish_margin=margin,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=8,
+        max_steps=2,
+        learning_rate=1e-2,
+        logging_steps=1,
+        eval_strategy="steps",
+        eval_steps=1,
+        batch_eval_metrics=True,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        push_to_hub=push_to_hub,
+        hub_model_id=hub_model_id,
     )
-    trainer = SelfishTrainer(model=tiny_model("gpt2", VOCAB), args=args, train_dataset=padded_dataset(8),
-                             eval_dataset=padded_dataset(6, seed=1), **callback.trainer_kwargs())
+    trainer = SelfishTrainer(
+        model=tiny_model("gpt2", VOCAB),
+        args=args,
+        train_dataset=padded_dataset(8),
+        eval_dataset=padded_dataset(6, seed=1),
+        **callback.trainer_kwargs(),
+    )
     trainer.train()
     return trainer
 
@@ -108,16 +127,22 @@ def card_parts(text: str) -> tuple[dict, str]:
 
 def card_table(body: str) -> dict[str, dict[str, str]]:
     """The per-group table of a card: {group: {header: cell}}."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
-            for line in body.splitlines() if line.startswith("| ")]
+    rows = [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in body.splitlines()
+        if line.startswith("| ")
+    ]
     (headers, rule), data = rows[:2], rows[2:]
     assert set("".join(rule)) <= set("-:")
     return {cells[0]: dict(zip(headers[1:], cells[1:])) for cells in data}
 
 
 def snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def comparison_dir(tmp_path: Path) -> Path:
@@ -136,8 +161,9 @@ def comparison_dir(tmp_path: Path) -> Path:
 # --------------------------------------------------------------------------------------------- model card
 
 
-@pytest.mark.parametrize("margin, loss_text", [(2.0, "**selfish cross-entropy** with margin m = 2"),
-                                               (None, "**plain cross-entropy**")])
+@pytest.mark.parametrize(
+    "margin, loss_text", [(2.0, "**selfish cross-entropy** with margin m = 2"), (None, "**plain cross-entropy**")]
+)
 def test_model_card_states_the_loss_and_the_logged_bucket_metrics(tmp_path, margin, loss_text):
     trainer = trained(tmp_path, margin)
     trainer.create_model_card(model_name="tiny-run")
@@ -161,18 +187,32 @@ def test_model_card_states_the_loss_and_the_logged_bucket_metrics(tmp_path, marg
         for stat in MEAN_STATS:
             assert float(row[STAT_TITLES[stat]]) == pytest.approx(last[f"eval_{group}_{stat}"], abs=5e-5)
     assert sum(last[f"eval_{group}_tokens"] for group in GROUPS) == sum(
-        int(row["eval tokens (types)"].split()[0].replace(",", "")) for row in table.values())
+        int(row["eval tokens (types)"].split()[0].replace(",", "")) for row in table.values()
+    )
 
 
 def test_run_card_keeps_the_trainers_metadata_and_needs_an_evaluation(tmp_path):
-    (tmp_path / "README.md").write_text("---\nlibrary_name: transformers\nlicense: mit\nbase_model: gpt2\n"
-                                        "tags:\n- generated_from_trainer\n---\n\n# auto-generated\n")
-    history = [{"loss": 3.5, "step": 1},
-               {"eval_loss": 3.25, "eval_a_nll": 3.0, "eval_a_nll_weighted": 3.5, "eval_a_tokens": 4,
-                "eval_a_types": 2, "eval_a_accuracy": 0.25, "eval_a_recall_at_5": 0.5, "eval_a_mrr": 0.375,
-                "eval_b_tokens": 0, "step": 1}]
-    args = {"selfish_margin": hub.margin_label("auto", 8.78), "max_steps": 1}
-    hub.write_run_card(tmp_path, history, args, model_id="tester/m")
+    (tmp_path / "README.md").write_text(
+        "---\nlibrary_name: transformers\nlicense: mit\nbase_model: gpt2\n"
+        "tags:\n- generated_from_trainer\n---\n\n# auto-generated\n"
+    )
+    history = [
+        {"loss": 3.5, "step": 1},
+        {
+            "eval_loss": 3.25,
+            "eval_a_nll": 3.0,
+            "eval_a_nll_weighted": 3.5,
+            "eval_a_tokens": 4,
+            "eval_a_types": 2,
+            "eval_a_accuracy": 0.25,
+            "eval_a_recall_at_5": 0.5,
+            "eval_a_mrr": 0.375,
+            "eval_b_tokens": 0,
+            "step": 1,
+        },
+    ]
+    args = {"selfish_margin": "auto", "selfish_margin_value": 8.78, "max_steps": 1}
+    write_run_card(tmp_path, history, args, model_id="tester/m")
     metadata, body = card_parts((tmp_path / "README.md").read_text())
     assert (metadata["license"], metadata["base_model"]) == ("mit", "gpt2")
     assert "generated_from_trainer" in metadata["tags"] and "# auto-generated" not in body
@@ -182,7 +222,7 @@ def test_run_card_keeps_the_trainers_metadata_and_needs_an_evaluation(tmp_path):
     assert table["a"]["eval tokens (types)"] == "4 (2)" and table["a"][STAT_TITLES["mrr"]] == "0.3750"
     assert table["b"]["eval tokens (types)"].startswith("0")
     with pytest.raises(ValueError, match="no eval_loss; run trainer.evaluate"):
-        hub.write_run_card(tmp_path, history[:1], args)
+        write_run_card(tmp_path, history[:1], args)
 
 
 def test_trainer_push_to_hub_uploads_our_card(tmp_path, fake_hub):
@@ -233,8 +273,14 @@ def test_failed_final_push_keeps_every_file(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"every file is kept in .*out .*tester/x failed \(ConnectError.*hf upload"):
         train_run(args, data)
     out = tmp_path / "out"
-    for name in ("model.safetensors", "config.json", "tokenizer.json", "trainer_state.json",
-                 "token_frequency.json", "README.md"):
+    for name in (
+        "model.safetensors",
+        "config.json",
+        "tokenizer.json",
+        "trainer_state.json",
+        "token_frequency.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     assert "**selfish cross-entropy** with margin m = 2" in (out / "README.md").read_text()
     assert not (out / "run_result.json").exists()  # not finished: the same command runs (and pushes) again
@@ -242,15 +288,28 @@ def test_failed_final_push_keeps_every_file(tmp_path, monkeypatch):
 
 def test_train_with_push_to_hub_uploads_the_finished_run(tmp_path, unreachable_hub, fake_hub):
     corpus = write_corpus(tmp_path / "corpus.txt", n_lines=60)
-    argv = run_args(corpus, tmp_path / "out", push_to_hub="true", hub_model_id="tester/x", max_steps="1",
-                    save_strategy="steps", save_steps="1")
+    argv = run_args(
+        corpus,
+        tmp_path / "out",
+        push_to_hub="true",
+        hub_model_id="tester/x",
+        max_steps="1",
+        save_strategy="steps",
+        save_steps="1",
+    )
     assert main(["train", *argv]) == 0
     assert fake_hub.created == ["tester/x"]
     final = fake_hub.uploads[-1]  # after the checkpoint pushes of hub_strategy=every_save
     assert final["commit_message"] == "Model save" and final["folder"] == tmp_path / "out"
     assert final["ignore_patterns"] == ["_*", "checkpoint-*"]
-    for name in ("model.safetensors", "tokenizer.json", "trainer_state.json", "token_frequency.json",
-                 "rank_buckets.json", "README.md"):
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "trainer_state.json",
+        "token_frequency.json",
+        "rank_buckets.json",
+        "README.md",
+    ):
         assert name in final["files"], name
     assert "**selfish cross-entropy** with margin m = 2" in final["files"]["README.md"].decode()
     assert "# tester/x" in final["files"]["README.md"].decode()
@@ -318,7 +377,7 @@ def test_compare_refuses_one_hub_repository_for_several_runs(tmp_path, capsys):
 
 def test_report_push_from_the_command_line_offline_is_one_line(tmp_path, monkeypatch, capsys):
     run_dir = comparison_dir(tmp_path)
-    monkeypatch.setattr("hf_selfish.report.write_report", lambda path: Path(path) / "report.md")
+    monkeypatch.setattr("hf_selfish.reporting.report.write_report", lambda path: Path(path) / "report.md")
     before = snapshot(run_dir)
     assert main(["report", str(run_dir), "--push", "tester/tiny-report"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_selfish.loss import selfish_cross_entropy
+from hf_selfish.ops.loss import selfish_cross_entropy
 
 IGNORE = -100
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from hf_selfish import SelfishTrainer, selfish_cross_entropy
-from hf_selfish.margin import MarginSchedule, auto_margin, parse_margin
+from hf_selfish.ops.margin import MarginSchedule, auto_margin, parse_margin
 
 from .test_trainer import make_args, padded_dataset
 from .tiny_models import tiny_model
@@ -62,8 +62,9 @@ def test_schedule_without_end_is_refused(tmp_path):
 
 def test_trainer_resolves_auto_against_the_model_vocabulary(tmp_path):
     model = tiny_model("gpt2", 67)
-    trainer = SelfishTrainer(model=model, args=make_args(tmp_path, margin="auto", selfish_top_p=0.9),
-                             train_dataset=padded_dataset(4))
+    trainer = SelfishTrainer(
+        model=model, args=make_args(tmp_path, margin="auto", selfish_top_p=0.9), train_dataset=padded_dataset(4)
+    )
     assert trainer.training_margin() == pytest.approx(math.log(67) - math.log(0.1))
 
 
@@ -98,7 +99,8 @@ def test_trainer_logs_schedule_margin(tmp_path):
 
 
 def test_baseline_logs_no_margin(tmp_path):
-    trainer = SelfishTrainer(model=tiny_model("gpt2", 67), args=make_args(tmp_path, margin=None),
-                             train_dataset=padded_dataset(4))
+    trainer = SelfishTrainer(
+        model=tiny_model("gpt2", 67), args=make_args(tmp_path, margin=None), train_dataset=padded_dataset(4)
+    )
     trainer.train()
     assert "selfish_margin" not in trainer.state.log_history[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_selfish.plots import (
+from hf_selfish.reporting.plots import (
     display_token,
     frequency_order,
     load_scenarios,
@@ -96,8 +96,12 @@ def test_write_plots_skips_what_was_not_recorded(tmp_path):
         record["per_token"]["nll"] = record["per_token"]["nll"][:3]
         path.write_text(json.dumps(record))
     names = {p.name for p in write_plots(tmp_path)}
-    assert names == EXPECTED - {"token_nll_final.png", "scenarios_baseline.png", "scenarios_selfish.png",
-                                "scenarios_non_target_comparison.png"}
+    assert names == EXPECTED - {
+        "token_nll_final.png",
+        "scenarios_baseline.png",
+        "scenarios_selfish.png",
+        "scenarios_non_target_comparison.png",
+    }
 
 
 def test_three_arms_with_language_groups(tmp_path):
@@ -107,10 +111,18 @@ def test_three_arms_with_language_groups(tmp_path):
         out = {arm: {"lang_main": v["rank_1-10"], "lang_small": v["rank_11-20"]} for arm, v in table.items()}
         return {**out, "small_only": out[extra]}
 
-    tables = (by_language(FINAL_NLL, "baseline"), by_language(FINAL_ACCURACY, "selfish"), {**EVAL_LOSS, "small_only": (2.0, 2.1)})
+    tables = (
+        by_language(FINAL_NLL, "baseline"),
+        by_language(FINAL_ACCURACY, "selfish"),
+        {**EVAL_LOSS, "small_only": (2.0, 2.1)},
+    )
     results = make_results(
-        arms=("baseline", "selfish", "small_only"), margins=(None, 2.0, None), scenarios=False, tables=tables,
-        groups=groups, eval_tokens={"lang_main": (9800, 20), "lang_small": (200, 5)},
+        arms=("baseline", "selfish", "small_only"),
+        margins=(None, 2.0, None),
+        scenarios=False,
+        tables=tables,
+        groups=groups,
+        eval_tokens={"lang_main": (9800, 20), "lang_small": (200, 5)},
     )
     assert_png(plot_language_metrics(results, tmp_path / "language_metrics.png", groups=list(groups)))
     assert_png(plot_group_delta(results, tmp_path / "delta.png"))  # two delta lines per panel
@@ -142,7 +154,11 @@ def test_scenarios_plots_and_loading(tmp_path):
     order = frequency_order(TRAIN_COUNTS)
     assert_png(plot_scenarios(loaded, tmp_path / "one.png", tokens=TOKENS, order=order, title="seed figure"))
     other = {k: v * 0.1 for k, v in loaded.items()}
-    assert_png(plot_scenarios_comparison({"baseline": loaded, "selfish": other}, tmp_path / "cmp.png", tokens=TOKENS, order=order))
+    assert_png(
+        plot_scenarios_comparison(
+            {"baseline": loaded, "selfish": other}, tmp_path / "cmp.png", tokens=TOKENS, order=order
+        )
+    )
     assert no_temp_files(tmp_path)
 
 
@@ -161,7 +177,9 @@ def test_scenarios_bad_input(tmp_path):
     with pytest.raises(ValueError, match="different lengths"):
         plot_scenarios(norms, tmp_path / "x.png")
     with pytest.raises(ValueError, match="permutation"):
-        plot_scenarios({k: np.ones(4) for k in ("input", "target", "non_target")}, tmp_path / "x.png", order=[0, 0, 1, 2])
+        plot_scenarios(
+            {k: np.ones(4) for k in ("input", "target", "non_target")}, tmp_path / "x.png", order=[0, 0, 1, 2]
+        )
     with pytest.raises(ValueError, match="scenario key"):
         plot_scenarios_comparison({"a": {}}, tmp_path / "x.png", key="nope")
 
@@ -171,10 +189,21 @@ def test_margin_sweep(tmp_path):
     for margin, value in ((1.0, 1.0), (2.0, 2.0), (4.0, 4.0), (8.0, 8.0), ("auto", 12.2)):
         for seed in (0, 1):
             for group, base in (("rank_41-50", 3.0), ("lang_small", 4.0)):
-                rows.append({"margin": margin, "margin_value": value, "group": group, "seed": seed,
-                             "nll": base - 0.05 * value + 0.01 * seed, "accuracy": 0.2 + 0.01 * value, "mrr": 0.3})
-    rows += [{"margin": None, "group": "rank_41-50", "nll": 3.1, "accuracy": 0.21},
-             {"margin": None, "group": "lang_small", "nll": 4.2, "accuracy": 0.15}]
+                rows.append(
+                    {
+                        "margin": margin,
+                        "margin_value": value,
+                        "group": group,
+                        "seed": seed,
+                        "nll": base - 0.05 * value + 0.01 * seed,
+                        "accuracy": 0.2 + 0.01 * value,
+                        "mrr": 0.3,
+                    }
+                )
+    rows += [
+        {"margin": None, "group": "rank_41-50", "nll": 3.1, "accuracy": 0.21},
+        {"margin": None, "group": "lang_small", "nll": 4.2, "accuracy": 0.15},
+    ]
     path = plot_margin_sweep(rows, tmp_path / "sweep.png")
     assert_png(path, min_width=600)
     with pytest.raises(ValueError, match="margin_value"):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_selfish.arguments import ModelArguments
-from hf_selfish.pretrained import (
+from hf_selfish.lab.arguments import ModelArguments
+from hf_selfish.lab.models import (
     check_gguf_file,
     check_trainable,
     gguf_model_kwargs,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from hf_selfish.recipe import load_recipe, parse_overrides
+from hf_selfish.lab.recipe import load_recipe, parse_overrides
 
 
 def write(tmp_path, text):
@@ -30,19 +30,27 @@ def test_default_arms_are_baseline_and_selfish(tmp_path):
 def test_overrides_do_not_replace_an_arm_margin(tmp_path):
     text = "arms:\n  - {name: a, selfish_margin: null}\n  - {name: b, selfish_margin: 4}\n  - {name: c}\n"
     recipe = load_recipe(write(tmp_path, text), {"selfish_margin": "1.5", "max_steps": "7"})
-    got = {a.name: (recipe.arguments(a).training.selfish_margin, recipe.arguments(a).training.max_steps)
-           for a in recipe.arms}
+    got = {
+        a.name: (recipe.arguments(a).training.selfish_margin, recipe.arguments(a).training.max_steps)
+        for a in recipe.arms
+    }
     assert got == {"a": (None, 7), "b": (4.0, 7), "c": (1.5, 7)}
 
 
 def test_sweep_margins_make_one_arm_per_margin(tmp_path):
     recipe = load_recipe(write(tmp_path, "sweep_margins: ['1', '8', auto]\n"))
     assert [(a.name, recipe.arguments(a).training.selfish_margin) for a in recipe.arms] == [
-        ("baseline", None), ("margin_1", 1.0), ("margin_8", 8.0), ("margin_auto", "auto")]
+        ("baseline", None),
+        ("margin_1", 1.0),
+        ("margin_8", 8.0),
+        ("margin_auto", "auto"),
+    ]
 
 
 def test_unknown_key_lists_valid_keys_and_suggests(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown recipe key 'max_step'.*Did you mean max_steps.*Valid keys:.*block_size"):
+    with pytest.raises(
+        ValueError, match=r"unknown recipe key 'max_step'.*Did you mean max_steps.*Valid keys:.*block_size"
+    ):
         load_recipe(write(tmp_path, "max_step: 3\n"))
     with pytest.raises(ValueError, match="unknown recipe key 'lerning_rate' in command-line overrides"):
         load_recipe(write(tmp_path, "max_steps: 3\n"), {"lerning_rate": "1"})
@@ -63,6 +71,10 @@ def test_bad_values_are_named(tmp_path):
 
 def test_parse_overrides_shapes():
     assert parse_overrides(["--a", "1", "--b", "--c", "x", "y", "--d-e=2"]) == {
-        "a": "1", "b": "true", "c": ["x", "y"], "d_e": "2"}
+        "a": "1",
+        "b": "true",
+        "c": ["x", "y"],
+        "d_e": "2",
+    }
     with pytest.raises(ValueError, match="unexpected argument 'stray'"):
         parse_overrides(["stray"])

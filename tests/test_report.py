@@ -9,17 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from hf_selfish.report import (
-    group_label,
-    load_results,
-    render_model_card,
-    render_report,
-    split_metric_key,
-    summarize,
-    verdict,
-    write_model_card,
-    write_report,
-)
+from hf_selfish.lab.results import load_results
+from hf_selfish.metric_names import group_label, split_metric_key
+from hf_selfish.model_card import render_run_card
+from hf_selfish.reporting.report import render_report, verdict, write_report
+from hf_selfish.reporting.summary import summarize
 
 # ---------------------------------------------------------------------------------------------
 # A synthetic comparison: 25 tokens, groups of ranks 1-10, 11-20 and 21-25 (the last absent from eval).
@@ -68,33 +62,58 @@ def _metrics(arm, seed_index, scale=1.0, tables=None, eval_tokens=None):
 
 
 def make_results(
-    arms=("baseline", "selfish"), margins=(None, 2.0), seeds=SEEDS, scenarios=True, tables=None, groups=None, eval_tokens=None
+    arms=("baseline", "selfish"),
+    margins=(None, 2.0),
+    seeds=SEEDS,
+    scenarios=True,
+    tables=None,
+    groups=None,
+    eval_tokens=None,
 ):
     """results.json content; ``tables`` = (nll, accuracy, eval_loss) per arm, ``eval_tokens`` = {group: (tokens, types)}."""
     runs = []
     for arm, margin in zip(arms, margins):
         for index, seed in enumerate(seeds):
-            history = [dict(step=step, **_metrics(arm, index, 1.0 + (STEPS[-1] - step) / 10, tables, eval_tokens)) for step in STEPS]
+            history = [
+                dict(step=step, **_metrics(arm, index, 1.0 + (STEPS[-1] - step) / 10, tables, eval_tokens))
+                for step in STEPS
+            ]
             train_history = [
-                {"step": s, "loss": 3.0 - 0.05 * s, "learning_rate": 1e-3, "selfish_margin": margin,
-                 "selfish_masked_fraction": None if margin is None else 0.5 + 0.01 * s}
+                {
+                    "step": s,
+                    "loss": 3.0 - 0.05 * s,
+                    "learning_rate": 1e-3,
+                    "selfish_margin": margin,
+                    "selfish_masked_fraction": None if margin is None else 0.5 + 0.01 * s,
+                }
                 for s in (5, 10, 15, 20)
             ]
             output_dir = f"{arm}-seed{seed}"
-            runs.append({
-                "arm": arm, "seed": seed, "output_dir": output_dir, "status": "finished",
-                "train_seconds": 10.0 + index,
-                "final": dict(history[-1], step=STEPS[-1]),
-                "history": history,
-                "train_history": train_history,
-                "scenarios": f"{output_dir}/scenarios.safetensors" if scenarios else None,
-            })
+            runs.append(
+                {
+                    "arm": arm,
+                    "seed": seed,
+                    "output_dir": output_dir,
+                    "status": "finished",
+                    "train_seconds": 10.0 + index,
+                    "final": dict(history[-1], step=STEPS[-1]),
+                    "history": history,
+                    "train_history": train_history,
+                    "scenarios": f"{output_dir}/scenarios.safetensors" if scenarios else None,
+                }
+            )
     arm_list = [{"name": a, "selfish_margin": m} for a, m in zip(arms, margins)]
     return {
         "format": 1,
         "name": "synthetic",
-        "recipe": {"model_type": "gpt2", "config_overrides": "n_layer=2", "max_steps": 20, "learning_rate": 1e-3,
-                   "block_size": 16, "arms": arm_list},
+        "recipe": {
+            "model_type": "gpt2",
+            "config_overrides": "n_layer=2",
+            "max_steps": 20,
+            "learning_rate": 1e-3,
+            "block_size": 16,
+            "arms": arm_list,
+        },
         "vocab_size": V,
         "tokens": TOKENS,
         "train_counts": TRAIN_COUNTS,
@@ -111,15 +130,21 @@ def make_run_dir(path, results=None, *, per_token=True, scenarios=True):
     results = results or make_results(scenarios=scenarios)
     path.mkdir(parents=True, exist_ok=True)
     (path / "results.json").write_text(json.dumps(results))
-    (path / "token_frequency.json").write_text(json.dumps({"format": "hf_selfish.token_frequency", "counts": TRAIN_COUNTS, "tokens": TOKENS}))
+    (path / "token_frequency.json").write_text(
+        json.dumps({"format": "hf_selfish.token_frequency", "counts": TRAIN_COUNTS, "tokens": TOKENS})
+    )
     rng = np.random.default_rng(0)
     for run in results["runs"]:
         out = path / run["output_dir"]
         out.mkdir(exist_ok=True)
         if per_token:
             nll = [None if i >= 20 else float(1.0 + 0.1 * i + 0.01 * run["seed"]) for i in range(V)]
-            record = {"global_step": 20, "vocab_size": V, "groups": GROUPS,
-                      "per_token": {"nll": nll, "count": [0 if i >= 20 else 50 for i in range(V)]}}
+            record = {
+                "global_step": 20,
+                "vocab_size": V,
+                "groups": GROUPS,
+                "per_token": {"nll": nll, "count": [0 if i >= 20 else 50 for i in range(V)]},
+            }
             (out / "rank_buckets.json").write_text(json.dumps(record))
         if run.get("scenarios"):
             ranks = np.arange(1, V + 1, dtype=np.float32)
@@ -168,8 +193,12 @@ def test_load_results_corrupt_names_path(tmp_path):
 
 @pytest.mark.parametrize(
     "payload, message",
-    [([1, 2], "JSON object"), ({"format": 2, "arms": [], "runs": []}, "format 2"), ({"format": 1, "runs": []}, "'arms'"),
-     ({"arms": [{"margin": 1}], "runs": []}, "name")],
+    [
+        ([1, 2], "JSON object"),
+        ({"format": 2, "arms": [], "runs": []}, "format 2"),
+        ({"format": 1, "runs": []}, "'arms'"),
+        ({"arms": [{"margin": 1}], "runs": []}, "name"),
+    ],
 )
 def test_load_results_bad_shape(tmp_path, payload, message):
     (tmp_path / "results.json").write_text(json.dumps(payload))
@@ -259,7 +288,9 @@ def test_unpaired_seeds_delta_is_difference_of_means():
         if run["arm"] == "selfish":
             run["seed"] += 10
     delta = summarize(results).groups[1].arms["selfish"].delta["nll"]
-    assert delta.mean == pytest.approx(np.mean(FINAL_NLL["selfish"]["rank_11-20"]) - np.mean(FINAL_NLL["baseline"]["rank_11-20"]))
+    assert delta.mean == pytest.approx(
+        np.mean(FINAL_NLL["selfish"]["rank_11-20"]) - np.mean(FINAL_NLL["baseline"]["rank_11-20"])
+    )
     assert delta.std is None
 
 
@@ -281,7 +312,13 @@ def test_report_main_table_cells():
     std_b = np.std([1.0, 1.2], ddof=1)
     std_s = np.std([1.1, 1.5], ddof=1)
     std_d = np.std([0.1, 0.3], ddof=1)
-    assert cells == ["ranks 1-10", "9,000 (10)", f"1.1000 ± {std_b:.4f}", f"1.3000 ± {std_s:.4f}", f"+0.2000 ± {std_d:.4f}"]
+    assert cells == [
+        "ranks 1-10",
+        "9,000 (10)",
+        f"1.1000 ± {std_b:.4f}",
+        f"1.3000 ± {std_s:.4f}",
+        f"+0.2000 ± {std_d:.4f}",
+    ]
     assert _table_row(text, "ranks 11-20").split("|")[5].strip().startswith("-0.2000")
 
 
@@ -335,11 +372,18 @@ def test_verdict_seed_pattern_over_rank_buckets():
     deltas = [0.1, -0.05, -0.2, -0.3]  # worse on the head, better on the rare half
     for run in results["runs"]:
         for i, group in enumerate(results["groups"]):
-            for stat, value in (("tokens", 100), ("types", 10), ("nll", 2.0 + (deltas[i] if run["arm"] == "selfish" else 0))):
+            for stat, value in (
+                ("tokens", 100),
+                ("types", 10),
+                ("nll", 2.0 + (deltas[i] if run["arm"] == "selfish" else 0)),
+            ):
                 run["final"][f"eval_{group}_{stat}"] = value
     assert final is results["runs"][0]["final"]
     text = verdict(summarize(results))
-    assert "The seed's pattern (worse on the most frequent bucket, better on rare ones) holds" in text
+    assert (
+        "The pattern the selfish-loss paper predicts (worse on the most frequent bucket, better on rare ones) holds"
+        in text
+    )
     assert "2 of the 2 rarer buckets (ranks 21-30 to 31-40) are better" in text
 
 
@@ -394,7 +438,7 @@ def test_write_report_rewrites_and_keeps_old_on_error(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr("hf_selfish.report.os.replace", boom)
+    monkeypatch.setattr("hf_selfish.reporting.report.os.replace", boom)
     with pytest.raises(RuntimeError):
         write_report(tmp_path)
     assert (tmp_path / "report.md").read_text() == before
@@ -414,9 +458,9 @@ def _front_matter(text):
 
 def test_model_card_single_run_selfish():
     metrics = _metrics("selfish", 0)
-    card = render_model_card(
-        metrics=metrics,
-        training_args={"selfish_margin": 2.0, "max_steps": 20, "learning_rate": 1e-3, "seed": 1},
+    card = render_run_card(
+        metrics,
+        {"selfish_margin": 2.0, "max_steps": 20, "learning_rate": 1e-3, "seed": 1},
         model_id="me/tiny-selfish",
         license="mit",
         datasets=["karpathy/tiny_shakespeare"],
@@ -436,44 +480,10 @@ def test_model_card_single_run_selfish():
 
 
 def test_model_card_baseline_says_plain_ce():
-    card = render_model_card(metrics=_metrics("baseline", 0), training_args={"selfish_margin": None})
+    card = render_run_card(_metrics("baseline", 0), {"selfish_margin": None})
     assert "**plain cross-entropy**" in card and "margin m =" not in card
     meta = _front_matter(card)
     assert "license" not in meta and "datasets" not in meta
-
-
-def test_model_card_from_comparison_has_both_arms_and_plots():
-    results = make_results()
-    card = render_model_card(results=results, plots=["plots/eval_nll_by_group.png"], license="mit")
-    assert "| bucket | eval tokens (types) | baseline | selfish | Δ selfish-baseline |" in card
-    assert "(plots/eval_nll_by_group.png)" in card
-    assert "ranks 11-20: selfish lower than baseline by 0.2000 (better" in card
-    assert "| selfish | 2 |" in card
-    _no_nan(card)
-    arm_card = render_model_card(results=results, arm="selfish")
-    assert "selfish cross-entropy** with margin m = 2" in arm_card
-    with pytest.raises(ValueError, match="'nope'"):
-        render_model_card(results=results, arm="nope")
-    with pytest.raises(ValueError, match="metrics"):
-        render_model_card()
-
-
-def test_write_model_card_reads_trainer_state(tmp_path):
-    history = [
-        {"step": 10, "loss": 2.0},
-        {"step": 10, **_metrics("baseline", 1, scale=2.0)},
-        {"step": 20, "loss": 1.5},
-        {"step": 20, **_metrics("baseline", 1)},
-    ]
-    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": history}))
-    path = write_model_card(tmp_path, training_args={"selfish_margin": 2.0})
-    assert path == tmp_path / "README.md"
-    card = path.read_text()
-    assert f"Overall eval loss: {EVAL_LOSS['baseline'][1]:.4f}" in card
-    assert f"{FINAL_NLL['baseline']['rank_1-10'][1]:.4f}" in _table_row(card, "ranks 1-10")
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(ValueError, match="trainer_state.json"):
-        write_model_card(tmp_path / "empty")
 
 
 def test_stat_json_never_nan():
@@ -483,13 +493,15 @@ def test_stat_json_never_nan():
 
 
 def test_margin_sweep_rows_table_and_plot(tmp_path):
-    from hf_selfish.report import is_sweep, sweep_rows, sweep_table
+    from hf_selfish.reporting.report import sweep_table
+    from hf_selfish.reporting.summary import is_sweep, sweep_rows
 
     nll = {**FINAL_NLL, "margin_2": FINAL_NLL["selfish"], "margin_auto": FINAL_NLL["baseline"]}
     acc = {**FINAL_ACCURACY, "margin_2": FINAL_ACCURACY["selfish"], "margin_auto": FINAL_ACCURACY["baseline"]}
     loss = {**EVAL_LOSS, "margin_2": EVAL_LOSS["selfish"], "margin_auto": EVAL_LOSS["baseline"]}
-    results = make_results(arms=("baseline", "margin_2", "margin_auto"), margins=(None, 2.0, 4.17),
-                           tables=(nll, acc, loss))
+    results = make_results(
+        arms=("baseline", "margin_2", "margin_auto"), margins=(None, 2.0, 4.17), tables=(nll, acc, loss)
+    )
     results["arms"][2]["selfish_margin_setting"] = "auto"
     for run in results["runs"]:
         run["selfish_margin"] = {"baseline": None, "margin_2": 2.0, "margin_auto": 4.17}[run["arm"]]
@@ -504,11 +516,11 @@ def test_margin_sweep_rows_table_and_plot(tmp_path):
     expected = statistics.mean(r["final"]["eval_rank_1-10_nll"] for r in results["runs"] if r["arm"] == "margin_auto")
     assert statistics.mean(r["nll"] for r in auto) == pytest.approx(expected)
     table = sweep_table(results)
-    assert "auto = 4.17" in table and "none (CE)" in table
+    assert "auto = 4.17" in table and "none (plain CE)" in table
     assert f"{expected:.4f}" in table
     make_run_dir(tmp_path, results)
-    from hf_selfish.plots import write_plots
-    from hf_selfish.report import write_report
+    from hf_selfish.reporting.plots import write_plots
+    from hf_selfish.reporting.report import write_report
 
     assert tmp_path / "plots" / "margin_sweep.png" in write_plots(tmp_path)
     assert "## Margin sweep" in write_report(tmp_path).read_text()

@@ -19,13 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from hf_selfish.experiment import (
-    RESULTS_FILE,
-    RUN_RESULT_FILE,
-    compare,
-    last_checkpoint,
-)
-from hf_selfish.recipe import load_recipe
+from hf_selfish.lab.compare import compare
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import last_checkpoint
+from hf_selfish.metric_names import RESULTS_FILE, RUN_RESULT_FILE
 
 from .conftest import REPO_ROOT
 
@@ -92,7 +89,9 @@ def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 
     deadline = time.monotonic() + timeout
     while not path.exists():
         if process.poll() is not None:
-            pytest.fail(f"the run ended (status {process.returncode}) before {path} appeared:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the run ended (status {process.returncode}) before {path} appeared:\n{log.read_text()[-3000:]}"
+            )
         if time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"{path} did not appear within {timeout} s:\n{log.read_text()[-3000:]}")
@@ -100,8 +99,8 @@ def wait_for(path: Path, process: subprocess.Popen, log: Path, timeout: float = 
 
 
 def needs_cli_compare() -> None:
-    """`hf-selfish compare` imports hf_selfish.plots and hf_selfish.report (plots and report.md at the end)."""
-    for name in ("plots", "report"):
+    """`hf-selfish compare` imports the reporting plots and report (plots and report.md at the end)."""
+    for name in ("reporting.plots", "reporting.report"):
         if importlib.util.find_spec(f"hf_selfish.{name}") is None:
             pytest.skip(f"hf_selfish.{name} is not there yet: `hf-selfish compare` cannot run")
 
@@ -211,7 +210,7 @@ def test_resume_skips_a_half_written_checkpoint_and_a_missing_run_result(tmp_pat
 
 
 def test_last_checkpoint_needs_a_readable_trainer_state(tmp_path):
-    for step, state in ((4, "{}"), (8, "{\"global_step\": 8"), (12, None)):
+    for step, state in ((4, "{}"), (8, '{"global_step": 8'), (12, None)):
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         if state is not None:
@@ -229,7 +228,9 @@ def test_last_checkpoint_needs_a_readable_trainer_state(tmp_path):
 def quick_recipe(tmp_path: Path, run_dir: Path, data_file: Path, name: str, learning_rate: str = "1.0e-3") -> Path:
     """One arm, 2 steps, no checkpoints: a finished comparison in about a second."""
     text = recipe_text(run_dir, data_file, max_steps=2, arms="  - {name: selfish, selfish_margin: 0.1}\n")
-    text = text.replace("save_strategy: steps", "save_strategy: 'no'").replace("eval_on_start: true", "eval_on_start: false")
+    text = text.replace("save_strategy: steps", "save_strategy: 'no'").replace(
+        "eval_on_start: true", "eval_on_start: false"
+    )
     text = text.replace("learning_rate: 1.0e-3", f"learning_rate: {learning_rate}")
     path = tmp_path / name
     path.write_text(text)
@@ -257,7 +258,10 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
 
     # the same recipe, with or without --overwrite, finds its finished run and trains nothing
     for overrides in ({}, {"overwrite": "true"}):
-        assert compare(load_recipe(first, overrides))["runs"][0]["train_seconds"] == json.loads(before)["runs"][0]["train_seconds"]
+        assert (
+            compare(load_recipe(first, overrides))["runs"][0]["train_seconds"]
+            == json.loads(before)["runs"][0]["train_seconds"]
+        )
 
     replaced = compare(load_recipe(second, {"overwrite": "true"}))
     assert replaced["recipe"]["learning_rate"] == 0.002
@@ -265,7 +269,7 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
 
 
 def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, small_text, monkeypatch):
-    import hf_selfish.experiment as experiment
+    import hf_selfish.lab.compare as experiment
 
     def interrupted_after_a_checkpoint(args, data, **kwargs):
         checkpoint = Path(args.training.output_dir) / "checkpoint-4"
@@ -287,7 +291,7 @@ def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, 
 
 
 def test_a_recipe_that_failed_before_training_can_be_fixed_without_overwrite(tmp_path, small_text):
-    import hf_selfish.experiment as experiment
+    import hf_selfish.lab.compare as experiment
 
     run_dir = tmp_path / "run"
     path = quick_recipe(tmp_path, run_dir, small_text, "r.yaml")

@@ -18,7 +18,8 @@ from transformers import (
     TrainingArguments,
 )
 
-from hf_selfish.callbacks import SCENARIOS_FILE, GradientScenarioCallback
+from hf_selfish.callbacks import GradientScenarioCallback
+from hf_selfish.metric_names import SCENARIOS_FILE
 from hf_selfish.scenarios import compute_scenario_norms, load_scenario_norms
 from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments
 
@@ -31,8 +32,15 @@ GROUPS = {"rank_1-20": list(range(20)), "rank_21-40": list(range(20, 40))}
 def tiny_gpt2(initializer_range: float = 0.02) -> GPT2LMHeadModel:
     torch.manual_seed(0)
     config = GPT2Config(
-        vocab_size=VOCAB, n_positions=32, n_embd=32, n_layer=2, n_head=2,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=initializer_range,
+        vocab_size=VOCAB,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        initializer_range=initializer_range,
     )
     return GPT2LMHeadModel(config)
 

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from hf_selfish.loss import selfish_cross_entropy
+from hf_selfish.ops.loss import selfish_cross_entropy
 from hf_selfish.scenarios import (
     GradientScenarioRecorder,
     ScenarioNorms,

@@ -44,8 +44,8 @@ import torch.nn.functional as F  # noqa: E402
 from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer, default_data_collator  # noqa: E402
 
-from hf_selfish.arguments import ModelArguments  # noqa: E402
-from hf_selfish.pretrained import load_causal_lm, resolve_model_path  # noqa: E402
+from hf_selfish.lab.arguments import ModelArguments  # noqa: E402
+from hf_selfish.lab.models import load_causal_lm, resolve_model_path  # noqa: E402
 from hf_selfish.trainer import SelfishTrainer, SelfishTrainingArguments  # noqa: E402
 
 
@@ -153,6 +153,8 @@ def test_selfish_step_then_save_and_reload_without_gguf(model, tokenizer, blocks
     model.eval()
     prompt_ids = tokenizer(PROMPT, return_tensors="pt")["input_ids"]  # [1, 5]
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            reloaded(input_ids=prompt_ids).logits, model(input_ids=prompt_ids).logits, rtol=0, atol=0
+        )
     assert greedy_continuation(reloaded, reloaded_tokenizer) == continuation
     assert continuation.strip().startswith("Paris")

@@ -143,11 +143,13 @@ def test_loss_func_eval_matches_stock_trainer(tmp_path):
     """With `compute_loss_func`, eval goes through the stock Trainer's token count, CE unchanged."""
     model = tiny_model("gpt2", VOCAB, seed=1)
     data = padded_dataset(8, seed=2)
-    stock_args = TrainingArguments(output_dir=str(tmp_path / "p"), per_device_eval_batch_size=64,
-                                   report_to="none", use_cpu=True)
+    stock_args = TrainingArguments(
+        output_dir=str(tmp_path / "p"), per_device_eval_batch_size=64, report_to="none", use_cpu=True
+    )
     plain_loss = Trainer(model=model, args=stock_args, eval_dataset=data).evaluate()["eval_loss"]
-    selfish = Trainer(model=model, args=make_args(tmp_path / "s"), eval_dataset=data,
-                      compute_loss_func=selfish_loss_func(2.0))
+    selfish = Trainer(
+        model=model, args=make_args(tmp_path / "s"), eval_dataset=data, compute_loss_func=selfish_loss_func(2.0)
+    )
     assert selfish.evaluate()["eval_loss"] == pytest.approx(plain_loss, rel=1e-6)
 
 
@@ -165,21 +167,33 @@ def test_bad_margin_in_arguments(tmp_path):
 
 def test_plain_training_arguments_refused(tmp_path):
     with pytest.raises(ValueError, match="SelfishTrainingArguments"):
-        SelfishTrainer(model=tiny_model("gpt2", VOCAB),
-                       args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True))
+        SelfishTrainer(
+            model=tiny_model("gpt2", VOCAB),
+            args=TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True),
+        )
 
 
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied embeddings
 def test_fused_training_step_equals_unfused(tmp_path, model_type):
     def update(fused):
         model = tiny_model(model_type, VOCAB, seed=4)
-        args = make_args(tmp_path / str(fused), 0.05, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
-                         lr_scheduler_type="constant", selfish_fused=fused, selfish_fused_chunk_size=7,
-                         gradient_accumulation_steps=2, per_device_train_batch_size=2)
+        args = make_args(
+            tmp_path / str(fused),
+            0.05,
+            optim="sgd",
+            learning_rate=1.0,
+            max_grad_norm=0.0,
+            lr_scheduler_type="constant",
+            selfish_fused=fused,
+            selfish_fused_chunk_size=7,
+            gradient_accumulation_steps=2,
+            per_device_train_batch_size=2,
+        )
         trainer = SelfishTrainer(model=model, args=args, train_dataset=padded_dataset(4, seed=9))
         trainer.train()
         params = torch.cat([p.detach().flatten() for p in model.parameters()])
         return params, trainer.state.log_history[0]
+
     fused, fused_log = update(True)
     plain, plain_log = update(False)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)

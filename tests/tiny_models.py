@@ -19,20 +19,35 @@ def tiny_config(model_type: str, vocab_size: int = 67, **overrides):
         cls = GPT2Config
     elif model_type == "llama":
         base = dict(
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-            intermediate_size=64, max_position_embeddings=64, vocab_size=vocab_size, tie_word_embeddings=False,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab_size,
+            tie_word_embeddings=False,
         )
         cls = LlamaConfig
     elif model_type == "qwen2":
         base = dict(
-            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
-            intermediate_size=64, max_position_embeddings=64, vocab_size=vocab_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab_size,
         )
         cls = Qwen2Config
     elif model_type == "gpt_neox":
         base = dict(
-            num_hidden_layers=2, num_attention_heads=4, hidden_size=32, intermediate_size=64,
-            max_position_embeddings=64, vocab_size=vocab_size,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            hidden_size=32,
+            intermediate_size=64,
+            max_position_embeddings=64,
+            vocab_size=vocab_size,
         )
         cls = GPTNeoXConfig
     else:

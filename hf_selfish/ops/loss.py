@@ -6,8 +6,9 @@ Per position, with ``t`` the target id and ``m`` the margin::
     logits[logits < threshold] = -inf        # the target itself is never masked
     loss = cross_entropy(logits, t)
 
-so every probability below ``P(t) * exp(-m)`` leaves the softmax and stops receiving gradient
-(scenario 2.2 of the seed: a token pushed down where it is not the target).
+so every probability below ``P(t) * exp(-m)`` leaves the softmax and stops receiving gradient as a
+non-target ("scenario 2.2" of Turumtaev, "Stop Jostling: Adaptive Negative Sampling Reduces the
+Marginalization of Low-Resource Language Tokens by Cross-Entropy Loss", LoResLM 2025).
 
 ``margin=None`` (or ``inf``) is plain cross-entropy and goes through ``F.cross_entropy`` itself, so
 both arms of an experiment share one code path. The reduction follows transformers'
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "KEEP_ABOVE",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
     "validate_margin",
@@ -52,9 +54,9 @@ def validate_margin(margin: float | None) -> float | None:
     return margin
 
 
-# Largest float32 below zero that is not a denormal: ``z > _KEEP_ABOVE`` is ``z >= 0`` for every
+# Largest float32 below zero that is not a denormal: ``z > KEEP_ABOVE`` is ``z >= 0`` for every
 # normal float, and stays so when the CPU flushes denormals to zero.
-_KEEP_ABOVE = -torch.finfo(torch.float32).tiny
+KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 
 
 class _SelfishCrossEntropySum(torch.autograd.Function):
@@ -72,7 +74,7 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
         threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
         shifted = logits.float() - threshold  # [N, V] new float32; kept <=> >= 0 (exact in fp)
-        F.threshold(shifted, _KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
+        F.threshold(shifted, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
         n_masked = torch.isneginf(shifted).sum(dim=1) if count_masked else None  # [N]
         # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
         log_probs = torch.log_softmax(shifted, dim=1, out=shifted)  # [N, V]; a row shift leaves it unchanged
@@ -152,9 +154,7 @@ def selfish_cross_entropy(
         masked_fraction = torch.zeros((), device=logits.device)
     else:
         safe_labels = torch.where(valid, labels, torch.zeros_like(labels))  # never gather at -100
-        loss_sum, n_masked = _SelfishCrossEntropySum.apply(
-            logits, safe_labels, valid, margin, return_masked_fraction
-        )
+        loss_sum, n_masked = _SelfishCrossEntropySum.apply(logits, safe_labels, valid, margin, return_masked_fraction)
         loss = _reduce(loss_sum, valid.sum(), num_items_in_batch)
         masked_fraction = (n_masked * valid).sum() / (valid.sum().clamp(min=1) * vocab_size)
     if return_masked_fraction:

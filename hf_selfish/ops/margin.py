@@ -14,11 +14,23 @@ from dataclasses import dataclass
 
 from .loss import validate_margin
 
-__all__ = ["AUTO", "SCHEDULES", "auto_margin", "check_schedule", "check_top_p", "parse_margin", "MarginSchedule"]
+__all__ = [
+    "AUTO",
+    "NULL_WORDS",
+    "SCHEDULES",
+    "MarginSchedule",
+    "auto_margin",
+    "check_schedule",
+    "check_top_p",
+    "margin_label",
+    "parse_margin",
+]
 
 AUTO = "auto"
 SCHEDULES = ("constant", "linear", "cosine")
-_NONE_STRINGS = {"none", "null", ""}
+# How a recipe or a command line writes "no value" (YAML's null and ~, Python's None); a margin also
+# reads "none" and "" as no margin, i.e. plain cross-entropy.
+NULL_WORDS = frozenset({"None", "null", "~"})
 
 
 def check_top_p(top_p: float) -> float:
@@ -52,10 +64,10 @@ def parse_margin(value: float | str | None) -> float | str | None:
     a ``ValueError`` naming the value.
     """
     if isinstance(value, str):
-        text = value.strip().lower()
-        if text in _NONE_STRINGS:
+        text = value.strip()
+        if text in NULL_WORDS or text.lower() in ("none", ""):
             return None
-        if text == AUTO:
+        if text.lower() == AUTO:
             return AUTO
     return validate_margin(value)
 
@@ -77,6 +89,7 @@ class MarginSchedule:
     @classmethod
     def from_settings(cls, margin, end, kind: str, vocab_size: int, top_p: float) -> MarginSchedule:
         """Resolve ``"auto"`` (start or end) against the model's vocabulary."""
+
         def resolve(value):
             value = parse_margin(value)
             return auto_margin(vocab_size, top_p) if value == AUTO else value
@@ -91,3 +104,14 @@ class MarginSchedule:
         if self.kind == "cosine":
             progress = 0.5 * (1.0 - math.cos(math.pi * progress))
         return self.start + (self.end - self.start) * progress
+
+
+def margin_label(setting: float | str | None, resolved: float | None = None) -> str:
+    """How a margin reads in tables, cards and logs: ``none (plain CE)``, ``2``, ``auto = 9.47``."""
+    if setting is None and resolved is None:
+        return "none (plain CE)"
+    if setting == AUTO:
+        return AUTO if resolved is None else f"auto = {resolved:.3g}"
+    if isinstance(setting, str):
+        return setting
+    return f"{float(setting if setting is not None else resolved):g}"

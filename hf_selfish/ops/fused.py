@@ -7,7 +7,7 @@ gradient). :func:`linear_selfish_cross_entropy` computes the same loss and the g
 ``hidden``, ``weight`` and ``bias`` chunk by chunk, so at any time only ``[chunk, V]`` values
 exist: peak extra memory is ``O(chunk x V)``, never ``O(N x V)``.
 
-Per row (see :mod:`hf_selfish.loss`), with ``t`` the target and ``m`` the margin::
+Per row (see :mod:`hf_selfish.ops.loss`), with ``t`` the target and ``m`` the margin::
 
     logits    = hidden @ weight.T (+ bias)          # [V]
     threshold = logits[t] - m
@@ -19,69 +19,22 @@ The mask is a comparison, so it carries no gradient: the gradient of a row is th
 kept entries minus the target's one-hot, exactly as autograd gives for the unfused
 ``masked_fill`` + ``F.cross_entropy``.
 
-Design (measured on the project's shared 2-core CPU, float32, d=1024, forward + backward; the
-machine was busy, so the figures are minima over 5 interleaved runs):
-
-* **Chunk over tokens, compute the gradient in the forward** (Liger Kernel's fused linear
-  cross-entropy). Each chunk of rows does three matmuls, ``logits = h_c @ W.T``,
-  ``grad_h_c = g_c @ W`` and ``grad_W += g_c.T @ h_c``: the FLOPs of the unfused loss, and the
-  selfish threshold needs nothing but the row's own logits. The gradients are kept until
-  ``backward``, which only scales them by ``grad_output``.
-* **Not chunked over the vocabulary** (Cut Cross-Entropy). A vocabulary chunk cannot finish a row:
-  the softmax needs the log-sum-exp of the whole row, so the logits are computed twice (one pass
-  for the log-sum-exp, one for the gradient), four matmuls instead of three. A vocabulary-chunked
-  prototype at N=2048, V=32000 took 2.62 / 2.82 / 2.85 s with 1024 / 4096 / 16000 columns per
-  chunk against 2.31 / 2.23 / 2.04 s for token chunks of 256 / 512 / 2048 rows: 1.2-1.4x slower,
-  as the extra matmul predicts. Its advantage, memory independent of N, would matter only for
-  chunks smaller than a few hundred rows, which are slow anyway (below).
-* **Default chunk size**: as many rows as fit a float32 ``[chunk, V]`` block of
-  :data:`DEFAULT_CHUNK_BYTES` (256 MiB), i.e. 523 rows at V=128256 and 2097 at V=32000, never
-  more than N. Time was within 15% from 256 rows up (2.31 s at 256 rows, 2.04 s at 2048) and 1.5x
-  slower at 128 rows (3.42 s): per-chunk overhead and smaller matmuls. Beyond that, larger chunks
-  only add memory. The working set of a chunk is that block (float32 inputs; half precision
-  inputs add their own ``[chunk, V]`` logits and gradient copies).
-* **Padding rows are dropped before the loop**: rows whose label is ``ignore_index`` cost no
-  matmul; their gradient is exactly zero.
-* **Dtypes**: the matmuls run in the input dtype, as the model's own ``lm_head`` would (bf16
-  logits on a bf16 model), the softmax and the loss in float32, and the gradients of ``weight`` and
-  ``bias`` are summed over chunks in float32 buffers, then returned in the input dtype.
-
-:func:`fused_causal_lm_loss` applies it to a causal LM: the model runs through its own forward
-with ``logits_to_keep=1`` (its head computes one position) and ``output_hidden_states=True``, and
-its last hidden state and output embedding feed the fused loss. Models that transform their logits
-after the head are refused (known config attributes by name, anything else by comparing the
-model's own last-position logits with the head's on every call).
-
-Limitations: ``backward`` can run once per forward (the gradients are handed to autograd, not
-kept); a second ``backward`` through the same graph raises a ``RuntimeError``. Higher-order
-gradients are not supported. The output embedding's weight must be whole on the device (DDP is
-fine; FSDP and DeepSpeed ZeRO-3 shard it outside the forward and are not supported).
+Design notes and measurements: ``docs/design.md``. Limitations: ``backward`` runs once per forward
+(the gradients are handed to autograd, not kept); higher-order gradients are not supported.
 """
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 
-from .loss import check_label_range, shift_causal_labels, validate_margin
+from .loss import KEEP_ABOVE, check_label_range, validate_margin
 
-__all__ = [
-    "DEFAULT_CHUNK_BYTES",
-    "LOGIT_TRANSFORM_ATTRIBUTES",
-    "check_fusable",
-    "default_chunk_size",
-    "fused_causal_lm_loss",
-    "linear_selfish_cross_entropy",
-]
+__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-
-# Largest float32 below zero that is not a denormal: ``z > _KEEP_ABOVE`` is ``z >= 0`` for every
-# normal float, and stays so when the CPU flushes denormals to zero (same rule as hf_selfish.loss).
-_KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 
 
 def default_chunk_size(vocab_size: int, n_rows: int) -> int:
@@ -118,7 +71,7 @@ def _chunk_loss(
     if margin is not None:
         threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
         logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
-        torch.nn.functional.threshold(logits, _KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
+        torch.nn.functional.threshold(logits, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
     if margin is not None and count_masked:
         n_masked = torch.isneginf(logits).sum()
     else:
@@ -158,15 +111,17 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_size, n_rows)
             hidden_c = hidden[start:end]  # [c, d]
             logits = _chunk_logits(hidden_c, weight, bias)  # [c, V] float32, fresh
-            result = _chunk_loss(
-                logits, labels[start:end], margin, grad_scale if compute_grad else None, count_masked
-            )
+            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count_masked)
             nll_sum += result.nll_sum
             n_masked += result.n_masked
             if compute_grad:
                 _accumulate_chunk_grads(
-                    result.grad_logits, hidden_c, weight,
-                    grad_hidden[start:end] if want_hidden else None, grad_weight, grad_bias,
+                    result.grad_logits,
+                    hidden_c,
+                    weight,
+                    grad_hidden[start:end] if want_hidden else None,
+                    grad_weight,
+                    grad_bias,
                 )
             del logits, result
 
@@ -306,8 +261,15 @@ def linear_selfish_cross_entropy(
 
     chunk = chunk_size or default_chunk_size(vocab_size, n_valid)
     loss, n_masked = _LinearSelfishCrossEntropy.apply(
-        hidden_v, weight, bias, labels_v, margin, _grad_scale(n_valid, num_items_in_batch), chunk,
-        _needs_grad(hidden, weight, bias), return_masked_fraction,
+        hidden_v,
+        weight,
+        bias,
+        labels_v,
+        margin,
+        _grad_scale(n_valid, num_items_in_batch),
+        chunk,
+        _needs_grad(hidden, weight, bias),
+        return_masked_fraction,
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)
@@ -319,143 +281,3 @@ def _needs_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if not torch.is_grad_enabled():
         return False, False, False
     return hidden.requires_grad, weight.requires_grad, bias is not None and bias.requires_grad
-
-
-
-# ---- causal LMs: the model's last hidden state and output embedding, fed to the fused loss ----
-
-# Config attributes of models whose forward transforms the logits after the output embedding, with
-# the values that mean "no transform". A model with any other value is refused: the fused loss
-# computes ``hidden @ weight.T + bias`` and nothing else.
-LOGIT_TRANSFORM_ATTRIBUTES: dict[str, tuple] = {
-    "final_logit_softcapping": (None,),  # Gemma 2/3/3n, ...: cap * tanh(logits / cap)
-    "logits_soft_cap": (None,),
-    "logit_scale": (None, 1, 1.0),  # Cohere: logits * logit_scale
-    "logits_scaling": (None, 1, 1.0),  # Granite: logits / logits_scaling
-    "lm_head_multiplier": (None, 1, 1.0),  # Falcon-H1: lm_head(h) * multiplier
-    "logits_mup_width_multiplier": (None, 1, 1.0),  # muP: lm_head(h / multiplier)
-}
-
-
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The Hugging Face model inside DDP/DataParallel (``.module``) or ``torch.compile`` (``._orig_mod``)."""
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, torch.nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, torch.nn.Module):
-            return model
-        model = inner
-
-
-def check_fusable(model: torch.nn.Module) -> torch.nn.Linear:
-    """The model's output embedding, if the fused loss reproduces its logits; else a ``ValueError``.
-
-    Refused: models whose config transforms logits after the head (see
-    :data:`LOGIT_TRANSFORM_ATTRIBUTES`, named in the error), models whose output embedding is not a
-    plain ``nn.Linear``, and models whose ``forward`` has no ``logits_to_keep`` argument.
-    """
-    model = _unwrap(model)
-    name = type(model).__name__
-    configs = [model.config]
-    if hasattr(model.config, "get_text_config"):
-        configs.append(model.config.get_text_config())
-    for config in configs:
-        for attribute, neutral in LOGIT_TRANSFORM_ATTRIBUTES.items():
-            value = getattr(config, attribute, None)
-            if value not in neutral:
-                raise ValueError(
-                    f"{name} transforms its logits after the output embedding (config.{attribute}={value!r}); "
-                    "the fused selfish loss computes hidden @ weight.T only. Train it unfused (selfish_fused=False)."
-                )
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if not isinstance(head, torch.nn.Linear):
-        raise ValueError(
-            f"{name}.get_output_embeddings() is {type(head).__name__}, not an nn.Linear; "
-            "the fused selfish loss needs a linear LM head. Train it unfused (selfish_fused=False)."
-        )
-    if "logits_to_keep" not in inspect.signature(model.forward).parameters:
-        raise ValueError(
-            f"{name}.forward takes no `logits_to_keep`, so it would compute the full logits anyway; "
-            "train it unfused (selfish_fused=False)."
-        )
-    return head
-
-
-def fused_causal_lm_loss(
-    model: torch.nn.Module,
-    inputs: dict[str, Any],
-    labels: torch.Tensor | None,
-    margin: float | None = 2.0,
-    *,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    chunk_size: int | None = None,
-    return_masked_fraction: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selfish causal-LM loss of ``model`` on ``inputs`` without its ``[B, T, V]`` logits.
-
-    Equals ``selfish_causal_lm_loss(model(**inputs).logits, labels, margin, ...)`` in value and in
-    the gradient of every parameter. The model runs through its own ``forward`` (so DDP and other
-    wrappers see a normal call) with ``logits_to_keep=1`` and ``output_hidden_states=True``: its head
-    computes the logits of the last position only, and the last hidden state ``[B, T, d]`` and the
-    output embedding go to :func:`linear_selfish_cross_entropy`. The last position's logits, which
-    the model computed itself, are compared with ``head(last hidden state)`` on every call, so a
-    model that transforms its logits in a way this module does not know of is refused, never
-    silently trained on a different loss.
-
-    Args:
-        model: a causal LM (``...ForCausalLM``), possibly wrapped by DDP or ``torch.compile``.
-        inputs: the batch without labels (``input_ids``, ``attention_mask``, ...).
-        labels: ``[B, T]`` unshifted labels, shifted here like ``ForCausalLMLoss``; or pass
-            ``shift_labels`` already aligned with the positions.
-        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction: as in
-            :func:`linear_selfish_cross_entropy`.
-    """
-    head = check_fusable(model)
-    if shift_labels is None:
-        if labels is None:
-            raise ValueError("fused_causal_lm_loss needs `labels` or `shift_labels`, got neither")
-        shift_labels = shift_causal_labels(labels, ignore_index)
-    inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
-    hidden = outputs.hidden_states[-1]  # [B, T, d]
-    weight, bias = head.weight, head.bias  # [V, d], [V] or None
-    _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias)
-    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
-    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
-        return linear_selfish_cross_entropy(
-            hidden, weight, shift_labels.to(hidden.device), margin,
-            bias=bias, ignore_index=ignore_index, num_items_in_batch=num_items_in_batch,
-            chunk_size=chunk_size, return_masked_fraction=return_masked_fraction,
-        )
-
-
-def _check_head_reproduces_logits(model, logits, hidden, weight, bias) -> None:
-    """Raise a ``ValueError`` if the model's last-position logits are not ``F.linear(hidden, weight, bias)``."""
-    with torch.no_grad():
-        if logits.shape[-2] != 1:
-            raise ValueError(
-                f"{type(_unwrap(model)).__name__} ignored logits_to_keep=1 and computed logits {tuple(logits.shape)}; "
-                "the fused loss would save nothing. Train it unfused (selfish_fused=False)."
-            )
-        expected = torch.nn.functional.linear(hidden[:, -1:], weight, bias).float()  # [B, 1, V]
-        got = logits.float()
-        tolerance = 1e-4 if logits.dtype == torch.float32 else 2e-2  # same matmul: equal up to rounding
-        if not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
-            error = (got - expected).abs().max().item()
-            raise ValueError(
-                f"{type(_unwrap(model)).__name__}'s logits differ from output_embeddings(last hidden state) by up to "
-                f"{error:.3g}: the model transforms its logits after the head, which the fused selfish loss cannot "
-                "reproduce. Train it unfused (selfish_fused=False)."
-            )
-
-
-def _autocast_inputs(hidden, weight, bias):
-    """Cast to the autocast dtype when autocast is on, as the model's ``lm_head`` would run under it."""
-    device_type = hidden.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return hidden, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)

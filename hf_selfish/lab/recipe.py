@@ -29,14 +29,14 @@ import yaml
 from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
+from ..config import SelfishTrainingArguments
+from ..ops.margin import NULL_WORDS
 from .arguments import DataArguments, ExperimentArguments, ModelArguments
-from .trainer import SelfishTrainingArguments
 
 __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "DEFAULT_ARMS"]
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
-_NONE_STRINGS = {"None", "null", "~"}  # "none" stays a string: report_to: none
 
 
 @dataclass
@@ -87,9 +87,7 @@ def _check_keys(values: dict[str, Any], where: str) -> None:
         if key not in known:
             close = difflib.get_close_matches(key, known, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(
-                f"unknown recipe key {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(known))}"
-            )
+            raise ValueError(f"unknown recipe key {key!r} in {where}.{hint} Valid keys: {', '.join(sorted(known))}")
 
 
 def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
@@ -102,7 +100,7 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
     if not isinstance(value, str):
         return _check_integer(action, value)
-    if value.strip() in _NONE_STRINGS:
+    if value.strip() in NULL_WORDS:  # "none" stays a string: report_to: none
         return None
     if action.type is string_to_bool or isinstance(action.const, bool):
         try:

@@ -34,9 +34,7 @@ class ModelArguments:
         default=None,
         metadata={"help": "Tokenizer (Hub id or folder); 'char' builds the character tokenizer from the data."},
     )
-    torch_dtype: str | None = field(
-        default=None, metadata={"help": "Load dtype: auto, float32, bfloat16 or float16."}
-    )
+    torch_dtype: str | None = field(default=None, metadata={"help": "Load dtype: auto, float32, bfloat16 or float16."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom modelling code from the Hub."})
 
 
@@ -53,7 +51,9 @@ class DataArguments:
         default=None,
         metadata={"help": "Local tinyshakespeare copy (else $HF_SELFISH_TINYSHAKESPEARE, the HF cache, a download)."},
     )
-    train_file: str | None = field(default=None, metadata={"help": "Local training file: .txt, .json/.jsonl, .parquet."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "Local training file: .txt, .json/.jsonl, .parquet."}
+    )
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file (same formats)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
     block_size: int = field(default=64, metadata={"help": "Tokens per training/eval block."})

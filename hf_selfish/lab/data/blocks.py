@@ -1,0 +1,224 @@
+"""Text -> token blocks for a causal LM, like run_clm.py: tokenize with `datasets.map`, then `group_texts`.
+
+`prepare_lm_data` chains the pieces: `load_raw_datasets` -> `load_tokenizer` -> optional language
+assignment (`assign_languages`) -> `tokenize_datasets` -> `group_datasets`; columns ``input_ids`` and
+``labels`` (a copy; the model shifts). Blocks all have the same length, so no padding is needed
+(`transformers.default_data_collator` batches them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import pyarrow.compute as pc
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase
+
+from ..arguments import DataArguments, ModelArguments
+from .char_tokenizer import check_characters, is_char_tokenizer
+from .loading import load_raw_datasets, load_tokenizer
+from .lowres import (
+    LANGUAGE_COLUMN,
+    MAIN_LANGUAGE,
+    SMALL_LANGUAGE,
+    TEXT_COLUMN,
+    TEXT_UNITS,
+    _check_fraction,
+    assign_languages,
+    build_low_resource_char_tokenizer,
+    language_groups,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def tokenize_datasets(
+    raw_datasets: DatasetDict,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+) -> DatasetDict:
+    """``text`` -> ``input_ids`` (batched `datasets.map`, cached for file-backed data).
+
+    Rows with ``language == 1`` (see `assign_languages`) get their ids shifted by ``len(tokenizer)``.
+    """
+    return raw_datasets.map(
+        _tokenize_batch,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=raw_datasets["train"].column_names,
+        load_from_cache_file=not overwrite_cache,
+        fn_kwargs={"tokenizer": tokenizer},
+        desc="Tokenizing",
+    )
+
+
+def _tokenize_batch(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
+    texts = batch[TEXT_COLUMN]
+    try:
+        ids = tokenizer(texts, return_attention_mask=False)["input_ids"]
+    except Exception:  # the char tokenizer has no unknown token: name the characters it lacks
+        if is_char_tokenizer(tokenizer):
+            check_characters(texts, tokenizer)
+        raise
+    if LANGUAGE_COLUMN in batch:
+        shift = len(tokenizer)
+        ids = [[i + shift for i in row] if small else row for row, small in zip(ids, batch[LANGUAGE_COLUMN])]
+    return {"input_ids": ids}
+
+
+def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+    """Concatenate a batch of token lists and cut it into blocks of ``block_size`` (run_clm.py's ``group_texts``).
+
+    The remainder shorter than a block is dropped; ``labels`` is a copy of ``input_ids`` (the model shifts).
+    """
+    concatenated = [i for row in examples["input_ids"] for i in row]
+    total = (len(concatenated) // block_size) * block_size
+    blocks = [concatenated[i : i + block_size] for i in range(0, total, block_size)]
+    return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+
+
+def group_datasets(
+    tokenized: DatasetDict,
+    block_size: int,
+    *,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
+) -> DatasetDict:
+    """Blocks of ``block_size`` tokens for every split; ValueError when a split has less than one block."""
+    _check_block_size(block_size)
+    grouped = tokenized.map(
+        group_texts,
+        batched=True,
+        num_proc=num_proc,
+        remove_columns=tokenized["train"].column_names,
+        load_from_cache_file=not overwrite_cache,
+        fn_kwargs={"block_size": block_size},
+        desc=f"Grouping texts in blocks of {block_size}",
+    )
+    for split, dataset in grouped.items():
+        if len(dataset) == 0:
+            n_tokens = _num_tokens(tokenized[split])
+            raise ValueError(
+                f"the {split} split has {n_tokens} tokens, fewer than one block of block_size={block_size}; "
+                "lower block_size or give more text."
+            )
+    return grouped
+
+
+def _num_tokens(dataset: Dataset) -> int:
+    if len(dataset) == 0:
+        return 0
+    column = dataset.with_format("arrow")[:]["input_ids"]
+    return int(pc.sum(pc.list_value_length(column)).as_py() or 0)
+
+
+def build_lm_datasets(
+    data_args: DataArguments,
+    tokenizer: PreTrainedTokenizerBase,
+    raw_datasets: DatasetDict | None = None,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    train_language: str | None = None,
+) -> DatasetDict:
+    """Train/validation blocks with ``input_ids`` and ``labels`` for a causal LM.
+
+    Args:
+        tokenizer: the base tokenizer (``V`` tokens); under the simulation small-language ids are ``V..2V-1``.
+        raw_datasets: the output of `load_raw_datasets` (loaded from ``data_args`` when None).
+        train_language: with the simulation, keep only this language's units in TRAIN ("lang_small" for
+            the small-language-only reference arm); validation keeps both.
+    """
+    _check_block_arguments(data_args)
+    raw = raw_datasets if raw_datasets is not None else load_raw_datasets(data_args, cache_dir=cache_dir)
+    if data_args.low_resource_fraction > 0:
+        raw = assign_languages(
+            raw, data_args.low_resource_fraction, data_args.low_resource_unit, data_args.low_resource_seed
+        )
+        if train_language is not None:
+            raw["train"] = _keep_language(raw["train"], train_language)
+    elif train_language is not None:
+        raise ValueError(f"train_language={train_language!r} needs the simulation (low_resource_fraction > 0).")
+
+    tokenized = tokenize_datasets(
+        raw, tokenizer, num_proc=data_args.preprocessing_num_workers, overwrite_cache=data_args.overwrite_cache
+    )
+    blocks = group_datasets(
+        tokenized,
+        data_args.block_size,
+        num_proc=data_args.preprocessing_num_workers,
+        overwrite_cache=data_args.overwrite_cache,
+    )
+    blocks["train"] = _truncate(blocks["train"], data_args.max_train_samples)
+    blocks["validation"] = _truncate(blocks["validation"], data_args.max_eval_samples)
+    return blocks
+
+
+def _check_block_arguments(data_args: DataArguments) -> None:
+    """Fail before any processing on arguments that would only be read at the end."""
+    _check_block_size(data_args.block_size)
+    for name in ("max_train_samples", "max_eval_samples"):
+        value = getattr(data_args, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{name} must be a positive number of blocks, got {value!r}.")
+    _check_fraction(data_args.low_resource_fraction)
+    if data_args.low_resource_unit not in TEXT_UNITS:
+        raise ValueError(f"low_resource_unit must be one of {TEXT_UNITS}, got {data_args.low_resource_unit!r}.")
+
+
+def _check_block_size(block_size: int) -> None:
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size <= 0:
+        raise ValueError(f"block_size must be a positive integer, got {block_size!r}.")
+
+
+def _keep_language(dataset: Dataset, language: str) -> Dataset:
+    codes = {MAIN_LANGUAGE: 0, SMALL_LANGUAGE: 1}
+    if language not in codes:
+        raise ValueError(f"train_language must be one of {list(codes)}, got {language!r}.")
+    code = codes[language]
+    return dataset.filter(lambda batch: [x == code for x in batch[LANGUAGE_COLUMN]], batched=True)
+
+
+def _truncate(dataset: Dataset, max_samples: int | None) -> Dataset:
+    if max_samples is None:
+        return dataset
+    return dataset.select(range(min(max_samples, len(dataset))))
+
+
+@dataclass
+class LMData:
+    """Everything the model and trainer need from the data side of a run."""
+
+    datasets: DatasetDict  # train / validation blocks: input_ids, labels
+    tokenizer: PreTrainedTokenizerBase  # the one to save with the model (2V tokens for a simulated char corpus)
+    vocab_size: int  # the model's vocabulary: len(base tokenizer), doubled by the simulation
+    groups: dict[str, list[int]] = field(default_factory=dict)  # language groups of the simulation, else {}
+
+
+def prepare_lm_data(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    train_language: str | None = None,
+) -> LMData:
+    """`load_raw_datasets` -> `load_tokenizer` -> `build_lm_datasets`, plus the simulation's tokenizer and groups."""
+    raw = load_raw_datasets(data_args, cache_dir=cache_dir)
+    tokenizer = load_tokenizer(model_args, raw)
+    datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
+    if data_args.low_resource_fraction == 0:
+        return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer))
+    base_size = len(tokenizer)
+    if is_char_tokenizer(tokenizer):
+        tokenizer = build_low_resource_char_tokenizer(tokenizer)
+    else:
+        logger.warning(
+            "low-resource simulation with a %s: small-language ids %d..%d cannot be decoded by the saved tokenizer",
+            type(tokenizer).__name__,
+            base_size,
+            2 * base_size - 1,
+        )
+    return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=2 * base_size, groups=language_groups(base_size))

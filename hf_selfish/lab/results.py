@@ -1,0 +1,284 @@
+"""The run-directory contract: typed records, file names, and the only reader and writer of results.json.
+
+A comparison directory holds ``results.json`` (`ComparisonResults`), one Trainer output folder per run
+(`run_dir_name`) with its ``run_result.json`` (`RunRecord`), and what reporting derives from them
+(report.md, summary.json, plots/). Everything reporting reads goes through this module; file names
+come from `hf_selfish.metric_names`, the one place they are built.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypedDict
+
+from ..files import atomic_write_json, read_json
+from ..metric_names import (
+    FREQUENCY_FILE,
+    PLOTS_DIR,
+    RANK_BUCKETS_FILE,
+    REPORT_FILE,
+    RESULTS_FILE,
+    RUN_RESULT_FILE,
+    SCENARIOS_FILE,
+    SUMMARY_FILE,
+    describe_group,
+    group_info_map,
+    groups_in_metrics,
+    run_dir_name,
+)
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FINISHED",
+    "FORMAT",
+    "FREQUENCY_FILE",
+    "PLOTS_DIR",
+    "RANK_BUCKETS_FILE",
+    "REPORT_FILE",
+    "RESULTS_FILE",
+    "RUN_RESULT_FILE",
+    "SCENARIOS_FILE",
+    "SUMMARY_FILE",
+    "ComparisonResults",
+    "RunRecord",
+    "arm_names",
+    "check_results",
+    "comparison_results",
+    "eval_history",
+    "finished_runs",
+    "group_info",
+    "group_names",
+    "load_results",
+    "per_token_final_nll",
+    "scenarios_path",
+    "train_counts",
+    "read_results_file",
+    "read_run_record",
+    "run_dir_name",
+    "train_history",
+    "write_results",
+    "write_run_record",
+]
+
+FORMAT = 1
+FINISHED = "finished"
+
+
+class RunRecord(TypedDict):
+    """One finished run (``run_result.json``; one entry of ``results.json``'s ``runs``)."""
+
+    arm: str
+    seed: int
+    selfish_margin: float | None  # the margin trained with ("auto" resolved against the vocabulary)
+    selfish_margin_setting: float | str | None  # as the recipe wrote it
+    output_dir: str  # relative to the comparison directory inside results.json
+    status: str  # FINISHED
+    resumed_from: str | None
+    train_seconds: float
+    global_step: int
+    final: dict[str, Any]  # the last evaluation's log entry (eval_loss, eval_{group}_{stat}, step)
+    history: list[dict[str, Any]]  # every evaluation's log entry
+    train_history: list[dict[str, Any]]  # every training log entry (loss, selfish_masked_fraction, ...)
+    scenarios: str | None  # the run's scenarios.safetensors, when recorded
+
+
+class ComparisonResults(TypedDict):
+    """``results.json`` of a comparison."""
+
+    format: int
+    name: str
+    recipe: dict[str, Any]
+    vocab_size: int
+    tokens: list[str] | None  # a readable label per token id
+    train_counts: list[int]  # train-split count per token id
+    groups: dict[str, list[int]]  # group name -> token ids, in report order
+    group_info: dict[str, dict[str, Any]]  # group name -> kind, rank range, language (metric_names.describe_group)
+    arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting
+    runs: list[RunRecord]
+
+
+# ------------------------------------------------------------------------------------------ run records
+
+
+def eval_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The evaluation entries of a Trainer's log history (each holds ``step`` and ``eval_*``)."""
+    return [dict(entry) for entry in log_history if "eval_loss" in entry]
+
+
+def train_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The training-loss entries of a Trainer's log history."""
+    return [dict(entry) for entry in log_history if "loss" in entry and "eval_loss" not in entry]
+
+
+def write_run_record(output_dir: str | os.PathLike, record: RunRecord) -> Path:
+    """Write ``output_dir/run_result.json`` (atomically): the run is finished."""
+    return atomic_write_json(Path(output_dir) / RUN_RESULT_FILE, record)
+
+
+def read_run_record(output_dir: str | os.PathLike) -> RunRecord | None:
+    """The record of a finished run, or None when ``output_dir`` holds no ``run_result.json``."""
+    path = Path(output_dir) / RUN_RESULT_FILE
+    return read_json(path, what="run result") if path.is_file() else None
+
+
+# -------------------------------------------------------------------------------------- results.json
+
+
+def comparison_results(
+    *,
+    name: str,
+    recipe: Mapping[str, Any],
+    vocab_size: int,
+    tokens: list[str] | None,
+    train_counts: list[int],
+    groups: Mapping[str, list[int]],
+    arms: list[dict[str, Any]],
+    runs: list[RunRecord],
+) -> ComparisonResults:
+    """The content of ``results.json``; group metadata is derived from the group names here, once."""
+    return ComparisonResults(
+        format=FORMAT,
+        name=name,
+        recipe=json.loads(json.dumps(recipe, default=str)),
+        vocab_size=vocab_size,
+        tokens=tokens,
+        train_counts=train_counts,
+        groups=dict(groups),
+        group_info=group_info_map(groups),
+        arms=arms,
+        runs=runs,
+    )
+
+
+def write_results(run_dir: str | os.PathLike, results: ComparisonResults) -> Path:
+    """Write ``run_dir/results.json`` atomically."""
+    return atomic_write_json(Path(run_dir) / RESULTS_FILE, results)
+
+
+def read_results_file(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """``run_dir/results.json`` as written (unchecked), or None when there is none."""
+    path = Path(run_dir) / RESULTS_FILE
+    return read_json(path, what="results file") if path.is_file() else None
+
+
+def load_results(run_dir: str | os.PathLike) -> ComparisonResults:
+    """Read ``run_dir/results.json`` (or the given ``results.json`` path) and check its shape.
+
+    Raises ValueError naming the path when the file is missing, not JSON, or lacks the ``arms`` /
+    ``runs`` lists every report needs.
+    """
+    path = Path(run_dir)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / RESULTS_FILE
+    if not path.is_file():
+        raise ValueError(
+            f"no results file at {str(path)!r}: pass the folder `hf-selfish compare` wrote (it holds results.json)"
+        )
+    try:
+        results = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"results file {str(path)!r} is not valid JSON ({err}); re-run the comparison") from None
+    check_results(results, str(path))
+    return results
+
+
+def check_results(results: Any, where: str) -> None:
+    """Raise a ValueError naming ``where`` unless ``results`` has the shape of ``results.json``."""
+    if not isinstance(results, dict):
+        raise ValueError(f"results {where!r} must be a JSON object, got {type(results).__name__}")
+    fmt = results.get("format", 1)
+    if fmt != FORMAT:
+        raise ValueError(f"results {where!r} has format {fmt!r}; this version of hf_selfish reads format {FORMAT}")
+    for key in ("arms", "runs"):
+        if not isinstance(results.get(key), list):
+            raise ValueError(f"results {where!r} has no {key!r} list; it was not written by `hf-selfish compare`")
+    if not results["arms"]:
+        raise ValueError(f"results {where!r} lists no arms")
+    for i, arm in enumerate(results["arms"]):
+        if not isinstance(arm, dict) or "name" not in arm:
+            raise ValueError(f"arm #{i + 1} of results {where!r} must be an object with a 'name', got {arm!r}")
+
+
+# --------------------------------------------------------------------------------------------- queries
+
+
+def arm_names(results: Mapping[str, Any]) -> list[str]:
+    return [str(arm["name"]) for arm in results["arms"]]
+
+
+def group_names(results: Mapping[str, Any]) -> list[str]:
+    """The groups of a comparison in order: ``results["groups"]`` if given, else those in the metrics."""
+    if results.get("groups"):
+        return list(results["groups"])
+    names: dict[str, None] = {}
+    for run in results.get("runs", []):
+        for name in groups_in_metrics(run.get("final") or {}):
+            names.setdefault(name, None)
+    return list(names)
+
+
+def group_info(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Kind and details of every group: as saved with the run, else parsed from the names (older files)."""
+    saved = results.get("group_info") or {}
+    return {name: saved.get(name) or describe_group(name).to_json() for name in group_names(results)}
+
+
+def finished_runs(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The finished runs (with final metrics) of each arm, arms in order, runs sorted by seed."""
+    by_arm: dict[str, list[dict[str, Any]]] = {name: [] for name in arm_names(results)}
+    for run in results["runs"]:
+        if run.get("status") == FINISHED and run.get("final") and run.get("arm") in by_arm:
+            by_arm[run["arm"]].append(run)
+    for runs in by_arm.values():
+        runs.sort(key=lambda r: (r.get("seed") is None, r.get("seed")))
+    return by_arm
+
+
+def train_counts(run_dir: str | os.PathLike, results: Mapping[str, Any]) -> tuple[list[int] | None, list[str] | None]:
+    """Train counts and token strings of a comparison: from results.json, else token_frequency.json."""
+    counts, tokens = results.get("train_counts"), results.get("tokens")
+    path = Path(run_dir) / FREQUENCY_FILE
+    if counts is None and path.is_file():
+        record = read_json(path, what="token frequency file")
+        counts, tokens = record.get("counts"), tokens or record.get("tokens")
+    if tokens is not None and counts is not None and len(tokens) != len(counts):
+        logger.warning("results.json holds %d token strings for %d counts; using no labels", len(tokens), len(counts))
+        tokens = None
+    return counts, tokens
+
+
+def per_token_final_nll(run_dir: str | os.PathLike, run: Mapping[str, Any], vocab_size: int) -> list[float] | None:
+    """Each token's final eval NLL of one run (``rank_buckets.json``; NaN: absent), or None when not recorded."""
+    if not run.get("output_dir"):
+        return None
+    path = Path(run_dir) / str(run["output_dir"]) / RANK_BUCKETS_FILE
+    if not path.is_file():
+        return None
+    try:
+        nll = read_json(path, what="rank buckets file")["per_token"]["nll"]
+    except (ValueError, KeyError, TypeError) as err:
+        logger.warning("skipping %s: no per_token.nll (%s)", path, err)
+        return None
+    if len(nll) != vocab_size:
+        logger.warning("skipping %s: %d per-token values for %d tokens", path, len(nll), vocab_size)
+        return None
+    return [float("nan") if v is None else float(v) for v in nll]
+
+
+def scenarios_path(run_dir: str | os.PathLike, run: Mapping[str, Any]) -> Path | None:
+    """The run's ``scenarios.safetensors`` when it recorded one and the file is there."""
+    relative = run.get("scenarios")
+    if not relative:
+        return None
+    path = Path(run_dir) / relative
+    if not path.is_file():
+        logger.warning(
+            "run %s-seed%s lists scenarios at %s but the file is missing", run.get("arm"), run.get("seed"), path
+        )
+        return None
+    return path

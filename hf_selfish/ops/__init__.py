@@ -1,0 +1,20 @@
+"""The loss functions themselves: torch only, no transformers, no I/O.
+
+- `loss`: `selfish_cross_entropy` (aligned logits/labels) and `selfish_causal_lm_loss` (shifted).
+- `fused`: `linear_selfish_cross_entropy`, hidden x weight -> loss without the ``[N, V]`` logits.
+- `margin`: margin validation, the ``auto`` rule and schedules.
+"""
+
+from .fused import linear_selfish_cross_entropy
+from .loss import selfish_causal_lm_loss, selfish_cross_entropy, validate_margin
+from .margin import MarginSchedule, auto_margin, parse_margin
+
+__all__ = [
+    "MarginSchedule",
+    "auto_margin",
+    "linear_selfish_cross_entropy",
+    "parse_margin",
+    "selfish_causal_lm_loss",
+    "selfish_cross_entropy",
+    "validate_margin",
+]

@@ -1,0 +1,300 @@
+"""report.md of a comparison: markdown tables, the verdict, the margin sweep, the plots; and summary.json.
+
+It reads only the run directory (through `hf_selfish.lab.results`), so a report can be rebuilt at any
+time::
+
+    from hf_selfish.reporting import write_report
+    write_report("runs/tinyshakespeare_cpu")        # -> report.md and summary.json in that folder
+
+The numbers come from `hf_selfish.reporting.summary`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..files import atomic_write_text
+from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, load_results
+from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
+from ..model_card import ABSENT, MISSING, fmt, markdown_table
+from ..ops.margin import margin_label
+from .figures import figure_caption, order_figures
+from .summary import ArmStats, GroupRow, Stat, Summary, headline_groups, is_sweep, summarize, sweep_rows
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["group_table", "render_report", "verdict", "write_report"]
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+# ----------------------------------------------------------------------------------------------
+
+
+def format_stat(stat: Stat | None, *, digits: int = 4, signed: bool = False) -> str:
+    """``1.2345 ± 0.0123`` (std only with ≥2 seeds); ``n/a`` when no run has the value."""
+    if stat is None or not stat.n:
+        return MISSING
+    text = fmt(stat.mean, digits, signed)
+    if stat.std is not None:
+        text += f" ± {fmt(stat.std, digits)}"
+    return text
+
+
+def _cell(arm: ArmStats, stat: str) -> str:
+    return ABSENT if arm.absent else format_stat(arm.stats.get(stat))
+
+
+def _delta_cell(row_arms: Mapping[str, ArmStats], baseline: str, arm: str, stat: str) -> str:
+    if row_arms[arm].absent and row_arms[baseline].absent:
+        return ABSENT
+    return format_stat(row_arms[arm].delta.get(stat), signed=True)
+
+
+def _tokens_cell(row: GroupRow) -> str:
+    if row.tokens is None:
+        return MISSING
+    text = f"{row.tokens:,}" + (f" ({row.types})" if row.types is not None else "")
+    return text + (" *" if row.counts_differ else "")
+
+
+def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = True) -> str:
+    """``bucket | eval tokens (types) | <arm1> | <arm2> | ... | Δ <arm>-<arm1>`` for one statistic."""
+    header = ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + summary.arms
+    header += [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    rows = []
+    for row in summary.groups:
+        cells = [row.label] + ([_tokens_cell(row)] if with_tokens else [])
+        cells += [_cell(row.arms[arm], stat) for arm in summary.arms]
+        cells += [_delta_cell(row.arms, summary.baseline, arm, stat) for arm in summary.others]
+        rows.append(cells)
+    return markdown_table(header, rows)
+
+
+def eval_loss_table(summary: Summary) -> str:
+    header = ["", *summary.arms] + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    cells = ["overall eval loss"] + [format_stat(summary.eval_loss[a].stats.get("eval_loss")) for a in summary.arms]
+    cells += [format_stat(summary.eval_loss[a].delta.get("eval_loss"), signed=True) for a in summary.others]
+    return markdown_table(header, [cells])
+
+
+# ----------------------------------------------------------------------------------------------
+# Verdict
+# ----------------------------------------------------------------------------------------------
+
+
+def _direction(delta: float, lower_is_better: bool) -> tuple[str, str]:
+    """('lower'|'higher'|'equal to', 'better'|'worse'|'same')."""
+    if delta == 0:
+        return "equal to", "same"
+    word = "lower" if delta < 0 else "higher"
+    better = (delta < 0) == lower_is_better
+    return word, "better" if better else "worse"
+
+
+def _clause(name: str, arm: str, baseline: str, delta: Stat, stat: str) -> tuple[str, str]:
+    """``"ranks 41-50: selfish lower than baseline by 0.0512 (better)"`` and the verdict word."""
+    word, verdict = _direction(delta.mean, LOWER_IS_BETTER[stat])
+    if verdict == "same":
+        return f"{name}: {arm} equal to {baseline}", verdict
+    text = f"{name}: {arm} {word} than {baseline} by {abs(delta.mean):.4f} ({verdict}"
+    if delta.std is not None and abs(delta.mean) <= delta.std:
+        text += f", within the seed-to-seed spread ±{delta.std:.4f}"
+    return text + ")", verdict
+
+
+def verdict(summary: Summary, stat: str = MAIN_STAT) -> str:
+    """One paragraph, computed from the numbers: per group and arm, which way ``stat`` moved vs baseline."""
+    sentences = []
+    absent = [row.label for row in summary.groups if row.absent]
+    for arm in summary.others:
+        clauses, verdicts = [], {}
+        for row in summary.groups:
+            delta = row.arms[arm].delta.get(stat)
+            if delta is None or not delta.n:
+                continue
+            text, word = _clause(row.label, arm, summary.baseline, delta, stat)
+            clauses.append(text)
+            verdicts[row.group] = word
+        if not clauses:
+            sentences.append(f"{arm}: no group has results for both {arm} and {summary.baseline}.")
+            continue
+        n_better = sum(v == "better" for v in verdicts.values())
+        head = (
+            f"{STAT_TITLES[stat][0].upper() + STAT_TITLES[stat][1:]} ({arm} − {summary.baseline}, mean over seeds): "
+            f"{arm} is better on {n_better} of {len(verdicts)} groups present."
+        )
+        sentences.append(head + " " + "; ".join(clauses) + ".")
+        pattern = _frequency_pattern(summary, verdicts)
+        if pattern:
+            sentences.append(pattern)
+        overall = summary.eval_loss[arm].delta.get("eval_loss")
+        if overall is not None and overall.n:
+            text, _ = _clause("Overall eval loss", arm, summary.baseline, overall, "eval_loss")
+            sentences.append(text + ".")
+    if absent:
+        sentences.append(f"Absent from the eval data (no statistics): {', '.join(absent)}.")
+    return " ".join(sentences)
+
+
+def _frequency_pattern(summary: Summary, verdicts: Mapping[str, str]) -> str | None:
+    """Whether the paper's pattern shows: worse on the most frequent rank bucket, better on the rarer half."""
+    ranked = [row.group for row in summary.groups if row.kind == "rank" and row.group in verdicts]
+    if len(ranked) < 3:
+        return None
+    head, rare = ranked[0], ranked[len(ranked) // 2 :]
+    head_worse = verdicts[head] == "worse"
+    rare_better = sum(verdicts[g] == "better" for g in rare)
+    rare_ok = rare_better * 2 > len(rare)
+    status = "holds" if head_worse and rare_ok else ("holds partly" if head_worse or rare_ok else "does not hold")
+    return (
+        f"The pattern the selfish-loss paper predicts (worse on the most frequent bucket, better on rare ones) "
+        f"{status}: "
+        f"{group_label(head)} is {verdicts[head]}, and {rare_better} of the {len(rare)} rarer buckets "
+        f"({group_label(rare[0])} to {group_label(rare[-1]).removeprefix('ranks ')}) are better."
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Report
+# ----------------------------------------------------------------------------------------------
+
+_RECIPE_KEYS = (
+    ("dataset_name", "data"),
+    ("model_name_or_path", "model"),
+    ("model_type", "model type"),
+    ("config_overrides", "config"),
+    ("block_size", "block size"),
+    ("per_device_train_batch_size", "batch size"),
+    ("max_steps", "steps"),
+    ("learning_rate", "learning rate"),
+    ("lr_scheduler_type", "schedule"),
+    ("warmup_steps", "warmup steps"),
+    ("eval_steps", "eval every"),
+    ("low_resource_fraction", "small-language fraction"),
+)
+
+
+def _arm_settings(results: Mapping[str, Any]) -> list[list[str]]:
+    rows = []
+    for arm in results["arms"]:
+        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in ("name", "selfish_margin"))
+        rows.append([str(arm["name"]), margin_label(arm.get("selfish_margin")), extra or "—"])
+    return rows
+
+
+def recipe_summary(results: Mapping[str, Any], summary: Summary) -> str:
+    """Model, data, steps, margin per arm, seeds and train time per run, as markdown."""
+    recipe = results.get("recipe") or {}
+    lines = []
+    settings = [f"{label}: `{recipe[key]}`" for key, label in _RECIPE_KEYS if recipe.get(key) is not None]
+    if results.get("vocab_size"):
+        settings.append(f"vocabulary: {results['vocab_size']} tokens")
+    if settings:
+        lines += ["- " + s for s in settings]
+    seeds = sorted({r["seed"] for r in summary.runs if r["seed"] is not None})
+    if seeds:
+        lines.append(f"- seeds: {', '.join(map(str, seeds))}")
+    lines += ["", markdown_table(["arm", "selfish margin", "other settings"], _arm_settings(results), ["l", "l", "l"])]
+    run_rows = [
+        [
+            str(r["arm"]),
+            str(r["seed"]),
+            str(r["status"]),
+            MISSING if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
+            MISSING if r["eval_loss"] is None else f"{r['eval_loss']:.4f}",
+        ]
+        for r in summary.runs
+    ]
+    lines += [
+        "",
+        markdown_table(["arm", "seed", "status", "train time (s)", "final eval loss"], run_rows, list("lllrr")),
+    ]
+    unfinished = [r for r in summary.runs if r["status"] != FINISHED]
+    if unfinished:
+        lines.append(f"\n{len(unfinished)} run(s) did not finish and are left out of every mean below.")
+    return "\n".join(lines)
+
+
+def _plots_section(plots: Sequence[str | os.PathLike]) -> str:
+    lines = ["## Plots", ""]
+    for path in order_figures(plots):
+        caption = figure_caption(path)
+        lines += [f"**{caption}**", "", f"![{caption}]({Path(path).as_posix()})", ""]
+    return "\n".join(lines).rstrip()
+
+
+def sweep_table(results: Mapping[str, Any]) -> str:
+    """Markdown: one row per arm (margin), the sweep groups' final NLL / accuracy / MRR (mean over seeds)."""
+    rows = sweep_rows(results)
+    groups = headline_groups(results)
+    header = ["arm", "margin", "eval loss"] + [f"{group_label(g)} {s}" for g in groups for s in ("NLL", "acc", "MRR")]
+    lines = []
+    for arm, runs in finished_runs(results).items():
+        arm_rows = [r for r in rows if r["arm"] == arm]
+        margin = arm_rows[0]["margin_value"] if arm_rows else None
+        setting = arm_rows[0]["margin"] if arm_rows else None
+        label = margin_label(setting, margin)
+        cells = [arm, label, fmt(statistics.mean(r["final"]["eval_loss"] for r in runs))]
+        for group in groups:
+            for stat in ("nll", "accuracy", "mrr"):
+                values = [r[stat] for r in arm_rows if r["group"] == group and stat in r]
+                cells.append(fmt(statistics.mean(values)) if values else "absent")
+        lines.append(cells)
+    return markdown_table(header, lines, ["l", "l"] + ["r"] * (len(header) - 2))
+
+
+def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike] = ()) -> str:
+    """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``)."""
+    summary = summarize(results)
+    other_stats = [s for s in MEAN_STATS if s != MAIN_STAT]
+    parts = [
+        f"# hf_selfish comparison: {summary.name}",
+        "",
+        "## Recipe",
+        "",
+        recipe_summary(results, summary),
+        "",
+        f"## Eval {STAT_TITLES[MAIN_STAT]} per frequency group",
+        "",
+        f"Mean of each token's mean eval NLL over the tokens of the group present in the eval data, at the end of "
+        f"training; mean ± std over seeds; Δ against `{summary.baseline}` (negative: lower NLL than the baseline). "
+        "Eval loss is plain cross-entropy over the full vocabulary for every arm.",
+        "",
+        group_table(summary, MAIN_STAT),
+    ]
+    if any(row.counts_differ for row in summary.groups):
+        parts += ["", "\\* the arms evaluated different token counts in this group; the first arm's count is shown."]
+    parts += ["", "## Overall eval loss", "", eval_loss_table(summary), "", "## Verdict", "", verdict(summary)]
+    if is_sweep(results):
+        parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
+    parts += ["", "## Other metrics", ""]
+    for stat in other_stats:
+        parts += [f"### {STAT_TITLES[stat]}", "", group_table(summary, stat, with_tokens=False), ""]
+    if plots:
+        parts += [_plots_section(plots), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def existing_plots(run_dir: str | os.PathLike) -> list[str]:
+    """``plots/*.png`` of a run dir, as paths relative to it."""
+    folder = Path(run_dir) / PLOTS_DIR
+    return [f"{PLOTS_DIR}/{p.name}" for p in sorted(folder.glob("*.png"))] if folder.is_dir() else []
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Write ``report.md`` and ``summary.json`` into ``run_dir`` (atomically); returns the report path."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    report = run_dir / REPORT_FILE
+    atomic_write_text(report, render_report(results, existing_plots(run_dir)))
+    summary = summarize(results)
+    record = {**summary.to_json(), "verdict": verdict(summary)}
+    atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    logger.info("report written to %s", report)
+    return report
