@@ -205,11 +205,7 @@ def make_inputs(config: BenchConfig):
     weight = torch.randn(config.vocab, config.d, generator=generator) / config.d**0.25
     labels = torch.randint(0, config.vocab, (config.n,), generator=generator)
     to = dict(device=config.device, dtype=config.dtype)
-    return (
-        hidden.to(**to).requires_grad_(),
-        weight.to(**to).requires_grad_(),
-        labels.to(config.device),
-    )
+    return (hidden.to(**to).requires_grad_(), weight.to(**to).requires_grad_(), labels.to(config.device))
 
 
 def run_once(method: Callable, hidden, weight, labels, config: BenchConfig) -> tuple[float, int, float]:

@@ -12,25 +12,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from transformers import (
-    Trainer,
-    TrainerCallback,
-    TrainerControl,
-    TrainerState,
-    TrainingArguments,
-)
+from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .evaluation import IGNORE_INDEX, RankBucketMetrics
+from .evaluation import IGNORE_INDEX
 from .files import atomic_write_json
 from .metric_names import SCENARIOS_FILE, metric_key_prefix, rank_buckets_file, scenario_share_key
-from .scenarios import (
-    GradientScenarioRecorder,
-    ScenarioNorms,
-    non_target_share,
-    save_scenario_norms,
-)
+from .rank_buckets import RankBucketMetrics
+from .scenario_recorder import GradientScenarioRecorder
+from .scenarios import ScenarioNorms, non_target_share, save_scenario_norms
 
 logger = logging.getLogger(__name__)
 

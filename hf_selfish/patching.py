@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from .ops.fused import linear_selfish_cross_entropy
-from .ops.loss import shift_causal_labels
+from .ops.loss import resolve_shift_labels
 
 __all__ = ["LOGIT_TRANSFORM_ATTRIBUTES", "check_fusable", "fused_causal_lm_loss", "unwrap_model"]
 
@@ -110,10 +110,7 @@ def fused_causal_lm_loss(
             :func:`linear_selfish_cross_entropy`.
     """
     head = check_fusable(model)
-    if shift_labels is None:
-        if labels is None:
-            raise ValueError("fused_causal_lm_loss needs `labels` or `shift_labels`, got neither")
-        shift_labels = shift_causal_labels(labels, ignore_index)
+    shift_labels = resolve_shift_labels(labels, shift_labels, ignore_index, "fused_causal_lm_loss")
     inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
     outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
     hidden = outputs.hidden_states[-1]  # [B, T, d]
@@ -121,10 +118,11 @@ def fused_causal_lm_loss(
     _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias)
     hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
+        labels = shift_labels.to(hidden.device)  # [B, T]
         return linear_selfish_cross_entropy(
             hidden,
             weight,
-            shift_labels.to(hidden.device),
+            labels,
             margin,
             bias=bias,
             ignore_index=ignore_index,

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -245,7 +246,7 @@ def compute_scenario_vectors(
     """
     if input_ids.shape != labels.shape:
         raise ValueError(f"input_ids {tuple(input_ids.shape)} and labels {tuple(labels.shape)} must have one shape")
-    embedding, head = _embedding_modules(model)
+    embedding, head = embedding_modules(model)
     captured: dict[str, torch.Tensor] = {}
 
     def keep_embeds(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -286,122 +287,9 @@ def compute_scenario_vectors(
     )
 
 
-def compute_scenario_norms(
-    model: nn.Module,
-    input_ids: torch.Tensor,
-    labels: torch.Tensor,
-    attention_mask: torch.Tensor | None = None,
-    margin: float | None = 2.0,
-    *,
-    ignore_index: int = -100,
-    num_items_in_batch: int | torch.Tensor | None = None,
-) -> ScenarioNorms:
+def compute_scenario_norms(model: nn.Module, *args: Any, **kwargs: Any) -> ScenarioNorms:
     """Per-token norms `[V]` of `compute_scenario_vectors` (same arguments)."""
-    vectors = compute_scenario_vectors(
-        model,
-        input_ids,
-        labels,
-        attention_mask,
-        margin,
-        ignore_index=ignore_index,
-        num_items_in_batch=num_items_in_batch,
-    )
-    return vectors.norms()
-
-
-class GradientScenarioRecorder:
-    """Hooks that add each backward's scenario vectors to running `[V, d]` sums, during real training.
-
-    Forward hooks on `model.get_input_embeddings()` and `model.get_output_embeddings()` capture the input
-    ids, the embedding output, the LM head's input `H` and its output; tensor hooks on the last two catch
-    `dLoss/d(embeddings)` and `G = dLoss/dlogits` during the trainer's own backward. So `G` comes from
-    the loss actually trained with its actual scaling, and nothing runs an extra forward or backward.
-    Targets are read from `G` (`targets_from_grad_logits`), so labels need not reach the model.
-
-    Only forwards run with gradients enabled are recorded (evaluation under `no_grad` is skipped). Attach
-    only around the steps to record: detached, the recorder costs nothing.
-
-    Example:
-        recorder = GradientScenarioRecorder(model)
-        with recorder:  # attach ... detach
-            loss = model(**batch).loss
-            loss.backward()
-        vectors = recorder.pop_vectors()  # ScenarioVectors, sum over the backwards since the last pop
-    """
-
-    def __init__(self, model: nn.Module):
-        self.embedding, self.head = _embedding_modules(model)
-        self.vocab_size = self.head.weight.shape[0]
-        if self.embedding.weight.shape[0] != self.vocab_size:
-            raise ValueError(
-                f"input embedding has {self.embedding.weight.shape[0]} rows but the LM head has {self.vocab_size}; "
-                "gradient scenarios need one row per token in both"
-            )
-        self.padding_idx = getattr(self.embedding, "padding_idx", None)
-        self._sums: torch.Tensor | None = None  # [3, V, d] float32, SCENARIO_NAMES order
-        self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    @property
-    def attached(self) -> bool:
-        return bool(self._handles)
-
-    def attach(self) -> None:
-        """Start recording (idempotent)."""
-        if not self.attached:
-            self._handles = [
-                self.embedding.register_forward_hook(self._on_embedding_forward),
-                self.head.register_forward_hook(self._on_head_forward),
-            ]
-
-    def detach(self) -> None:
-        """Stop recording; the sums so far are kept until `pop_vectors`."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def __enter__(self) -> GradientScenarioRecorder:
-        self.attach()
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.detach()
-
-    def pop_vectors(self) -> ScenarioVectors | None:
-        """The vectors summed since the last pop (None if no backward was recorded), and reset."""
-        sums, self._sums = self._sums, None
-        return None if sums is None else ScenarioVectors(*sums.unbind(0))
-
-    def _buffer(self, like: torch.Tensor) -> torch.Tensor:
-        if self._sums is None:
-            self._sums = torch.zeros(3, self.vocab_size, like.shape[-1], device=like.device)
-        return self._sums
-
-    def _on_embedding_forward(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if not (torch.is_grad_enabled() and output.requires_grad):
-            return
-        input_ids = args[0].detach()
-
-        def on_grad(grad_embeds: torch.Tensor) -> None:
-            with torch.no_grad():
-                vector = input_embedding_gradient(input_ids, grad_embeds, self.vocab_size, padding_idx=self.padding_idx)
-                self._buffer(vector)[0] += vector
-
-        output.register_hook(on_grad)
-
-    def _on_head_forward(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if not (torch.is_grad_enabled() and output.requires_grad):
-            return
-        hidden = args[0].detach()
-
-        def on_grad(grad_logits: torch.Tensor) -> None:
-            with torch.no_grad():
-                targets = targets_from_grad_logits(grad_logits)
-                target, non_target = output_embedding_gradients(hidden, grad_logits, targets)
-                buffer = self._buffer(target)
-                buffer[1] += target
-                buffer[2] += non_target
-
-        output.register_hook(on_grad)
+    return compute_scenario_vectors(model, *args, **kwargs).norms()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -437,7 +325,15 @@ def load_scenario_norms(path: str | Path) -> tuple[ScenarioNorms, dict[str, str]
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _embedding_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+def _check_ids(ids: torch.Tensor, vocab_size: int, what: str) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
+        raise ValueError(
+            f"{what} holds ids in [{int(ids.min())}, {int(ids.max())}], outside the vocabulary [0, {vocab_size}); "
+            "use ids of the model's vocabulary"
+        )
+
+
+def embedding_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     """`(input embedding, LM head)` of a HF causal LM, or a ValueError naming what is missing."""
     get_in = getattr(model, "get_input_embeddings", None)
     get_out = getattr(model, "get_output_embeddings", None)
@@ -450,11 +346,3 @@ def _embedding_modules(model: nn.Module) -> tuple[nn.Module, nn.Module]:
             "need a causal LM such as AutoModelForCausalLM"
         )
     return embedding, head
-
-
-def _check_ids(ids: torch.Tensor, vocab_size: int, what: str) -> None:
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab_size):
-        raise ValueError(
-            f"{what} holds ids in [{int(ids.min())}, {int(ids.max())}], outside the vocabulary [0, {vocab_size}); "
-            "use ids of the model's vocabulary"
-        )

@@ -51,11 +51,7 @@ def selfish_loss_func(margin: float | None = 2.0, *, ignore_index: int = -100) -
     def compute_loss_func(outputs, labels, num_items_in_batch=None):
         active_margin = margin if torch.is_grad_enabled() else None
         return selfish_causal_lm_loss(
-            _logits_of(outputs),
-            labels,
-            active_margin,
-            num_items_in_batch=num_items_in_batch,
-            ignore_index=ignore_index,
+            _logits_of(outputs), labels, active_margin, num_items_in_batch=num_items_in_batch, ignore_index=ignore_index
         )
 
     return compute_loss_func

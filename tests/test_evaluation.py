@@ -21,16 +21,9 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from hf_selfish.callbacks import RankBucketEvalCallback, attach_rank_bucket_eval
-from hf_selfish.evaluation import (
-    RankBucketMetrics,
-    TokenStats,
-    causal_nll_and_rank,
-    group_metrics,
-    rank_bucket_metric_path,
-    target_nll_and_rank,
-    validate_groups,
-)
+from hf_selfish.evaluation import TokenStats, causal_nll_and_rank, group_metrics, target_nll_and_rank, validate_groups
 from hf_selfish.metric_names import RANK_BUCKETS_FILE as RANK_BUCKETS_FILENAME
+from hf_selfish.rank_buckets import RankBucketMetrics, rank_bucket_metric_path
 
 from .torchrun import run_two_processes
 
@@ -507,7 +500,7 @@ _EVALUATE_SCRIPT = textwrap.dedent(
     """
     import json, sys
     import evaluate
-    from hf_selfish.evaluation import rank_bucket_metric_path
+    from hf_selfish.rank_buckets import rank_bucket_metric_path
     inputs = json.loads(sys.stdin.read())
     metric = evaluate.load(rank_bucket_metric_path(), groups=inputs["groups"])
     for start in range(0, len(inputs["references"]), 7):

@@ -306,13 +306,7 @@ def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_ba
         model.get_output_embeddings().weight.mul_(8.0)
     inputs, labels = causal_batch()
     fused, fraction = fused_causal_lm_loss(
-        model,
-        inputs,
-        labels,
-        margin,
-        num_items_in_batch=num_items_in_batch,
-        chunk_size=7,
-        return_masked_fraction=True,
+        model, inputs, labels, margin, num_items_in_batch=num_items_in_batch, chunk_size=7, return_masked_fraction=True
     )
     fused_grads = parameter_grads(model, fused)
     ref, ref_fraction = selfish_causal_lm_loss(

@@ -19,15 +19,7 @@ from hf_selfish.reporting.plots import (
     write_plots,
 )
 
-from .test_report import (
-    EVAL_LOSS,
-    FINAL_ACCURACY,
-    FINAL_NLL,
-    TOKENS,
-    TRAIN_COUNTS,
-    make_results,
-    make_run_dir,
-)
+from .test_report import EVAL_LOSS, FINAL_ACCURACY, FINAL_NLL, TOKENS, TRAIN_COUNTS, make_results, make_run_dir
 
 EXPECTED = {
     "token_distribution.png",

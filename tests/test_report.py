@@ -22,11 +22,7 @@ from hf_selfish.reporting.summary import summarize
 TOKENS = ["\n", " ", "!", "$", "&"] + [chr(c) for c in range(ord("a"), ord("a") + 20)]
 V = len(TOKENS)
 TRAIN_COUNTS = [5000 - 150 * i if i < 20 else 3 for i in range(V)]  # id order == rank order; 5 ties at the end
-GROUPS = {
-    "rank_1-10": list(range(0, 10)),
-    "rank_11-20": list(range(10, 20)),
-    "rank_21-25": list(range(20, 25)),
-}
+GROUPS = {"rank_1-10": list(range(0, 10)), "rank_11-20": list(range(10, 20)), "rank_21-25": list(range(20, 25))}
 SEEDS = (1, 2)
 STEPS = (0, 10, 20)
 # Final per-token-mean NLL per arm, group and seed (the numbers the hand computation uses).

@@ -10,13 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    GPT2Config,
-    GPT2LMHeadModel,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerCallback, TrainingArguments
 
 from hf_selfish.callbacks import GradientScenarioCallback
 from hf_selfish.metric_names import SCENARIOS_FILE
@@ -215,7 +209,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from tests.test_scenario_callback import dataset, tiny_gpt2
     from hf_selfish.callbacks import _mean_across_processes
-    from hf_selfish.scenarios import GradientScenarioRecorder
+    from hf_selfish.scenario_recorder import GradientScenarioRecorder
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()

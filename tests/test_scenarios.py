@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from hf_selfish.ops.loss import selfish_cross_entropy
+from hf_selfish.scenario_recorder import GradientScenarioRecorder
 from hf_selfish.scenarios import (
-    GradientScenarioRecorder,
     ScenarioNorms,
     compute_scenario_norms,
     compute_scenario_vectors,

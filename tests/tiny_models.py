@@ -3,13 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    GPT2Config,
-    GPTNeoXConfig,
-    LlamaConfig,
-    Qwen2Config,
-)
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
 
 
 def tiny_config(model_type: str, vocab_size: int = 67, **overrides):

@@ -20,15 +20,13 @@ class ModelArguments:
         default=None, metadata={"help": "GGUF file inside `model_name_or_path` to load (dequantized to torch)."}
     )
     model_type: str | None = field(
-        default=None,
-        metadata={"help": "For from-scratch runs: a transformers model type (gpt2, llama, qwen2, ...)."},
+        default=None, metadata={"help": "For from-scratch runs: a transformers model type (gpt2, llama, qwen2, ...)."}
     )
     config_name: str | None = field(
         default=None, metadata={"help": "Config to start from (Hub id or local folder), if not the model's."}
     )
     config_overrides: str | None = field(
-        default=None,
-        metadata={"help": "Comma-separated config overrides, e.g. 'n_layer=4,n_head=4,n_embd=128'."},
+        default=None, metadata={"help": "Comma-separated config overrides, e.g. 'n_layer=4,n_head=4,n_embd=128'."}
     )
     tokenizer_name: str | None = field(
         default=None,
@@ -43,8 +41,7 @@ class DataArguments:
     """Which text to train on and how to cut it into blocks and frequency groups."""
 
     dataset_name: str | None = field(
-        default="tinyshakespeare",
-        metadata={"help": "'tinyshakespeare' (built in) or a `datasets` name/path."},
+        default="tinyshakespeare", metadata={"help": "'tinyshakespeare' (built in) or a `datasets` name/path."}
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "The `datasets` config name."})
     data_file: str | None = field(

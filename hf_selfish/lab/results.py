@@ -16,34 +16,22 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from ..files import atomic_write_json, read_json
-from ..metric_names import (
-    FREQUENCY_FILE,
-    PLOTS_DIR,
-    RANK_BUCKETS_FILE,
-    REPORT_FILE,
-    RESULTS_FILE,
-    RUN_RESULT_FILE,
-    SCENARIOS_FILE,
-    SUMMARY_FILE,
-    describe_group,
-    group_info_map,
-    groups_in_metrics,
-    run_dir_name,
-)
+from ..metric_names import FREQUENCY_FILE as FREQUENCY_FILE
+from ..metric_names import PLOTS_DIR as PLOTS_DIR
+from ..metric_names import RANK_BUCKETS_FILE as RANK_BUCKETS_FILE
+from ..metric_names import REPORT_FILE as REPORT_FILE
+from ..metric_names import RESULTS_FILE as RESULTS_FILE
+from ..metric_names import RUN_RESULT_FILE as RUN_RESULT_FILE
+from ..metric_names import SCENARIOS_FILE as SCENARIOS_FILE
+from ..metric_names import SUMMARY_FILE as SUMMARY_FILE
+from ..metric_names import describe_group, group_info_map, groups_in_metrics, run_dir_name
 
 logger = logging.getLogger(__name__)
 
+# The file names are re-exported from metric_names (they are built there): reporting imports them from here.
 __all__ = [
     "FINISHED",
     "FORMAT",
-    "FREQUENCY_FILE",
-    "PLOTS_DIR",
-    "RANK_BUCKETS_FILE",
-    "REPORT_FILE",
-    "RESULTS_FILE",
-    "RUN_RESULT_FILE",
-    "SCENARIOS_FILE",
-    "SUMMARY_FILE",
     "ComparisonResults",
     "RunRecord",
     "arm_names",

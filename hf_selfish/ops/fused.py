@@ -52,11 +52,7 @@ class _ChunkResult(NamedTuple):
 
 
 def _chunk_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    margin: float | None,
-    grad_scale: float | None,
-    count_masked: bool,
+    logits: torch.Tensor, labels: torch.Tensor, margin: float | None, grad_scale: float | None, count_masked: bool
 ) -> _ChunkResult:
     """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient.
 

@@ -137,14 +137,8 @@ def selfish_cross_entropy(
         The scalar float32 loss, or ``(loss, masked_fraction)``.
     """
     margin = validate_margin(margin)
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align: "
-            "logits must be labels.shape + (vocab,)"
-        )
+    logits, labels = flatten_aligned(logits, labels)  # [N, V], [N]
     vocab_size = logits.shape[-1]
-    logits = logits.reshape(-1, vocab_size)  # [N, V]
-    labels = labels.reshape(-1).to(logits.device)  # [N]
     valid = labels != ignore_index  # [N]
     check_label_range(labels, vocab_size, valid)
 
@@ -160,6 +154,30 @@ def selfish_cross_entropy(
     if return_masked_fraction:
         return loss, masked_fraction.detach().float()
     return loss
+
+
+def flatten_aligned(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``logits [..., V]`` and ``labels [...]`` as ``[N, V]`` and ``[N]`` (labels on the logits' device).
+
+    Raises a ``ValueError`` when the shapes do not align (labels must already be shifted).
+    """
+    if logits.shape[:-1] != labels.shape:
+        raise ValueError(
+            f"logits {tuple(logits.shape)} and labels {tuple(labels.shape)} do not align: "
+            "logits must be labels.shape + (vocab,); pass aligned (already shifted) labels"
+        )
+    return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device)
+
+
+def resolve_shift_labels(
+    labels: torch.Tensor | None, shift_labels: torch.Tensor | None, ignore_index: int, caller: str
+) -> torch.Tensor:
+    """``shift_labels`` when given, else ``labels`` shifted like ``ForCausalLMLoss``; neither is an error."""
+    if shift_labels is not None:
+        return shift_labels
+    if labels is None:
+        raise ValueError(f"{caller} needs `labels` or `shift_labels`, got neither")
+    return shift_causal_labels(labels, ignore_index)
 
 
 def check_label_range(labels: torch.Tensor, vocab_size: int, valid: torch.Tensor | None = None) -> None:
@@ -198,10 +216,7 @@ def selfish_causal_lm_loss(
     the collator already aligned them (padding-free batches). Extra ``kwargs`` are accepted and
     ignored, like transformers' loss functions.
     """
-    if shift_labels is None:
-        if labels is None:
-            raise ValueError("selfish_causal_lm_loss needs `labels` or `shift_labels`, got neither")
-        shift_labels = shift_causal_labels(labels, ignore_index)
+    shift_labels = resolve_shift_labels(labels, shift_labels, ignore_index, "selfish_causal_lm_loss")
     return selfish_cross_entropy(
         logits,
         shift_labels.to(logits.device),

@@ -45,14 +45,19 @@ def tokenize_datasets(
 
     Rows with ``language == 1`` (see `assign_languages`) get their ids shifted by ``len(tokenizer)``.
     """
-    return raw_datasets.map(
-        _tokenize_batch,
+    return _map(raw_datasets, _tokenize_batch, {"tokenizer": tokenizer}, "Tokenizing", num_proc, overwrite_cache)
+
+
+def _map(datasets: DatasetDict, fn, fn_kwargs: dict, desc: str, num_proc: int | None, overwrite_cache: bool):
+    """A batched `datasets.map` over every split that replaces the columns (cached for file-backed data)."""
+    return datasets.map(
+        fn,
         batched=True,
         num_proc=num_proc,
-        remove_columns=raw_datasets["train"].column_names,
+        remove_columns=datasets["train"].column_names,
         load_from_cache_file=not overwrite_cache,
-        fn_kwargs={"tokenizer": tokenizer},
-        desc="Tokenizing",
+        fn_kwargs=fn_kwargs,
+        desc=desc,
     )
 
 
@@ -82,23 +87,12 @@ def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[s
 
 
 def group_datasets(
-    tokenized: DatasetDict,
-    block_size: int,
-    *,
-    num_proc: int | None = None,
-    overwrite_cache: bool = False,
+    tokenized: DatasetDict, block_size: int, *, num_proc: int | None = None, overwrite_cache: bool = False
 ) -> DatasetDict:
     """Blocks of ``block_size`` tokens for every split; ValueError when a split has less than one block."""
     _check_block_size(block_size)
-    grouped = tokenized.map(
-        group_texts,
-        batched=True,
-        num_proc=num_proc,
-        remove_columns=tokenized["train"].column_names,
-        load_from_cache_file=not overwrite_cache,
-        fn_kwargs={"block_size": block_size},
-        desc=f"Grouping texts in blocks of {block_size}",
-    )
+    desc = f"Grouping texts in blocks of {block_size}"
+    grouped = _map(tokenized, group_texts, {"block_size": block_size}, desc, num_proc, overwrite_cache)
     for split, dataset in grouped.items():
         if len(dataset) == 0:
             n_tokens = _num_tokens(tokenized[split])

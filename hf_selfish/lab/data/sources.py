@@ -32,10 +32,7 @@ def default_cache_dir() -> Path:
 
 
 def resolve_tinyshakespeare(
-    path: str | os.PathLike | None = None,
-    *,
-    cache_dir: str | os.PathLike | None = None,
-    download: bool | None = None,
+    path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None, download: bool | None = None
 ) -> Path:
     """Find the tinyshakespeare text file, downloading it into the cache as a last resort.
 

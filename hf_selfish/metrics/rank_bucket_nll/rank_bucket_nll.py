@@ -3,7 +3,7 @@
 Load it from the package, no Hub access needed:
 
     import evaluate
-    from hf_selfish.evaluation import rank_bucket_metric_path
+    from hf_selfish.rank_buckets import rank_bucket_metric_path
     metric = evaluate.load(rank_bucket_metric_path(), groups={"rank_1-10": [...], "rank_11-20": [...]})
 """
 

@@ -24,9 +24,15 @@ from ..figures import figure_file
 from ..summary import headline_groups, is_sweep, mean_band, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
-from .scenarios import SCENARIO_KEYS, load_scenarios, plot_scenarios, plot_scenarios_comparison
 from .sweep import plot_margin_sweep
-from .tokens import plot_token_distribution, plot_token_nll
+from .tokens import (
+    SCENARIO_KEYS,
+    load_scenarios,
+    plot_scenarios,
+    plot_scenarios_comparison,
+    plot_token_distribution,
+    plot_token_nll,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,6 +16,13 @@ from matplotlib.figure import Figure
 from ...files import atomic_path
 from ...frequency import display_token as token_text
 from ..summary import mean_band
+
+# Argument types shared by the figure functions.
+Results = Mapping[str, Any]  # results.json
+PathLike = str | os.PathLike
+Tokens = Sequence[str | None] | None  # a label per token id
+IdGroups = Mapping[str, Sequence[int]]  # group name -> token ids
+Order = Sequence[int] | np.ndarray | None  # token ids by frequency rank
 
 MAX_LABELLED_TOKENS = 160  # above this, no per-token tick labels
 DPI = 120

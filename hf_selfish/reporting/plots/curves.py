@@ -7,32 +7,44 @@ curves, never drawn as 0.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ...lab.results import finished_runs, group_names
 from ...metric_names import STAT_TITLES, group_label, metric_key
 from ..summary import final_tokens, metric_series, paired_delta_series
-from ._common import (
-    draw_arm,
-    focus_ylim,
-    grid,
-    legend_once,
-    mark_absent,
-    new_figure,
-    save,
-)
+from ._common import PathLike, Results, draw_arm, focus_ylim, grid, legend_once, mark_absent, new_figure, save
 
 LANGUAGE_STATS = ("nll", "accuracy", "recall_at_5", "mrr")
 
 
+def _group_panels(results: Results, groups: Sequence[str]):
+    """A grid of one panel per group titled with its eval token count; returns (fig, axes, [(ax, group)]) of
+    the groups present (absent ones are marked as such)."""
+    fig, axes = grid(len(groups))
+    panels = []
+    for ax, group in zip(axes, groups):
+        tokens = final_tokens(results, group)
+        ax.set_title(group_label(group) + (f" ({tokens:,} eval tok)" if tokens else ""), fontsize=9)
+        if tokens == 0:
+            mark_absent(ax)
+        else:
+            panels.append((ax, group))
+    return fig, axes, panels
+
+
+def _finish_grid(fig, axes, path: PathLike, ylabel: str, title: str) -> Path:
+    legend_once(fig, axes)
+    fig.supylabel(ylabel, fontsize=9)
+    fig.suptitle(title, fontsize=11)
+    return save(fig, path)
+
+
 def plot_group_history(
-    results: Mapping[str, Any],
-    path: str | os.PathLike,
+    results: Results,
+    path: PathLike,
     *,
     stat: str = "nll",
     groups: Sequence[str] | None = None,
@@ -47,13 +59,8 @@ def plot_group_history(
     if not groups:
         raise ValueError("no groups to plot: results.json has no 'groups' and no eval_{group}_* metrics")
     runs = finished_runs(results)
-    fig, axes = grid(len(groups))
-    for ax, group in zip(axes, groups):
-        tokens = final_tokens(results, group)
-        ax.set_title(group_label(group) + (f" ({tokens:,} eval tok)" if tokens else ""), fontsize=9)
-        if tokens == 0:
-            mark_absent(ax)
-            continue
+    fig, axes, panels = _group_panels(results, groups)
+    for ax, group in panels:
         drawn, arrays, steps_list = False, [], []
         for index, (arm, arm_runs) in enumerate(runs.items()):
             steps, values = metric_series(arm_runs, metric_key(group, stat))
@@ -68,18 +75,16 @@ def plot_group_history(
             focus_ylim(ax, arrays, steps_list)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-    legend_once(fig, axes)
-    fig.supylabel(f"eval {STAT_TITLES.get(stat, stat)}", fontsize=9)
-    fig.suptitle(title or f"Eval {STAT_TITLES.get(stat, stat)} per group along training", fontsize=11)
-    return save(fig, path)
+    name = STAT_TITLES.get(stat, stat)
+    return _finish_grid(fig, axes, path, f"eval {name}", title or f"Eval {name} per group along training")
 
 
 def plot_group_delta(
-    results: Mapping[str, Any],
-    path: str | os.PathLike,
+    results: Results,
+    path: PathLike,
     *,
-    stat: str = "nll",
     groups: Sequence[str] | None = None,
+    stat: str = "nll",
     title: str | None = None,
 ) -> Path:
     """Δ ``eval_{group}_{stat}`` of each arm against the first (baseline) along training, one panel per group.
@@ -93,26 +98,21 @@ def plot_group_delta(
     if len(arms) < 2:
         raise ValueError(f"a delta plot needs at least two arms, got {arms}")
     baseline = arms[0]
-    fig, axes = grid(len(groups))
-    for ax, group in zip(axes, groups):
-        tokens = final_tokens(results, group)
-        ax.set_title(group_label(group) + (f" ({tokens:,} eval tok)" if tokens else ""), fontsize=9)
-        if tokens == 0:
-            mark_absent(ax)
-            continue
+    fig, axes, panels = _group_panels(results, groups)
+    for ax, group in panels:
         ax.axhline(0.0, color="0.3", lw=0.8, ls="--")
         for index, arm in enumerate(arms[1:], start=1):
             steps, deltas = paired_delta_series(runs[arm], runs[baseline], metric_key(group, stat))
             draw_arm(ax, steps, deltas, f"{arm} − {baseline}", index)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
-    legend_once(fig, axes)
-    fig.supylabel(f"Δ eval {STAT_TITLES.get(stat, stat)} vs {baseline}", fontsize=9)
-    fig.suptitle(title or f"Δ eval {STAT_TITLES.get(stat, stat)} against {baseline} (below 0: lower)", fontsize=11)
-    return save(fig, path)
+    name = STAT_TITLES.get(stat, stat)
+    return _finish_grid(
+        fig, axes, path, f"Δ eval {name} vs {baseline}", title or f"Δ eval {name} against {baseline} (below 0: lower)"
+    )
 
 
-def plot_eval_loss(results: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None) -> Path:
+def plot_eval_loss(results: Results, path: PathLike, *, title: str | None = None) -> Path:
     """Overall ``eval_loss`` (plain CE over the full vocabulary) along training, one line per arm.
 
     Two panels: the whole run, and the last 3/4 of training zoomed in.
@@ -140,8 +140,8 @@ def plot_eval_loss(results: Mapping[str, Any], path: str | os.PathLike, *, title
 
 
 def plot_language_metrics(
-    results: Mapping[str, Any],
-    path: str | os.PathLike,
+    results: Results,
+    path: PathLike,
     *,
     groups: Sequence[str],
     stats: Sequence[str] = LANGUAGE_STATS,
@@ -176,9 +176,7 @@ def plot_language_metrics(
     return save(fig, path)
 
 
-def plot_training_curves(
-    results: Mapping[str, Any], path: str | os.PathLike, *, title: str | None = None
-) -> Path | None:
+def plot_training_curves(results: Results, path: PathLike, *, title: str | None = None) -> Path | None:
     """Training loss, fraction of logits masked and the margin (when it changes) per arm; None if nothing logged.
 
     Each arm's training loss is its own objective (selfish or CE), so compare arms on the eval plots.

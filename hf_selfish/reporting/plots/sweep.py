@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,16 +10,12 @@ import numpy as np
 
 from ...metric_names import STAT_TITLES, finite_or_none, group_label
 from ...ops.margin import margin_label
-from ._common import (
-    legend_once,
-    new_figure,
-    save,
-)
+from ._common import PathLike, legend_once, new_figure, save
 
 
 def plot_margin_sweep(
     rows: Sequence[Mapping[str, Any]],
-    path: str | os.PathLike,
+    path: PathLike,
     *,
     stats: Sequence[str] = ("nll", "accuracy", "recall_at_5", "mrr"),
     groups: Sequence[str] | None = None,

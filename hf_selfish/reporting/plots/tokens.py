@@ -1,17 +1,23 @@
-"""Per-token figures: the train-split token distribution and each token's final eval NLL, by frequency rank."""
+"""Per-token figures by train frequency rank: the token distribution, each token's final eval NLL, and the
+gradient-scenario norms of the selfish-loss paper (summed gradient norm per token, by scenario)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ...frequency import frequency_order
 from ...metric_names import describe_group, group_label
+from ...scenarios import SCENARIO_NAMES
 from ._common import (
     MAX_LABELLED_TOKENS,
+    IdGroups,
+    Order,
+    PathLike,
+    Tokens,
     arm_style,
     new_figure,
     positive,
@@ -23,10 +29,10 @@ from ._common import (
 
 def plot_token_distribution(
     counts: Sequence[int] | np.ndarray,
-    path: str | os.PathLike,
+    path: PathLike,
     *,
-    tokens: Sequence[str | None] | None = None,
-    groups: Mapping[str, Sequence[int]] | None = None,
+    tokens: Tokens = None,
+    groups: IdGroups | None = None,
     title: str | None = None,
 ) -> Path:
     """Train-split count of each token by frequency rank, log y; bars coloured by group when given.
@@ -80,10 +86,10 @@ def plot_token_distribution(
 def plot_token_nll(
     per_arm: Mapping[str, Sequence[float | None] | np.ndarray],
     counts: Sequence[int] | np.ndarray,
-    path: str | os.PathLike,
+    path: PathLike,
     *,
-    tokens: Sequence[str | None] | None = None,
-    groups: Mapping[str, Sequence[int]] | None = None,
+    groups: IdGroups | None = None,
+    tokens: Tokens = None,
     title: str | None = None,
 ) -> Path:
     """Final eval NLL of each token (``per_arm[arm][id]``, None/NaN: absent) against its train frequency rank.
@@ -112,4 +118,127 @@ def plot_token_nll(
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title or "Per-token eval NLL by train frequency rank (gaps: absent from eval)")
+    return save(fig, path)
+
+
+SCENARIO_KEYS = SCENARIO_NAMES
+SCENARIO_LABELS = {"input": "1: as input", "target": "2.1: as target", "non_target": "2.2: as non-target"}
+
+
+def load_scenarios(path: PathLike) -> dict[str, np.ndarray]:
+    """Read ``scenarios.safetensors``: float ``[V]`` tensors ``input``, ``target``, ``non_target``."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"no scenarios file at {str(path)!r}; turn scenarios on in the recipe to record them")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"cannot read scenarios file {str(path)!r}: {err}") from None
+    return _check_norms(tensors, str(path))
+
+
+def _check_norms(norms: Mapping[str, Any], where: str) -> dict[str, np.ndarray]:
+    missing = [k for k in SCENARIO_KEYS if k not in norms]
+    if missing:
+        raise ValueError(f"scenarios {where!r} lack {missing}; expected tensors named {list(SCENARIO_KEYS)}")
+    arrays = {k: np.asarray(norms[k], dtype=np.float64).reshape(-1) for k in SCENARIO_KEYS}
+    sizes = {k: v.size for k, v in arrays.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError(f"scenarios {where!r} have tensors of different lengths {sizes}; each must be [V]")
+    return arrays
+
+
+def _finish_norm_axes(ax, order: np.ndarray, tokens: Tokens, arrays: Sequence[np.ndarray]) -> None:
+    """Log y of summed norms, tokens on x (log x when there are too many to label), legend, zero note."""
+    ax.set_yscale("log")
+    token_axis(ax, order, tokens)
+    if tokens is None and len(order) > MAX_LABELLED_TOKENS:
+        ax.set_xscale("log")
+    ax.set_ylabel("summed gradient norm (log)")
+    ax.grid(axis="y", which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    _note_zeros(ax, arrays)
+
+
+def _note_zeros(ax, arrays: Sequence[np.ndarray]) -> None:
+    """Say so on the figure when some norms are 0: they are gaps on the log axis, not missing data."""
+    zeros = sum(int((np.asarray(a) <= 0).sum()) for a in arrays)
+    if zeros:
+        ax.text(
+            0.99,
+            0.01,
+            f"{zeros} zero norm(s) not drawn (log axis)",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.4",
+        )
+
+
+def plot_scenarios(
+    norms: Mapping[str, Any], path: PathLike, *, tokens: Tokens = None, order: Order = None, title: str | None = None
+) -> Path:
+    """The selfish-loss paper's figure: summed gradient norm per token (log y) for scenarios 1, 2.1 and 2.2.
+
+    ``norms``: ``[V]`` arrays named ``input``, ``target``, ``non_target``. ``order``: token ids by
+    frequency rank (see `frequency_order`); default id order. Zeros (a token never seen as input or
+    target) are gaps on the log axis.
+    """
+    norms = _check_norms(norms, "norms")
+    size = norms["input"].size
+    order = np.arange(size) if order is None else np.asarray(order)
+    if sorted(order.tolist()) != list(range(size)):
+        raise ValueError(f"order must be a permutation of the {size} token ids, got {order.size} entries")
+    labelled = tokens is not None and size <= MAX_LABELLED_TOKENS
+    fig = new_figure(max(8.0, 0.13 * size + 2) if labelled else 9.0, 4.5)
+    ax = fig.add_subplot()
+    x = rank_x(order, labelled)
+    markers = {"input": "o", "target": "s", "non_target": "^"}
+    for index, key in enumerate(SCENARIO_KEYS):
+        ax.plot(
+            x,
+            positive(norms[key][order]),
+            color=f"C{index}",
+            marker=markers[key],
+            ms=3,
+            lw=0.8,
+            label=SCENARIO_LABELS[key],
+        )
+    _finish_norm_axes(ax, order, tokens if labelled else None, [norms[k] for k in SCENARIO_KEYS])
+    ax.set_title(title or "Gradient reaching each token's embedding, by scenario")
+    return save(fig, path)
+
+
+def plot_scenarios_comparison(
+    per_arm: Mapping[str, Mapping[str, Any]],
+    path: PathLike,
+    *,
+    key: str = "non_target",
+    tokens: Tokens = None,
+    order: Order = None,
+    title: str | None = None,
+) -> Path:
+    """One scenario (default 2.2, the token as non-target) for every arm, log y, tokens by frequency rank."""
+    if key not in SCENARIO_KEYS:
+        raise ValueError(f"scenario key must be one of {list(SCENARIO_KEYS)}, got {key!r}")
+    if not per_arm:
+        raise ValueError("plot_scenarios_comparison needs the scenario norms of at least one arm")
+    checked = {arm: _check_norms(norms, f"arm {arm}") for arm, norms in per_arm.items()}
+    size = next(iter(checked.values()))[key].size
+    order = np.arange(size) if order is None else np.asarray(order)
+    labelled = tokens is not None and size <= MAX_LABELLED_TOKENS
+    fig = new_figure(max(8.0, 0.13 * size + 2) if labelled else 9.0, 4.5)
+    ax = fig.add_subplot()
+    x = rank_x(order, labelled)
+    for index, (arm, norms) in enumerate(checked.items()):
+        if norms[key].size != size:
+            raise ValueError(f"arm {arm!r} has {norms[key].size} tokens in its scenarios, the first arm {size}")
+        ax.plot(x, positive(norms[key][order]), **arm_style(index), marker="o", ms=3, lw=0.8, label=arm)
+    _finish_norm_axes(ax, order, tokens if labelled else None, [norms[key] for norms in checked.values()])
+    key_name = SCENARIO_LABELS[key].replace(": as ", " (token as ") + ")"
+    ax.set_title(title or f"Scenario {key_name}: summed gradient norm per arm")
     return save(fig, path)
