@@ -1,6 +1,7 @@
 # Two entry points that work on a fresh machine:
 #   make compare   # the main job: baseline vs selfish on tinyshakespeare (recipes/tinyshakespeare_cpu.yaml)
-#   make test      # the test suite
+#   make test      # the test suite (make test-fast: without the slow multi-process/subprocess/real-model tests)
+#   make lint      # ruff check + ruff format --check (CI runs it before the tests)
 # Both create .venv and install the package first (CPU torch pinned: a bare `torch` pulls CUDA).
 
 PYTHON ?= python3
@@ -12,7 +13,7 @@ ifneq ($(wildcard $(SHARED_TEXT)),)
 export HF_SELFISH_TINYSHAKESPEARE ?= $(SHARED_TEXT)
 endif
 
-.PHONY: install test compare
+.PHONY: install test test-fast lint format compare
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +28,17 @@ install: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/python -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(VENV)/bin/python -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check hf_selfish tests benchmarks scripts
+	$(VENV)/bin/ruff format --check hf_selfish tests benchmarks scripts
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff check --fix hf_selfish tests benchmarks scripts
+	$(VENV)/bin/ruff format hf_selfish tests benchmarks scripts
 
 compare: $(VENV)/.installed
 	$(VENV)/bin/hf-selfish compare $(RECIPE)

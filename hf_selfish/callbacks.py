@@ -2,30 +2,48 @@
 
 - `RankBucketEvalCallback`: per-group eval metrics through the Trainer's metric hooks.
 - `GradientScenarioCallback`: per-token gradient norms of the three scenarios during training.
+- `CompactProgressCallback`: the Trainer's progress bars with one short line per log instead of its raw dict.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import ExportableState
+from transformers.trainer_callback import ExportableState, ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .evaluation import IGNORE_INDEX
 from .files import atomic_write_json
-from .metric_names import SCENARIOS_FILE, metric_key_prefix, rank_buckets_file, scenario_share_key
+from .metric_names import (
+    SCENARIOS_FILE,
+    describe_group,
+    group_label,
+    groups_in_metrics,
+    metric_key,
+    metric_key_prefix,
+    metric_value,
+    rank_buckets_file,
+    scenario_share_key,
+)
 from .rank_buckets import RankBucketMetrics
 from .scenario_recorder import GradientScenarioRecorder
 from .scenarios import ScenarioNorms, non_target_share, save_scenario_norms
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GradientScenarioCallback", "RankBucketEvalCallback", "attach_rank_bucket_eval"]
+__all__ = [
+    "CompactProgressCallback",
+    "GradientScenarioCallback",
+    "RankBucketEvalCallback",
+    "attach_rank_bucket_eval",
+    "compact_log_line",
+]
 
 
 class RankBucketEvalCallback(TrainerCallback):
@@ -289,3 +307,54 @@ def _mean_across_processes(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor / world_size
+
+
+# --------------------------------------------------------------------------------------------- console
+
+
+def compact_log_line(logs: Mapping[str, Any], step: int, elapsed: float | None = None) -> str | None:
+    """One short line for a Trainer log: an evaluation (eval loss, the most frequent and the rarest present
+    rank groups, the languages), a training log (loss, masked fraction, learning rate) or the run's end."""
+    took = "" if elapsed is None else f" | {elapsed:.0f} s"
+    if "eval_loss" in logs:
+        parts = [f"step {step} eval: loss {logs['eval_loss']:.4f}"]
+        groups = [g for g in groups_in_metrics(logs) if metric_value(logs, metric_key(g, "nll")) is not None]
+        ranks = [g for g in groups if describe_group(g).kind == "rank"]
+        shown = ranks[:1] + ranks[-1:] if len(ranks) > 1 else ranks
+        shown += [g for g in groups if describe_group(g).kind == "language"]
+        parts += [f"{group_label(g)} NLL {logs[metric_key(g, 'nll')]:.3f}" for g in shown]
+        return " | ".join(parts) + took
+    if "loss" in logs:
+        text = f"step {step}: loss {logs['loss']:.4f}"
+        if "selfish_masked_fraction" in logs:
+            text += f", masked {logs['selfish_masked_fraction']:.2f}"
+        if "learning_rate" in logs:
+            text += f", lr {logs['learning_rate']:.2e}"
+        return text + took
+    if "train_runtime" in logs:
+        return f"training done after {step} steps in {logs['train_runtime']:.0f} s"
+    return None
+
+
+class CompactProgressCallback(ProgressCallback):
+    """`ProgressCallback` (tqdm bars) that prints `compact_log_line` instead of each raw log dict.
+
+    Only the console changes: every metric still reaches ``Trainer.log``, trainer_state.json and report_to.
+    Install with ``trainer.pop_callback(ProgressCallback); trainer.add_callback(CompactProgressCallback())``.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        self._started = time.perf_counter()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or self.training_bar is None or not logs:
+            return
+        elapsed = None if self._started is None else time.perf_counter() - self._started
+        line = compact_log_line(logs, state.global_step, elapsed)
+        if line:
+            self.training_bar.write(line)

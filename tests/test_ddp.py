@@ -114,6 +114,7 @@ def ddp_run(tmp_path_factory):
     return recipe, out, launch(command)
 
 
+@pytest.mark.slow
 def test_two_process_run_finishes(ddp_run):
     _, out, done = ddp_run
     assert done.returncode == 0, done.stderr[-4000:]
@@ -125,6 +126,7 @@ def test_two_process_run_finishes(ddp_run):
     assert record["status"] == "finished" and record["final"]["step"] == 3
 
 
+@pytest.mark.slow
 def test_bucket_metrics_equal_a_one_process_evaluation(ddp_run, tmp_path):
     recipe, out, done = ddp_run
     assert done.returncode == 0, done.stderr[-4000:]

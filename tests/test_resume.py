@@ -130,6 +130,7 @@ def run_reference(recipe: Path) -> dict:
     return compare(load_recipe(recipe), progress=lambda _: None)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_then_resume_matches_uninterrupted_run(tmp_path, small_text, one_thread):
     needs_cli_compare()
     run_dir = tmp_path / "run"

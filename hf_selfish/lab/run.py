@@ -17,10 +17,11 @@ from typing import Any
 
 from transformers import PreTrainedModel, TrainerState, default_data_collator
 from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
-from ..callbacks import GradientScenarioCallback, RankBucketEvalCallback
+from ..callbacks import CompactProgressCallback, GradientScenarioCallback, RankBucketEvalCallback
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
 from ..trainer import SelfishTrainer, SelfishTrainingArguments, output_vocab_size
@@ -107,7 +108,7 @@ def build_trainer(
     kwargs = rank_buckets.trainer_kwargs()
     if training.selfish_log_scenarios_every:
         kwargs["callbacks"].append(GradientScenarioCallback(training.selfish_log_scenarios_every, groups))
-    return SelfishTrainer(
+    trainer = SelfishTrainer(
         model=model,
         args=training,
         train_dataset=data.lm.datasets["train"],
@@ -116,6 +117,9 @@ def build_trainer(
         data_collator=default_data_collator,
         **kwargs,
     )
+    if trainer.pop_callback(ProgressCallback) is not None:  # the bars, with one short line per log
+        trainer.add_callback(CompactProgressCallback())
+    return trainer
 
 
 def train_run(
