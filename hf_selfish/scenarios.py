@@ -1,4 +1,4 @@
-"""The three gradient scenarios of a token embedding (the seed's hypothesis), computed exactly.
+"""The three gradient scenarios of a token embedding (the hypothesis of the selfish-loss paper), computed exactly.
 
 For a causal LM with input embedding E (rows looked up by input id) and output embedding W (the LM head,
 `logits = H @ W.T`), the gradient a token row receives splits into:

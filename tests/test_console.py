@@ -18,7 +18,10 @@ def test_eval_line_shows_loss_the_most_frequent_and_rarest_present_groups_and_la
         "eval_runtime": 1.0,
     }
     line = compact_log_line(logs, step=250, elapsed=12.4)
-    assert line == "step 250 eval: loss 1.8971 | ranks 1-10 NLL 1.701 | ranks 11-20 NLL 2.500 | lang_small NLL 3.250 | 12 s"
+    assert (
+        line
+        == "step 250 eval: loss 1.8971 | ranks 1-10 NLL 1.701 | ranks 11-20 NLL 2.500 | lang_small NLL 3.250 | 12 s"
+    )
 
 
 def test_training_and_end_lines():
