@@ -36,6 +36,7 @@ __all__ = [
     "EVAL_PREFIX",
     "finite_or_none",
     "GroupInfo",
+    "HEADLINE_STATS",
     "LOWER_IS_BETTER",
     "MAIN_STAT",
     "MEAN_STATS",
@@ -74,11 +75,12 @@ UNSEEN_GROUP = "unseen"
 LANGUAGE_PREFIX = "lang_"
 
 # Per-group statistics of an evaluation (see hf_selfish.evaluation for their definitions).
+MAIN_STAT = "nll"
 MEAN_STATS = ("nll", "nll_weighted", "accuracy", "recall_at_5", "mrr")
 COUNT_STATS = ("tokens", "types")
 ALL_STATS = MEAN_STATS + COUNT_STATS
 RANKING_STATS = ("accuracy", "recall_at_5", "mrr")
-MAIN_STAT = "nll"
+HEADLINE_STATS = (MAIN_STAT, *RANKING_STATS)  # what compact views (languages, sweeps) show per group
 STAT_TITLES = {
     "nll": "per-token-mean NLL",
     "nll_weighted": "occurrence-weighted NLL",

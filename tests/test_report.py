@@ -520,3 +520,32 @@ def test_margin_sweep_rows_table_and_plot(tmp_path):
 
     assert tmp_path / "plots" / "margin_sweep.png" in write_plots(tmp_path)
     assert "## Margin sweep" in write_report(tmp_path).read_text()
+
+
+def test_headline_groups_follow_the_saved_group_metadata_with_log_buckets():
+    """Log-spaced buckets and languages: the sweep's columns come from group_info, never from fixed names."""
+    from hf_selfish.reporting.report import sweep_table
+    from hf_selfish.reporting.summary import headline_groups
+
+    log_groups = {
+        "rank_1-10": (5000, 10),
+        "rank_11-100": (3000, 90),
+        "rank_101-1000": (120, 500),
+        "rank_1001-1200": (20, 15),
+        "unseen": (0, 0),
+        "lang_small": (60, 40),
+    }
+    tables = tuple(
+        {arm: {g: (1.0 + i, 1.1 + i) for i, g in enumerate(log_groups)} for arm in ("baseline", "selfish")}
+        for _ in range(2)
+    ) + (EVAL_LOSS,)
+    results = make_results(tables=tables, eval_tokens=log_groups)
+    results["groups"] = {g: [] for g in log_groups}
+    results["group_info"] = {g: {"name": g, "kind": "other"} for g in log_groups}  # metadata wins over names
+    assert headline_groups(results) == []
+    del results["group_info"]  # an older results.json: parsed from the names
+    # rare bucket: the rarest rank bucket with >= 1% of the rank buckets' eval tokens (120 of 8140; 20 is < 1%)
+    assert headline_groups(results) == ["rank_1-10", "rank_101-1000", "lang_small"]
+    results["recipe"]["sweep_margins"] = ["2"]
+    header = sweep_table(results).splitlines()[0]
+    assert "ranks 1-10 NLL" in header and "ranks 101-1000 NLL" in header and "lang_small MRR" in header

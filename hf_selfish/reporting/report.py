@@ -31,6 +31,8 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["group_table", "render_report", "verdict", "write_report"]
 
+SWEEP_TABLE_STATS = ("nll", "accuracy", "mrr")  # columns per headline group of the margin-sweep table
+
 # ----------------------------------------------------------------------------------------------
 # Formatting
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +244,7 @@ def sweep_table(results: Mapping[str, Any]) -> str:
         label = margin_label(setting, margin)
         cells = [arm, label, fmt(statistics.mean(r["final"]["eval_loss"] for r in runs))]
         for group in groups:
-            for stat in ("nll", "accuracy", "mrr"):
+            for stat in SWEEP_TABLE_STATS:
                 values = [r[stat] for r in arm_rows if r["group"] == group and stat in r]
                 cells.append(fmt(statistics.mean(values)) if values else "absent")
         lines.append(cells)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..lab.results import arm_names, check_results, finished_runs, group_info, group_names
-from ..metric_names import ALL_STATS, COUNT_STATS, MAIN_STAT, finite_or_none, group_label, metric_key
+from ..metric_names import ALL_STATS, COUNT_STATS, HEADLINE_STATS, MAIN_STAT, finite_or_none, group_label, metric_key
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ __all__ = [
 
 # The rare headline bucket is the rarest rank bucket holding at least this share of the eval tokens.
 RARE_GROUP_MIN_SHARE = 0.01
-SWEEP_STATS = ("nll", "accuracy", "recall_at_5", "mrr")
 
 
 @dataclass(frozen=True)
@@ -301,7 +300,7 @@ def sweep_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "margin": settings.get(arm),
                     "margin_value": run.get("selfish_margin"),
                 }
-                for stat in SWEEP_STATS:
+                for stat in HEADLINE_STATS:
                     value = finite_or_none(run["final"].get(metric_key(group, stat)))
                     if value is not None:
                         row[stat] = value

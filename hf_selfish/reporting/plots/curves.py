@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from ...lab.results import finished_runs, group_names
-from ...metric_names import STAT_TITLES, group_label, metric_key
+from ...metric_names import HEADLINE_STATS, STAT_TITLES, group_label, metric_key
 from ..summary import final_tokens, metric_series, paired_delta_series
 from ._common import PathLike, Results, draw_arm, focus_ylim, grid, legend_once, mark_absent, new_figure, save
-
-LANGUAGE_STATS = ("nll", "accuracy", "recall_at_5", "mrr")
 
 
 def _group_panels(results: Results, groups: Sequence[str]):
@@ -144,7 +142,7 @@ def plot_language_metrics(
     path: PathLike,
     *,
     groups: Sequence[str],
-    stats: Sequence[str] = LANGUAGE_STATS,
+    stats: Sequence[str] = HEADLINE_STATS,
     title: str | None = None,
 ) -> Path:
     """Per-language metrics along training: one row per stat (NLL, accuracy, recall@5, MRR), one column

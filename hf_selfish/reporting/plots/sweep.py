@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ...metric_names import STAT_TITLES, finite_or_none, group_label
+from ...metric_names import HEADLINE_STATS, STAT_TITLES, finite_or_none, group_label
 from ...ops.margin import margin_label
 from ._common import PathLike, legend_once, new_figure, save
 
@@ -17,7 +17,7 @@ def plot_margin_sweep(
     rows: Sequence[Mapping[str, Any]],
     path: PathLike,
     *,
-    stats: Sequence[str] = ("nll", "accuracy", "recall_at_5", "mrr"),
+    stats: Sequence[str] = HEADLINE_STATS,
     groups: Sequence[str] | None = None,
     title: str | None = None,
 ) -> Path:
