@@ -40,6 +40,8 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "CompactProgressCallback",
     "GradientScenarioCallback",
+    "StopOnNonFiniteLossCallback",
+    "TrainingDivergedError",
     "RankBucketEvalCallback",
     "attach_rank_bucket_eval",
     "compact_log_line",
@@ -307,6 +309,31 @@ def _mean_across_processes(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
     return tensor / world_size
+
+
+# ------------------------------------------------------------------------------------------- divergence
+
+
+class TrainingDivergedError(ValueError):
+    """The training or eval loss became NaN or infinite; the run stops instead of being scored."""
+
+
+class StopOnNonFiniteLossCallback(TrainerCallback):
+    """Stop a run whose logged training or eval loss is not finite, with one line that says what to do.
+
+    A diverged model's metrics mean nothing, so they must never reach a report. Pair it with
+    ``logging_nan_inf_filter=False``: the Trainer's default filter would log the mean of the finite steps.
+    """
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
+        for key in ("loss", "eval_loss"):
+            value = (logs or {}).get(key)
+            if value is not None and metric_value(logs, key) is None:
+                raise TrainingDivergedError(
+                    f"training diverged: {key} is {value} at step {state.global_step} (learning_rate "
+                    f"{args.learning_rate:g}); lower learning_rate or raise warmup_steps, then run again in a new "
+                    f"--output_dir (checkpoints so far are kept in {args.output_dir})"
+                )
 
 
 # --------------------------------------------------------------------------------------------- console

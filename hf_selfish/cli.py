@@ -73,9 +73,9 @@ def _cmd_train(ns, overrides) -> None:
             raise ValueError(f"no arm {ns.arm!r} in the recipe; its arms are {sorted(arms)}")
         arm = arms[ns.arm]
     args = recipe.arguments(arm)
-    if args.training.output_dir is None:
-        raise ValueError("set output_dir in the recipe or with --output_dir")
-    preflight(args.training)  # fail before the data and the training
+    for key, (own, used) in (arm.conflicts if arm else {}).items():
+        logger.info("arm %s: --%s %s replaces the arm's own %r", arm.name, key, used, own)
+    preflight(args)  # fail before the data and the training
     data = prepare_data(args.model, args.data)
     record = train_run(args, data, arm=ns.arm or "run")
     final = record["final"]

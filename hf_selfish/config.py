@@ -8,7 +8,7 @@ from transformers import TrainingArguments
 
 from .ops.margin import SCHEDULES, check_schedule, check_top_p, parse_margin
 
-__all__ = ["SelfishTrainingArguments"]
+__all__ = ["SelfishTrainingArguments", "check_training_numbers"]
 
 
 @dataclass
@@ -60,4 +60,28 @@ class SelfishTrainingArguments(TrainingArguments):
                 "turn off selfish_fused for diagnostic runs"
             )
         check_top_p(self.selfish_top_p)
+        check_training_numbers(self)
         super().__post_init__()
+
+
+def check_training_numbers(args: TrainingArguments) -> None:
+    """Refuse values the Trainer would accept and then train nothing with (or fail on after data preparation).
+
+    ``max_steps=0`` (one step at learning rate 0), a batch size below 1, a negative seed, and ``eval_steps=0``
+    (which the Trainer silently replaces by ``logging_steps``). ``max_steps=-1`` is allowed: the Trainer then
+    trains ``num_train_epochs`` epochs (hf_selfish says so in its log).
+    """
+    if args.max_steps == 0 or (args.max_steps is not None and args.max_steps < -1):
+        raise ValueError(
+            f"max_steps={args.max_steps} trains nothing; give a positive number of steps, or -1 to train "
+            f"num_train_epochs={args.num_train_epochs} epochs"
+        )
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        value = getattr(args, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
+    if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
+        raise ValueError(f"seed must be an integer >= 0 (random generators refuse negative seeds), got {args.seed!r}")
+    if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" and args.eval_steps is not None:
+        if not args.eval_steps > 0:
+            raise ValueError(f"eval_steps must be positive with eval_strategy=steps, got {args.eval_steps!r}")

@@ -91,6 +91,10 @@ def target_nll_and_rank(
         nll[rows] = F.cross_entropy(chunk, flat_targets[rows], ignore_index=ignore_index, reduction="none")
         target_logit = chunk.gather(-1, safe_targets[rows, None])  # [n, 1]
         rank[rows] = (chunk > target_logit).sum(dim=-1) + 1
+        # NaN compares false with everything: a row with NaN logits (a diverged model) would rank its target
+        # first. It ranks last instead, so it never counts as correct.
+        broken = chunk.isnan().any(dim=-1) | ~target_logit.squeeze(-1).isfinite()  # [n]
+        rank[rows] = torch.where(broken, vocab_size, rank[rows])
     rank = torch.where(keep, rank, torch.zeros_like(rank))
     return nll.view(targets.shape), rank.view(targets.shape)
 

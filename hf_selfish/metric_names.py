@@ -26,6 +26,7 @@ __all__ = [
     "RANK_BUCKETS_FILE",
     "REPORT_FILE",
     "RESULTS_FILE",
+    "RUN_ARGS_FILE",
     "RUN_RESULT_FILE",
     "SCENARIOS_FILE",
     "SUMMARY_FILE",
@@ -62,6 +63,7 @@ __all__ = [
 # run (`run_dir_name`) plus RESULTS_FILE, FREQUENCY_FILE, REPORT_FILE, SUMMARY_FILE and PLOTS_DIR.
 RESULTS_FILE = "results.json"
 RUN_RESULT_FILE = "run_result.json"
+RUN_ARGS_FILE = "run_args.json"  # what a run computes, written when its training starts
 FREQUENCY_FILE = "token_frequency.json"
 RANK_BUCKETS_FILE = "rank_buckets.json"
 SCENARIOS_FILE = "scenarios.safetensors"

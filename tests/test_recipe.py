@@ -27,14 +27,21 @@ def test_default_arms_are_baseline_and_selfish(tmp_path):
     assert margins == {"baseline": None, "selfish": 2.0}
 
 
-def test_overrides_do_not_replace_an_arm_margin(tmp_path):
+def test_the_command_line_wins_and_records_what_it_replaced(tmp_path):
+    """Issue 15 (5): an override is never dropped; `compare` refuses one that erases an arm's own setting."""
+    from hf_selfish.lab.compare import compare
+
     text = "arms:\n  - {name: a, selfish_margin: null}\n  - {name: b, selfish_margin: 4}\n  - {name: c}\n"
     recipe = load_recipe(write(tmp_path, text), {"selfish_margin": "1.5", "max_steps": "7"})
     got = {
         a.name: (recipe.arguments(a).training.selfish_margin, recipe.arguments(a).training.max_steps)
         for a in recipe.arms
     }
-    assert got == {"a": (None, 7), "b": (4.0, 7), "c": (1.5, 7)}
+    assert got == {"a": (1.5, 7), "b": (1.5, 7), "c": (1.5, 7)}
+    assert [a.conflicts for a in recipe.arms] == [{"selfish_margin": (None, 1.5)}, {"selfish_margin": (4.0, 1.5)}, {}]
+    with pytest.raises(ValueError, match=r"--selfish_margin 1.5 would replace arm 'a''s own selfish_margin=None"):
+        compare(recipe)
+    assert not (tmp_path / "runs").exists()
 
 
 def test_sweep_margins_make_one_arm_per_margin(tmp_path):

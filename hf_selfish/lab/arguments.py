@@ -8,6 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TEXT_UNITS = ("paragraph", "line")  # what the low-resource simulation assigns to a language
+
+
+def _positive_int(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
+
 
 @dataclass
 class ModelArguments:
@@ -78,6 +84,24 @@ class DataArguments:
         default=None,
         metadata={"help": "With the simulation: train on this language only ('lang_small' or 'lang_main')."},
     )
+
+    def __post_init__(self):
+        """Refuse what would only fail (or silently train on nothing) after the data is prepared."""
+        if not _positive_int(self.block_size):
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size!r}.")
+        if self.block_size < 2:
+            raise ValueError(
+                f"block_size={self.block_size} leaves no label after the causal shift (a block of one token predicts "
+                "nothing); use a block_size of at least 2"
+            )
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and not _positive_int(value):
+                raise ValueError(f"{name} must be a positive number of blocks, got {value!r}.")
+        if not 0 <= self.low_resource_fraction < 1:
+            raise ValueError(f"low_resource_fraction must be in [0, 1), got {self.low_resource_fraction!r}.")
+        if self.low_resource_unit not in TEXT_UNITS:
+            raise ValueError(f"low_resource_unit must be one of {TEXT_UNITS}, got {self.low_resource_unit!r}.")
 
 
 @dataclass

@@ -12,13 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..ops.margin import margin_label
+from .guards import RunDirLock, check_output_dir, remove_inside
 from .recipe import Arm, Recipe, RunArguments
 from .results import (
     FREQUENCY_FILE,
@@ -116,6 +116,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     Re-running the same command skips finished runs and resumes an interrupted one.
     """
     say = progress or logger.info
+    check_no_conflicts(recipe)
     runs = comparison_runs(recipe)
     base = recipe.arguments()
     if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
@@ -123,10 +124,27 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
             f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "
             "unset (each run pushes to its own <user>/<arm>-seed<seed>) or push one arm with `hf-selfish train --arm`"
         )
-    preflight(base.training)
-    run_dir = comparison_dir(recipe)
-    if check_run_dir(run_dir, recipe, base.experiment.overwrite):
-        _clear_finished(run_dir, runs)
+    for _, _, args in runs:  # every run's settings, before anything is written
+        preflight(args)
+    run_dir = check_output_dir(comparison_dir(recipe))
+    with RunDirLock(run_dir):
+        if check_run_dir(run_dir, recipe, base.experiment.overwrite):
+            _clear_finished(run_dir, runs)
+        return _train_all(recipe, runs, run_dir, say)
+
+
+def check_no_conflicts(recipe: Recipe) -> None:
+    """Refuse command-line overrides of what arms set themselves: they would erase the difference between arms."""
+    for arm in recipe.arms:
+        for key, (own, used) in arm.conflicts.items():
+            raise ValueError(
+                f"--{key} {used} would replace arm {arm.name!r}'s own {key}={own!r}, and a comparison keeps each arm's "
+                f"settings; drop the override, or train that arm alone: hf-selfish train RECIPE --arm {arm.name} "
+                f"--{key} {used}"
+            )
+
+
+def _train_all(recipe: Recipe, runs, run_dir: Path, say: Callable[[str], None]) -> dict[str, Any]:
     prepared: dict[str, PreparedData] = {}
     reference: PreparedData | None = None  # the first arm's data: its frequencies define the groups
     records = []
@@ -159,8 +177,9 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
 
 
 def _clear_finished(run_dir: Path, runs) -> None:
+    """``--overwrite``: remove this comparison's own run folders and results.json, nothing else."""
     for _, _, args in runs:
-        shutil.rmtree(args.training.output_dir, ignore_errors=True)
+        remove_inside(run_dir, args.training.output_dir)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 

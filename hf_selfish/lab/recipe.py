@@ -21,6 +21,7 @@ import argparse
 import copy
 import difflib
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,10 +52,15 @@ class RunArguments:
 
 @dataclass
 class Arm:
-    """One arm of a comparison: a name and the recipe fields it changes."""
+    """One arm of a comparison: a name and the recipe fields it changes (the command line's included).
+
+    ``conflicts``: keys the arm sets itself that the command line overrides with another value,
+    ``{key: (arm's value, command line's value)}``.
+    """
 
     name: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    conflicts: dict[str, tuple[Any, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -162,15 +168,19 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     values: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"recipe file {str(path)!r} does not exist")
+        text = _read_recipe_text(path)
         try:
-            loaded = yaml.safe_load(path.read_text()) or {}
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problem = getattr(err, "problem", None) or str(err).replace("\n", " ")
             raise ValueError(f"recipe {str(path)!r} is not valid YAML{where}: {problem}") from None
+        if loaded is None:
+            raise ValueError(
+                f"recipe {str(path)!r} holds no settings; write `key: value` lines (see recipes/*.yaml), or leave the "
+                "recipe out to use the defaults"
+            )
         if not isinstance(loaded, dict):
             raise ValueError(f"recipe {str(path)!r} must be a mapping of keys to values, got {type(loaded).__name__}")
         values = loaded
@@ -191,9 +201,35 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         raise ValueError(f"arm names must be unique, got {names}")
     recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
     recipe.arguments()  # fail now, not after the first arm has trained
-    for arm in arms:
-        recipe.arguments(arm)
+    for arm, raw in zip(arms, raw_arms):
+        own = recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
+        arm.conflicts = _conflicts(own, recipe.arguments(arm), overrides)
     return recipe
+
+
+def _read_recipe_text(path: Path) -> str:
+    if path.is_dir():
+        raise ValueError(f"recipe {str(path)!r} is a directory; give the path of a YAML recipe file")
+    if not path.is_file():
+        raise ValueError(f"recipe file {str(path)!r} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"recipe {str(path)!r} is not a text file (not UTF-8); give a YAML recipe") from None
+
+
+def _conflicts(own: RunArguments, used: RunArguments, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """Keys an arm sets itself whose value the command line changed: ``{key: (arm's, command line's)}``."""
+    found = {}
+    for key in overrides:
+        for part in ("model", "data", "training", "experiment"):
+            mine, theirs = getattr(getattr(own, part), key, _MISSING), getattr(getattr(used, part), key, _MISSING)
+            if mine is not _MISSING and mine != theirs:
+                found[key] = (mine, theirs)
+    return found
+
+
+_MISSING = object()
 
 
 def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
@@ -210,8 +246,22 @@ def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
 def _parse_arm(raw: Any, index: int, overrides: dict[str, Any]) -> Arm:
     if not isinstance(raw, dict) or "name" not in raw:
         raise ValueError(f"arm #{index + 1} must be a mapping with a 'name', got {raw!r}")
+    name = check_arm_name(raw["name"])
     arm_values = {k: v for k, v in raw.items() if k != "name"}
-    _check_keys(arm_values, f"arm {raw['name']!r}")
-    # command-line overrides win over the arm's values, except the margin that defines the arm
-    arm_values.update({k: v for k, v in overrides.items() if not (k == "selfish_margin" and k in arm_values)})
-    return Arm(name=str(raw["name"]), overrides=arm_values)
+    _check_keys(arm_values, f"arm {name!r}")
+    arm_values.update(overrides)  # the command line wins; `compare` refuses what would erase an arm's own setting
+    return Arm(name=name, overrides=arm_values)
+
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_arm_name(name: Any) -> str:
+    """An arm name names a folder inside the run directory: one path component of letters, digits, ``._-``."""
+    text = str(name)
+    if not _SAFE_NAME.fullmatch(text) or len(text) > 100:
+        raise ValueError(
+            f"arm name {text!r} must be one folder name (letters, digits, '.', '_' or '-', starting with a letter or "
+            "digit, at most 100 characters): it names the folder <output_dir>/<arm>-seed<seed>"
+        )
+    return text

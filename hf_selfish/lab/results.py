@@ -21,6 +21,7 @@ from ..metric_names import PLOTS_DIR as PLOTS_DIR
 from ..metric_names import RANK_BUCKETS_FILE as RANK_BUCKETS_FILE
 from ..metric_names import REPORT_FILE as REPORT_FILE
 from ..metric_names import RESULTS_FILE as RESULTS_FILE
+from ..metric_names import RUN_ARGS_FILE as RUN_ARGS_FILE
 from ..metric_names import RUN_RESULT_FILE as RUN_RESULT_FILE
 from ..metric_names import SCENARIOS_FILE as SCENARIOS_FILE
 from ..metric_names import SUMMARY_FILE as SUMMARY_FILE
@@ -47,6 +48,8 @@ __all__ = [
     "train_counts",
     "read_results_file",
     "read_run_record",
+    "check_same_run",
+    "write_run_settings",
     "run_dir_name",
     "train_history",
     "write_results",
@@ -101,6 +104,36 @@ def eval_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any
 def train_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """The training-loss entries of a Trainer's log history."""
     return [dict(entry) for entry in log_history if "loss" in entry and "eval_loss" not in entry]
+
+
+def write_run_settings(output_dir: str | os.PathLike, settings: dict[str, Any]) -> Path:
+    """Write ``output_dir/run_args.json``: what the run computes (see `check_same_run`)."""
+    return atomic_write_json(Path(output_dir) / RUN_ARGS_FILE, settings)
+
+
+def check_same_run(output_dir: str | os.PathLike, settings: dict[str, Any], ignore: tuple[str, ...] = ()) -> None:
+    """Refuse to reuse ``output_dir`` when it holds a run of other settings (a ValueError naming them).
+
+    ``ignore``: keys that may differ (an interrupted run may be resumed with a larger ``max_steps``).
+    """
+    path = Path(output_dir) / RUN_ARGS_FILE
+    if not path.is_file():
+        return
+    recorded = read_json(path, what="run arguments file")
+    differing = []
+    for part in sorted({*recorded, *settings}):
+        mine, theirs = recorded.get(part) or {}, settings.get(part) or {}
+        differing += [
+            f"{key}: {mine.get(key)!r} there, {theirs.get(key)!r} now"
+            for key in sorted({*mine, *theirs})
+            if mine.get(key) != theirs.get(key) and key not in ignore
+        ]
+    if differing:
+        shown = "; ".join(differing[:4]) + (f"; and {len(differing) - 4} more" if len(differing) > 4 else "")
+        raise ValueError(
+            f"{output_dir} holds a run with other settings ({shown}); choose another --output_dir, or delete it to "
+            "start over"
+        )
 
 
 def write_run_record(output_dir: str | os.PathLike, record: RunRecord) -> Path:

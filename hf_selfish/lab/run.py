@@ -6,30 +6,49 @@ last complete checkpoint. `hf_selfish.lab.compare` repeats runs over arms and se
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import re
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
 from transformers import PreTrainedModel, TrainerState, default_data_collator
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.training_args import ParallelMode
 
-from ..callbacks import CompactProgressCallback, GradientScenarioCallback, RankBucketEvalCallback
+from ..callbacks import (
+    CompactProgressCallback,
+    GradientScenarioCallback,
+    RankBucketEvalCallback,
+    StopOnNonFiniteLossCallback,
+)
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
 from ..trainer import SelfishTrainer, SelfishTrainingArguments, output_vocab_size
 from .arguments import DataArguments, ModelArguments
 from .data import LMData, prepare_lm_data, token_labels
+from .guards import RunDirLock, check_output_dir
 from .models import build_model, load_checkpoint_model
 from .recipe import RunArguments
-from .results import FINISHED, SCENARIOS_FILE, RunRecord, eval_history, read_run_record, train_history, write_run_record
+from .results import (
+    FINISHED,
+    SCENARIOS_FILE,
+    RunRecord,
+    check_same_run,
+    eval_history,
+    read_run_record,
+    train_history,
+    write_run_record,
+    write_run_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +83,62 @@ def prepare_data(model_args: ModelArguments, data_args: DataArguments) -> Prepar
     log-spaced for big vocabularies), plus the two language groups under the low-resource simulation.
     """
     lm = prepare_lm_data(model_args, data_args, train_language=data_args.train_language)
+    for split, dataset in lm.datasets.items():
+        if not has_labelled_token(dataset):
+            raise ValueError(
+                f"the {split} split has no labelled token after the causal shift ({len(dataset)} blocks); a run "
+                "on it would train or score nothing: give more text or a larger block_size"
+            )
     tokens = token_labels(lm.tokenizer, lm.vocab_size)
     frequency = TokenFrequency.from_dataset(lm.datasets["train"], lm.vocab_size, tokens=tokens)
     groups = {**frequency.groups(data_args.bucket_scheme, data_args.bucket_size), **lm.groups}
     return PreparedData(lm=lm, frequency=frequency, groups=groups)
 
 
-def preflight(training: SelfishTrainingArguments) -> None:
-    """What must fail a run before its data and training: launched processes that would each train alone,
-    and ``push_to_hub`` with a Hub that cannot be written."""
-    check_distributed_launch(training)
-    if training.push_to_hub:
-        check_can_push(training.hub_token)
+def preflight(args: RunArguments) -> None:
+    """What must fail a run before its data and training: an output_dir that cannot hold it, launched
+    processes that would each train alone, and ``push_to_hub`` with a Hub that cannot be written."""
+    if args.training.output_dir is None:
+        raise ValueError("set output_dir in the recipe or with --output_dir")
+    check_output_dir(args.training.output_dir)
+    check_distributed_launch(args.training)
+    if args.training.push_to_hub:
+        check_can_push(args.training.hub_token)
+
+
+# Arguments that do not change what a run computes (where it is written, how it reports, its Hub copy).
+RUN_NEUTRAL_ARGUMENTS = (
+    "output_dir",
+    "logging_dir",
+    "run_name",
+    "disable_tqdm",
+    "report_to",
+    "eval_on_start",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_token",
+    "hub_strategy",
+    "hub_private_repo",
+    "hub_always_push",
+    "hub_revision",
+    "save_total_limit",
+    "dataloader_num_workers",
+    "overwrite",
+    "seeds",
+)
+
+
+def run_settings(args: RunArguments) -> dict[str, Any]:
+    """What a run computes, as JSON data: its model, data and training arguments without the neutral ones."""
+    parts = {
+        "model": dataclasses.asdict(args.model),
+        "data": dataclasses.asdict(args.data),
+        "training": args.training.to_dict(),
+    }
+    for values in parts.values():
+        for key in RUN_NEUTRAL_ARGUMENTS:
+            values.pop(key, None)
+    return json.loads(json.dumps(parts, default=str))
 
 
 def check_distributed_launch(training: SelfishTrainingArguments) -> None:
@@ -102,10 +165,12 @@ def build_trainer(
     """
     training = args.training
     training.batch_eval_metrics = True  # accumulate eval statistics batch by batch: O(V) memory
+    training.logging_nan_inf_filter = False  # a NaN step must show in the log: StopOnNonFiniteLossCallback
     vocab_size = output_vocab_size(model)
     groups = groups or data.groups
     rank_buckets = RankBucketEvalCallback(groups, vocab_size)
     kwargs = rank_buckets.trainer_kwargs()
+    kwargs["callbacks"].append(StopOnNonFiniteLossCallback())
     if training.selfish_log_scenarios_every:
         kwargs["callbacks"].append(GradientScenarioCallback(training.selfish_log_scenarios_every, groups))
     trainer = SelfishTrainer(
@@ -131,10 +196,23 @@ def train_run(
     from its last checkpoint.
     """
     output_dir = Path(args.training.output_dir)
-    finished = read_run_record(output_dir)
-    if finished is not None:
-        logger.info("%s is finished already (%s): skipping", arm, output_dir)
-        return finished
+    settings = run_settings(args)
+    with RunDirLock(output_dir):
+        finished = read_run_record(output_dir)
+        # a run of other settings is never reused; an interrupted one may be resumed to more steps
+        check_same_run(output_dir, settings, ignore=() if finished else ("max_steps",))
+        if finished is not None:
+            logger.info("%s is finished already (%s): skipping", arm, output_dir)
+            return finished
+        return _train(args, data, arm, groups, settings)
+
+
+def _train(args: RunArguments, data: PreparedData, arm: str, groups, settings: dict[str, Any]) -> RunRecord:
+    output_dir = Path(args.training.output_dir)
+    if args.training.max_steps < 0:
+        logger.warning(
+            "%s: max_steps=-1, so the run trains num_train_epochs=%s epochs", arm, args.training.num_train_epochs
+        )
     checkpoint = last_checkpoint(output_dir)
     state = TrainerState.load_from_json(str(Path(checkpoint) / TRAINER_STATE_NAME)) if checkpoint else None
     # at max_steps already (this run's: it may extend the checkpoint's); epoch-based runs resume correctly
@@ -147,6 +225,8 @@ def train_run(
     else:
         model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
     trainer = build_trainer(args, model, data, groups)
+    if trainer.is_world_process_zero():
+        write_run_settings(output_dir, settings)
     start = time.perf_counter()
     if trained:
         trainer.state = state
@@ -206,10 +286,33 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
     return None
 
 
+def has_labelled_token(dataset, ignore_index: int = -100, batch_size: int = 1024) -> bool:
+    """Whether any block has a label a causal LM is trained or scored on (``labels[1:] != ignore_index``)."""
+    for batch in dataset.select_columns(["labels"]).iter(batch_size=batch_size):
+        if any(label != ignore_index for row in batch["labels"] for label in row[1:]):
+            return True
+    return False
+
+
 def _is_complete_checkpoint(path: Path) -> bool:
+    """A checkpoint whose trainer state parses and whose weight and optimizer files are whole."""
     try:
         json.loads((path / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
+        return False
+    return all(_file_is_whole(file) for file in sorted(path.glob("*.safetensors")) + sorted(path.glob("*.pt")))
+
+
+def _file_is_whole(path: Path) -> bool:
+    """safetensors: the header parses and the file is as long as it says; .pt (a zip): its directory reads."""
+    try:
+        if path.suffix == ".safetensors":
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        else:
+            zipfile.ZipFile(path).close()
+    except Exception as err:  # safetensors raises its own error types; any failure means "do not resume here"
+        logger.warning("%s is damaged (%s)", path, str(err).splitlines()[0] if str(err) else type(err).__name__)
         return False
     return True
 

@@ -91,8 +91,8 @@ def eval_loss_table(summary: Summary) -> str:
 
 
 def _direction(delta: float, lower_is_better: bool) -> tuple[str, str]:
-    """('lower'|'higher'|'equal to', 'better'|'worse'|'same')."""
-    if delta == 0:
+    """('lower'|'higher'|'equal to', 'better'|'worse'|'same'); a difference that rounds to 0 is a tie."""
+    if round(delta, 4) == 0:
         return "equal to", "same"
     word = "lower" if delta < 0 else "higher"
     better = (delta < 0) == lower_is_better

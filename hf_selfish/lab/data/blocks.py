@@ -24,8 +24,6 @@ from .lowres import (
     MAIN_LANGUAGE,
     SMALL_LANGUAGE,
     TEXT_COLUMN,
-    TEXT_UNITS,
-    _check_fraction,
     assign_languages,
     build_low_resource_char_tokenizer,
     language_groups,
@@ -126,7 +124,7 @@ def build_lm_datasets(
         train_language: with the simulation, keep only this language's units in TRAIN ("lang_small" for
             the small-language-only reference arm); validation keeps both.
     """
-    _check_block_arguments(data_args)
+    data_args.__post_init__()  # arguments changed after construction are checked again
     raw = raw_datasets if raw_datasets is not None else load_raw_datasets(data_args, cache_dir=cache_dir)
     if data_args.low_resource_fraction > 0:
         raw = assign_languages(
@@ -149,18 +147,6 @@ def build_lm_datasets(
     blocks["train"] = _truncate(blocks["train"], data_args.max_train_samples)
     blocks["validation"] = _truncate(blocks["validation"], data_args.max_eval_samples)
     return blocks
-
-
-def _check_block_arguments(data_args: DataArguments) -> None:
-    """Fail before any processing on arguments that would only be read at the end."""
-    _check_block_size(data_args.block_size)
-    for name in ("max_train_samples", "max_eval_samples"):
-        value = getattr(data_args, name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
-            raise ValueError(f"{name} must be a positive number of blocks, got {value!r}.")
-    _check_fraction(data_args.low_resource_fraction)
-    if data_args.low_resource_unit not in TEXT_UNITS:
-        raise ValueError(f"low_resource_unit must be one of {TEXT_UNITS}, got {data_args.low_resource_unit!r}.")
 
 
 def _check_block_size(block_size: int) -> None:

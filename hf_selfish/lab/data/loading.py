@@ -119,8 +119,12 @@ def _select_text_column(raw: DatasetDict, text_column: str) -> DatasetDict:
         dataset = dataset.select_columns([text_column])
         if text_column != TEXT_COLUMN:
             dataset = dataset.rename_column(text_column, TEXT_COLUMN)
-        if dataset.features[TEXT_COLUMN].dtype not in ("string", "large_string"):
-            raise ValueError(f"text_column={text_column!r} holds {dataset.features[TEXT_COLUMN]}, not text.")
+        feature = dataset.features[TEXT_COLUMN]
+        if getattr(feature, "dtype", None) not in ("string", "large_string"):  # lists and mixed types have none
+            raise ValueError(
+                f"text_column={text_column!r} of the {split} split holds {type(feature).__name__} values, not text "
+                "(every row must be one string); fix the file or choose another text_column"
+            )
         selected[split] = dataset
     return DatasetDict(selected)
 

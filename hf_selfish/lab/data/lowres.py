@@ -20,6 +20,7 @@ from datasets import DatasetDict
 from transformers import PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from ...metric_names import language_group_name
+from ..arguments import TEXT_UNITS
 from .char_tokenizer import SMALL_LANGUAGE_CODEPOINT, build_char_tokenizer, char_vocabulary, check_characters
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,6 @@ TEXT_COLUMN = "text"
 LANGUAGE_COLUMN = "language"
 MAIN_LANGUAGE = language_group_name("main")
 SMALL_LANGUAGE = language_group_name("small")
-TEXT_UNITS = ("paragraph", "line")
 
 _SPLIT_SEED_STREAM = {"train": 0, "validation": 1}  # each split draws its own language assignment
 _PARAGRAPH_SEPARATOR = re.compile(r"(\n[ \t]*\n(?:[ \t]*\n)*)")  # a newline, then one or more blank lines
