@@ -319,21 +319,33 @@ class TrainingDivergedError(ValueError):
 
 
 class StopOnNonFiniteLossCallback(TrainerCallback):
-    """Stop a run whose logged training or eval loss is not finite, with one line that says what to do.
+    """Stop a run whose logged training or eval loss is not finite; `raise_if_diverged` then says what to do.
 
-    A diverged model's metrics mean nothing, so they must never reach a report. Pair it with
-    ``logging_nan_inf_filter=False``: the Trainer's default filter would log the mean of the finite steps.
+    A diverged model's metrics mean nothing, so they must never reach a report. The training loop is stopped
+    (no further evaluation or checkpoint), so the Trainer ends cleanly (its progress bars closed) before the
+    caller raises. Pair it with ``logging_nan_inf_filter=False``: the Trainer's default filter would log the
+    mean of the finite steps instead of the NaN.
     """
+
+    def __init__(self):
+        self.error: TrainingDivergedError | None = None
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
         for key in ("loss", "eval_loss"):
             value = (logs or {}).get(key)
-            if value is not None and metric_value(logs, key) is None:
-                raise TrainingDivergedError(
+            if value is not None and metric_value(logs, key) is None and self.error is None:
+                self.error = TrainingDivergedError(
                     f"training diverged: {key} is {value} at step {state.global_step} (learning_rate "
                     f"{args.learning_rate:g}); lower learning_rate or raise warmup_steps, then run again in a new "
                     f"--output_dir (checkpoints so far are kept in {args.output_dir})"
                 )
+        if self.error is not None:
+            control.should_training_stop = True
+            control.should_evaluate = control.should_save = False
+
+    def raise_if_diverged(self) -> None:
+        if self.error is not None:
+            raise self.error
 
 
 # --------------------------------------------------------------------------------------------- console

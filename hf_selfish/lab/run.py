@@ -232,9 +232,12 @@ def _train(args: RunArguments, data: PreparedData, arm: str, groups, settings: d
         trainer.state = state
     else:
         trainer.train(resume_from_checkpoint=checkpoint)
+    divergence = next(c for c in trainer.callback_handler.callbacks if isinstance(c, StopOnNonFiniteLossCallback))
+    divergence.raise_if_diverged()
     history = eval_history(trainer.state.log_history)
     if not history or history[-1].get("step") != trainer.state.global_step:
         trainer.evaluate()
+        divergence.raise_if_diverged()
         history = eval_history(trainer.state.log_history)
     seconds = time.perf_counter() - start
     trainer.save_state()

@@ -17,17 +17,10 @@ from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
 from ..arguments import DataArguments, ModelArguments
+from . import lowres
 from .char_tokenizer import check_characters, is_char_tokenizer
 from .loading import load_raw_datasets, load_tokenizer
-from .lowres import (
-    LANGUAGE_COLUMN,
-    MAIN_LANGUAGE,
-    SMALL_LANGUAGE,
-    TEXT_COLUMN,
-    assign_languages,
-    build_low_resource_char_tokenizer,
-    language_groups,
-)
+from .lowres import LANGUAGE_COLUMN, MAIN_LANGUAGE, SMALL_LANGUAGE, TEXT_COLUMN
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +120,7 @@ def build_lm_datasets(
     data_args.__post_init__()  # arguments changed after construction are checked again
     raw = raw_datasets if raw_datasets is not None else load_raw_datasets(data_args, cache_dir=cache_dir)
     if data_args.low_resource_fraction > 0:
-        raw = assign_languages(
+        raw = lowres.assign_languages(
             raw, data_args.low_resource_fraction, data_args.low_resource_unit, data_args.low_resource_seed
         )
         if train_language is not None:
@@ -193,7 +186,7 @@ def prepare_lm_data(
         return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer))
     base_size = len(tokenizer)
     if is_char_tokenizer(tokenizer):
-        tokenizer = build_low_resource_char_tokenizer(tokenizer)
+        tokenizer = lowres.build_low_resource_char_tokenizer(tokenizer)
     else:
         logger.warning(
             "low-resource simulation with a %s: small-language ids %d..%d cannot be decoded by the saved tokenizer",
@@ -201,4 +194,6 @@ def prepare_lm_data(
             base_size,
             2 * base_size - 1,
         )
-    return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=2 * base_size, groups=language_groups(base_size))
+    return LMData(
+        datasets=datasets, tokenizer=tokenizer, vocab_size=2 * base_size, groups=lowres.language_groups(base_size)
+    )
