@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TEXT_UNITS = ("paragraph", "line")  # what the low-resource simulation assigns to a language
+# What one document is (documents end with the tokenizer's EOS): "auto" is a whole .txt file (or the built-in
+# text), a row of a json/parquet file or a `datasets` dataset.
+DOCUMENT_UNITS = ("auto", "file", "row", "paragraph")
 
 
 def _positive_int(value) -> bool:
@@ -59,6 +62,13 @@ class DataArguments:
     )
     validation_file: str | None = field(default=None, metadata={"help": "Local validation file (same formats)."})
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    document_unit: str = field(
+        default="auto",
+        metadata={
+            "help": "One document (followed by the tokenizer's EOS): 'file', 'row', 'paragraph', or 'auto' (a .txt "
+            "file or the built-in text is one document; a json/parquet or `datasets` row is one)."
+        },
+    )
     block_size: int = field(default=64, metadata={"help": "Tokens per training/eval block."})
     validation_split_percentage: float = field(
         default=10.0, metadata={"help": "Percent of the train data held out when there is no validation split."}
@@ -100,6 +110,8 @@ class DataArguments:
                 raise ValueError(f"{name} must be a positive number of blocks, got {value!r}.")
         if not 0 <= self.low_resource_fraction < 1:
             raise ValueError(f"low_resource_fraction must be in [0, 1), got {self.low_resource_fraction!r}.")
+        if self.document_unit not in DOCUMENT_UNITS:
+            raise ValueError(f"document_unit must be one of {DOCUMENT_UNITS}, got {self.document_unit!r}.")
         if self.low_resource_unit not in TEXT_UNITS:
             raise ValueError(f"low_resource_unit must be one of {TEXT_UNITS}, got {self.low_resource_unit!r}.")
 

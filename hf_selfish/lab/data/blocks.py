@@ -4,6 +4,12 @@
 assignment (`assign_languages`) -> `tokenize_datasets` -> `group_datasets`; columns ``input_ids`` and
 ``labels`` (a copy; the model shifts). Blocks all have the same length, so no padding is needed
 (`transformers.default_data_collator` batches them).
+
+Special tokens follow the documents, not the rows: text is tokenized without special tokens, every
+document ends with the tokenizer's EOS (when it has one; a document is a file, a row or a paragraph, see
+``document_unit``), and every block starts with BOS when the tokenizer puts one before its input; a BOS
+position carries no label. So a model is never asked to predict a BOS in the middle of a block, and an
+evaluation scores what a plain loop over the same blocks scores.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
@@ -21,6 +28,7 @@ from . import lowres
 from .char_tokenizer import check_characters, is_char_tokenizer
 from .loading import load_raw_datasets, load_tokenizer
 from .lowres import LANGUAGE_COLUMN, MAIN_LANGUAGE, SMALL_LANGUAGE, TEXT_COLUMN
+from .sources import TINYSHAKESPEARE
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +37,27 @@ def tokenize_datasets(
     raw_datasets: DatasetDict,
     tokenizer: PreTrainedTokenizerBase,
     *,
+    rows_are_documents: bool = False,
     num_proc: int | None = None,
     overwrite_cache: bool = False,
 ) -> DatasetDict:
-    """``text`` -> ``input_ids`` (batched `datasets.map`, cached for file-backed data).
+    """``text`` -> ``input_ids`` without special tokens (batched `datasets.map`, cached for file-backed data).
 
-    Rows with ``language == 1`` (see `assign_languages`) get their ids shifted by ``len(tokenizer)``.
+    With ``rows_are_documents`` every row ends with the tokenizer's EOS (when it has one). Rows with
+    ``language == 1`` (see `assign_languages`) get their ids shifted by ``len(tokenizer)`` (the EOS is not).
     """
-    return _map(raw_datasets, _tokenize_batch, {"tokenizer": tokenizer}, "Tokenizing", num_proc, overwrite_cache)
+    eos_id = tokenizer.eos_token_id if rows_are_documents else None
+    kwargs = {"tokenizer": tokenizer, "eos_id": eos_id}
+    return _map(raw_datasets, _tokenize_batch, kwargs, "Tokenizing", num_proc, overwrite_cache)
+
+
+def leading_bos_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The BOS id when the tokenizer puts one before its input (Llama, Gemma), else None (GPT-2, characters)."""
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return None
+    ids = tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bos if ids and ids[0] == bos else None
 
 
 def _map(datasets: DatasetDict, fn, fn_kwargs: dict, desc: str, num_proc: int | None, overwrite_cache: bool):
@@ -52,10 +73,12 @@ def _map(datasets: DatasetDict, fn, fn_kwargs: dict, desc: str, num_proc: int | 
     )
 
 
-def _tokenize_batch(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) -> dict[str, list[list[int]]]:
+def _tokenize_batch(
+    batch: dict[str, list], tokenizer: PreTrainedTokenizerBase, eos_id: int | None
+) -> dict[str, list[list[int]]]:
     texts = batch[TEXT_COLUMN]
     try:
-        ids = tokenizer(texts, return_attention_mask=False)["input_ids"]
+        ids = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     except Exception:  # the char tokenizer has no unknown token: name the characters it lacks
         if is_char_tokenizer(tokenizer):
             check_characters(texts, tokenizer)
@@ -63,27 +86,43 @@ def _tokenize_batch(batch: dict[str, list], tokenizer: PreTrainedTokenizerBase) 
     if LANGUAGE_COLUMN in batch:
         shift = len(tokenizer)
         ids = [[i + shift for i in row] if small else row for row, small in zip(ids, batch[LANGUAGE_COLUMN])]
+    if eos_id is not None:
+        ids = [row + [eos_id] for row in ids]
     return {"input_ids": ids}
 
 
-def group_texts(examples: dict[str, list[list[int]]], block_size: int) -> dict[str, list[list[int]]]:
+def group_texts(
+    examples: dict[str, list[list[int]]], block_size: int, bos_id: int | None = None
+) -> dict[str, list[list[int]]]:
     """Concatenate a batch of token lists and cut it into blocks of ``block_size`` (run_clm.py's ``group_texts``).
 
     The remainder shorter than a block is dropped; ``labels`` is a copy of ``input_ids`` (the model shifts).
+    With ``bos_id`` every block is that BOS and ``block_size - 1`` tokens of text, and the BOS position's label
+    is ``-100`` (a BOS is never a target).
     """
     concatenated = [i for row in examples["input_ids"] for i in row]
-    total = (len(concatenated) // block_size) * block_size
-    blocks = [concatenated[i : i + block_size] for i in range(0, total, block_size)]
-    return {"input_ids": blocks, "labels": [list(block) for block in blocks]}
+    step = block_size if bos_id is None else block_size - 1
+    total = (len(concatenated) // step) * step
+    chunks = [concatenated[i : i + step] for i in range(0, total, step)]
+    if bos_id is None:
+        return {"input_ids": chunks, "labels": [list(chunk) for chunk in chunks]}
+    return {"input_ids": [[bos_id, *chunk] for chunk in chunks], "labels": [[-100, *chunk] for chunk in chunks]}
 
 
 def group_datasets(
-    tokenized: DatasetDict, block_size: int, *, num_proc: int | None = None, overwrite_cache: bool = False
+    tokenized: DatasetDict,
+    block_size: int,
+    *,
+    bos_id: int | None = None,
+    num_proc: int | None = None,
+    overwrite_cache: bool = False,
 ) -> DatasetDict:
-    """Blocks of ``block_size`` tokens for every split; ValueError when a split has less than one block."""
+    """Blocks of ``block_size`` tokens (BOS first, with ``bos_id``) for every split; ValueError when a split has
+    less than one block."""
     _check_block_size(block_size)
     desc = f"Grouping texts in blocks of {block_size}"
-    grouped = _map(tokenized, group_texts, {"block_size": block_size}, desc, num_proc, overwrite_cache)
+    kwargs = {"block_size": block_size, "bos_id": bos_id}
+    grouped = _map(tokenized, group_texts, kwargs, desc, num_proc, overwrite_cache)
     for split, dataset in grouped.items():
         if len(dataset) == 0:
             n_tokens = _num_tokens(tokenized[split])
@@ -128,18 +167,24 @@ def build_lm_datasets(
     elif train_language is not None:
         raise ValueError(f"train_language={train_language!r} needs the simulation (low_resource_fraction > 0).")
 
-    tokenized = tokenize_datasets(
-        raw, tokenizer, num_proc=data_args.preprocessing_num_workers, overwrite_cache=data_args.overwrite_cache
-    )
-    blocks = group_datasets(
-        tokenized,
-        data_args.block_size,
-        num_proc=data_args.preprocessing_num_workers,
-        overwrite_cache=data_args.overwrite_cache,
-    )
+    unit = document_unit(data_args)
+    if unit == "paragraph":  # each paragraph of the text becomes a document (a row)
+        raw = raw.map(lowres.split_units_batch, batched=True, fn_kwargs={"unit": "paragraph"}, desc="Paragraphs")
+    options = {"num_proc": data_args.preprocessing_num_workers, "overwrite_cache": data_args.overwrite_cache}
+    tokenized = tokenize_datasets(raw, tokenizer, rows_are_documents=unit != "file", **options)
+    blocks = group_datasets(tokenized, data_args.block_size, bos_id=leading_bos_id(tokenizer), **options)
     blocks["train"] = _truncate(blocks["train"], data_args.max_train_samples)
     blocks["validation"] = _truncate(blocks["validation"], data_args.max_eval_samples)
     return blocks
+
+
+def document_unit(data_args: DataArguments) -> str:
+    """What one document is: ``file`` (the rows are pieces of one text), ``row`` or ``paragraph``."""
+    if data_args.document_unit != "auto":
+        return data_args.document_unit
+    if data_args.train_file is not None:
+        return "file" if Path(data_args.train_file).suffix.lower() in (".txt", ".text") else "row"
+    return "file" if (data_args.dataset_name or "").lower() == TINYSHAKESPEARE else "row"
 
 
 def _check_block_size(block_size: int) -> None:

@@ -159,7 +159,7 @@ def assign_languages(raw_datasets: DatasetDict, fraction: float, unit: str = "pa
     assigned = {}
     for split, dataset in raw_datasets.items():
         units = dataset.map(
-            _split_units_batch,
+            split_units_batch,
             batched=True,
             remove_columns=dataset.column_names,
             fn_kwargs={"unit": unit},
@@ -172,5 +172,5 @@ def assign_languages(raw_datasets: DatasetDict, fraction: float, unit: str = "pa
     return DatasetDict(assigned)
 
 
-def _split_units_batch(batch: dict[str, list], unit: str) -> dict[str, list[str]]:
+def split_units_batch(batch: dict[str, list], unit: str) -> dict[str, list[str]]:
     return {TEXT_COLUMN: split_text_units("".join(batch[TEXT_COLUMN]), unit)}
