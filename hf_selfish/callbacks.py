@@ -360,7 +360,7 @@ def compact_log_line(logs: Mapping[str, Any], step: int, elapsed: float | None =
         groups = [g for g in groups_in_metrics(logs) if metric_value(logs, metric_key(g, "nll")) is not None]
         ranks = [g for g in groups if describe_group(g).kind == "rank"]
         shown = ranks[:1] + ranks[-1:] if len(ranks) > 1 else ranks
-        shown += [g for g in groups if describe_group(g).kind == "language"]
+        shown += [g for g in groups if describe_group(g).kind in ("language", "language_only")]
         parts += [f"{group_label(g)} NLL {logs[metric_key(g, 'nll')]:.3f}" for g in shown]
         return " | ".join(parts) + took
     if "loss" in logs:

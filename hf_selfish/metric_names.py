@@ -7,8 +7,8 @@
 
 Groups are named sets of token ids. Their names carry their kind, so a report can derive its columns
 from the names saved with a run (`describe_group`): frequency-rank buckets ``rank_{lo}-{hi}`` (linear or
-log-spaced alike), ``unseen`` (ids that never occur in training), languages ``lang_{code}``, and any
-other name (kind ``other``).
+log-spaced alike), ``unseen`` (ids that never occur in training), languages ``lang_{code}``, the tokens
+only one language's training text holds ``lang_{code}_only``, and any other name (kind ``other``).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ __all__ = [
     "group_metric_name",
     "groups_in_metrics",
     "language_group_name",
+    "language_only_group_name",
     "metric_key",
     "metric_key_prefix",
     "metric_value",
@@ -75,6 +76,7 @@ LOCK_FILE = ".hf_selfish.lock"
 EVAL_PREFIX = "eval"
 UNSEEN_GROUP = "unseen"
 LANGUAGE_PREFIX = "lang_"
+ONLY_SUFFIX = "_only"
 
 # Per-group statistics of an evaluation (see hf_selfish.evaluation for their definitions).
 MAIN_STAT = "nll"
@@ -121,6 +123,11 @@ def language_group_name(language: str) -> str:
     return f"{LANGUAGE_PREFIX}{language}"
 
 
+def language_only_group_name(language: str) -> str:
+    """Name of the tokens that occur in a language's training text and in no other: ``lang_{language}_only``."""
+    return f"{LANGUAGE_PREFIX}{language}{ONLY_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class GroupInfo:
     """What a group name says: its kind (``rank``, ``unseen``, ``language``, ``other``) and details."""
@@ -142,6 +149,12 @@ def describe_group(name: str) -> GroupInfo:
         return GroupInfo(name, "rank", rank_lo=int(match.group(1)), rank_hi=int(match.group(2)))
     if name == UNSEEN_GROUP:
         return GroupInfo(name, "unseen")
+    if (
+        name.startswith(LANGUAGE_PREFIX)
+        and name.endswith(ONLY_SUFFIX)
+        and len(name) > len(LANGUAGE_PREFIX + ONLY_SUFFIX)
+    ):
+        return GroupInfo(name, "language_only", language=name[len(LANGUAGE_PREFIX) : -len(ONLY_SUFFIX)])
     if name.startswith(LANGUAGE_PREFIX) and len(name) > len(LANGUAGE_PREFIX):
         return GroupInfo(name, "language", language=name[len(LANGUAGE_PREFIX) :])
     return GroupInfo(name, "other")

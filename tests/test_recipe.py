@@ -85,3 +85,10 @@ def test_parse_overrides_shapes():
     }
     with pytest.raises(ValueError, match="unexpected argument 'stray'"):
         parse_overrides(["stray"])
+
+
+def test_list_values_from_yaml_and_the_command_line(tmp_path):
+    recipe = load_recipe(write(tmp_path, "bible_small: [rus_synodal, nya_chichewa]\n"))
+    assert recipe.arguments().data.bible_small == ["rus_synodal", "nya_chichewa"]
+    overrides = parse_overrides(["--bible_small", "tgl_1905", "vie_1934"])
+    assert load_recipe(None, overrides).arguments().data.bible_small == ["tgl_1905", "vie_1934"]

@@ -102,8 +102,10 @@ def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
 
 def _coerce(action: argparse.Action, value: Any) -> Any:
     """Convert a string (from YAML or the command line) with the field's own argparse type."""
-    if isinstance(value, list):
-        return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
+    if isinstance(value, list):  # each item is one value of the list (never split again)
+        if action.nargs not in ("+", "*"):
+            return value
+        return [_coerce_scalar(action, v) if isinstance(v, str) else _check_integer(action, v) for v in value]
     if not isinstance(value, str):
         return _check_integer(action, value)
     if value.strip() in NULL_WORDS:  # "none" stays a string: report_to: none

@@ -267,7 +267,7 @@ def headline_groups(results: Mapping[str, Any]) -> list[str]:
     rare = [g for g in ranks[1:] if total and counts[g] >= RARE_GROUP_MIN_SHARE * total]
     if rare:
         chosen.append(rare[-1])
-    chosen += [name for name, meta in info.items() if meta.get("kind") == "language"]
+    chosen += [name for name, meta in info.items() if meta.get("kind") in ("language", "language_only")]
     return chosen
 
 

@@ -23,8 +23,10 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
+from ...metric_names import language_only_group_name
 from ..arguments import DataArguments, ModelArguments
 from . import lowres
+from .bible import BIBLE, CODE_COLUMN
 from .char_tokenizer import check_characters, is_char_tokenizer
 from .loading import load_raw_datasets, load_tokenizer
 from .lowres import LANGUAGE_COLUMN, MAIN_LANGUAGE, SMALL_LANGUAGE, TEXT_COLUMN
@@ -178,13 +180,27 @@ def build_lm_datasets(
     return blocks
 
 
+def language_only_groups(train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """``lang_{code}_only``: the token ids of each language's training text that no other language's text holds."""
+    seen: dict[str, set[int]] = {}
+    for batch in train.select_columns([TEXT_COLUMN, CODE_COLUMN]).iter(batch_size=1000):
+        ids = tokenizer(batch[TEXT_COLUMN], add_special_tokens=False)["input_ids"]
+        for row, code in zip(ids, batch[CODE_COLUMN]):
+            seen.setdefault(code, set()).update(row)
+    groups = {}
+    for code, ids in seen.items():
+        others = set().union(*(s for c, s in seen.items() if c != code))
+        groups[language_only_group_name(code)] = sorted(ids - others)
+    return groups
+
+
 def document_unit(data_args: DataArguments) -> str:
     """What one document is: ``file`` (the rows are pieces of one text), ``row`` or ``paragraph``."""
     if data_args.document_unit != "auto":
         return data_args.document_unit
     if data_args.train_file is not None:
         return "file" if Path(data_args.train_file).suffix.lower() in (".txt", ".text") else "row"
-    return "file" if (data_args.dataset_name or "").lower() == TINYSHAKESPEARE else "row"
+    return "file" if (data_args.dataset_name or "").lower() in (TINYSHAKESPEARE, BIBLE) else "row"
 
 
 def _check_block_size(block_size: int) -> None:
@@ -225,10 +241,11 @@ def prepare_lm_data(
 ) -> LMData:
     """`load_raw_datasets` -> `load_tokenizer` -> `build_lm_datasets`, plus the simulation's tokenizer and groups."""
     raw = load_raw_datasets(data_args, cache_dir=cache_dir)
-    tokenizer = load_tokenizer(model_args, raw)
+    tokenizer = load_tokenizer(model_args, raw, bpe_vocab_size=data_args.bpe_vocab_size)
     datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
     if data_args.low_resource_fraction == 0:
-        return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer))
+        groups = language_only_groups(raw["train"], tokenizer) if CODE_COLUMN in raw["train"].column_names else {}
+        return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer), groups=groups)
     base_size = len(tokenizer)
     if is_char_tokenizer(tokenizer):
         tokenizer = lowres.build_low_resource_char_tokenizer(tokenizer)
