@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "ALL_GROUP",
     "ALL_STATS",
     "FREQUENCY_FILE",
     "PLOTS_DIR",
@@ -57,6 +58,8 @@ __all__ = [
     "rank_group_name",
     "scenario_share_key",
     "split_metric_key",
+    "subset_prefix",
+    "is_eval_entry",
 ]
 
 # Files of a run directory. A Trainer output_dir holds the Trainer's own files plus RANK_BUCKETS_FILE,
@@ -75,6 +78,7 @@ LOCK_FILE = ".hf_selfish.lock"
 
 EVAL_PREFIX = "eval"
 UNSEEN_GROUP = "unseen"
+ALL_GROUP = "all"  # every token id: a subset's overall per-token statistics
 LANGUAGE_PREFIX = "lang_"
 ONLY_SUFFIX = "_only"
 
@@ -149,6 +153,8 @@ def describe_group(name: str) -> GroupInfo:
         return GroupInfo(name, "rank", rank_lo=int(match.group(1)), rank_hi=int(match.group(2)))
     if name == UNSEEN_GROUP:
         return GroupInfo(name, "unseen")
+    if name == ALL_GROUP:
+        return GroupInfo(name, "all")
     if (
         name.startswith(LANGUAGE_PREFIX)
         and name.endswith(ONLY_SUFFIX)
@@ -225,6 +231,16 @@ def metric_key_prefix(metrics: Mapping[str, Any]) -> str:
         if key.endswith("_runtime"):
             return key[: -len("_runtime")]
     return EVAL_PREFIX
+
+
+def subset_prefix(subset: str) -> str:
+    """The metric prefix of an eval subset (e.g. a language): ``eval_{subset}``."""
+    return f"{EVAL_PREFIX}_{subset}"
+
+
+def is_eval_entry(entry: Mapping[str, Any]) -> bool:
+    """Whether a log entry is an evaluation's: it holds ``eval_loss`` or an eval subset's ``eval_{name}_loss``."""
+    return any(key.startswith(EVAL_PREFIX + "_") and key.endswith("_loss") for key in entry)
 
 
 def scenario_share_key(group: str) -> str:

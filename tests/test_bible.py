@@ -97,3 +97,83 @@ def test_characters_only_a_small_language_uses_get_their_own_group():
     assert "B" in {data.tokenizer.convert_ids_to_tokens(i) for i in data.groups["lang_eng_web_only"]}
     assert describe_group("lang_rus_synodal_only").kind == "language_only"
     assert len(vocab) == data.vocab_size
+
+
+# ------------------------------------------------------------------------------ per-language evaluation
+
+
+def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
+    """SubsetEvalCallback: `eval_{name}_loss` equals a plain loop over that subset; run records merge it."""
+    import torch
+    import torch.nn.functional as F
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from hf_selfish import SelfishTrainer, SelfishTrainingArguments
+    from hf_selfish.callbacks import RankBucketEvalCallback, SubsetEvalCallback
+    from hf_selfish.lab.results import eval_history
+
+    from .tiny_models import tiny_model
+
+    vocab = 67
+    gen = torch.Generator().manual_seed(0)
+
+    def blocks(n):
+        ids = torch.randint(0, vocab, (n, 16), generator=gen)
+        return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+    subsets = {"eng": blocks(5), "nya": blocks(3)}
+    model = tiny_model("gpt2", vocab)
+    buckets = RankBucketEvalCallback({"all": list(range(vocab))}, vocab, save_per_token=False)
+    args = SelfishTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", per_device_eval_batch_size=2, batch_eval_metrics=True, use_cpu=True
+    )
+    trainer = SelfishTrainer(
+        model=model, args=args, eval_dataset=blocks(4), data_collator=default_data_collator, **buckets.trainer_kwargs()
+    )
+    trainer.add_callback(SubsetEvalCallback(subsets).bind(trainer))
+    trainer.evaluate()
+    (entry,) = eval_history(trainer.state.log_history)
+    model.eval()
+    for name, subset in subsets.items():
+        ids = torch.tensor(subset["input_ids"])
+        with torch.no_grad():
+            logits = model(ids).logits[:, :-1]
+        expected = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1)).item()
+        assert entry[f"eval_{name}_loss"] == pytest.approx(expected, rel=1e-5)
+        assert entry[f"eval_{name}_all_tokens"] == len(subset) * 15
+    assert "eval_loss" in entry and len(trainer.state.log_history) == 3  # the eval and one entry per subset
+
+
+def test_bits_per_character_per_language_from_results():
+    import math
+
+    from hf_selfish.reporting.summary import subset_rows
+
+    def run(arm, seed, loss):
+        final = {
+            "eval_loss": 1.0,
+            "eval_nya_loss": loss,
+            "eval_nya_all_tokens": 90,
+            "eval_nya_all_nll": loss + 1,
+            "eval_nya_all_accuracy": 0.5,
+            "eval_nya_all_mrr": 0.6,
+            "step": 4,
+        }
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final}
+
+    results = {
+        "arms": [{"name": "baseline"}, {"name": "selfish"}],
+        "runs": [
+            run("baseline", 1, 2 * math.log(2)),
+            run("baseline", 2, 4 * math.log(2)),
+            run("selfish", 1, math.log(2)),
+            run("selfish", 2, 2 * math.log(2)),
+        ],
+        "eval_subsets": {"nya": {"chars_per_token": 0.5}},
+    }
+    (row,) = subset_rows(results)
+    assert row.name == "nya" and row.tokens == 90
+    assert row.arms["baseline"]["bits_per_char"].values == pytest.approx((4.0, 8.0))  # 2 bits/token / 0.5
+    assert row.delta["selfish"]["bits_per_char"].values == pytest.approx((-2.0, -4.0))
+    assert row.arms["selfish"]["nll"].values == pytest.approx((math.log(2) + 1, 2 * math.log(2) + 1))

@@ -17,18 +17,11 @@ from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..metric_names import FREQUENCY_FILE, RESULTS_FILE, RUN_RESULT_FILE, run_dir_name
 from ..ops.margin import margin_label
 from .guards import RunDirLock, check_output_dir, remove_inside
 from .recipe import Arm, Recipe, RunArguments
-from .results import (
-    FREQUENCY_FILE,
-    RESULTS_FILE,
-    RUN_RESULT_FILE,
-    comparison_results,
-    read_results_file,
-    run_dir_name,
-    write_results,
-)
+from .results import comparison_results, read_results_file, write_results
 from .run import PreparedData, preflight, prepare_data, train_run
 
 logger = logging.getLogger(__name__)
@@ -201,4 +194,5 @@ def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -
         groups=data.groups,
         arms=[_arm_summary(arm, args, records) for arm, seed, args in runs if seed == runs[0][1]],
         runs=records,
+        chars_per_token=data.lm.chars_per_token,
     )

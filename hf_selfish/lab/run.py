@@ -29,6 +29,7 @@ from ..callbacks import (
     GradientScenarioCallback,
     RankBucketEvalCallback,
     StopOnNonFiniteLossCallback,
+    SubsetEvalCallback,
 )
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
@@ -184,6 +185,8 @@ def build_trainer(
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the bars, with one short line per log
         trainer.add_callback(CompactProgressCallback())
+    if data.lm.eval_subsets:  # after the rank-bucket callback: each language scored on the same groups
+        trainer.add_callback(SubsetEvalCallback(data.lm.eval_subsets).bind(trainer))
     return trainer
 
 
