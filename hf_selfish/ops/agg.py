@@ -149,9 +149,7 @@ def agg_loss(
     )  # [V]
     gate_common, gate_rare = agg_gates(appearance, params["alpha"])
     rare_target = (appearance < params["alpha"])[safe] & valid  # [N]
-    loss_sum = _GatedLinearCrossEntropySum.apply(
-        hidden, weight, bias, safe, valid, gate_common, gate_rare, rare_target
-    )
+    loss_sum = _GatedLinearCrossEntropySum.apply(hidden, weight, bias, safe, valid, gate_common, gate_rare, rare_target)
     return _reduce(loss_sum, valid.sum(), num_items_in_batch)
 
 

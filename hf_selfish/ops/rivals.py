@@ -79,9 +79,7 @@ def label_smoothing_loss(
     """
     eps = check_params("label_smoothing", eps=eps)["eps"]
     logits, labels, _, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
-    loss_sum = F.cross_entropy(
-        logits.float(), labels, ignore_index=ignore_index, reduction="sum", label_smoothing=eps
-    )
+    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum", label_smoothing=eps)
     return _reduce(loss_sum, valid.sum(), num_items_in_batch)
 
 
@@ -100,9 +98,7 @@ def z_loss(logits, labels, *, lam=1e-4, ignore_index=-100, num_items_in_batch=No
     return _reduce((nll + lam * log_z.square()).sum(), valid.sum(), num_items_in_batch)
 
 
-def focal_loss(
-    logits, labels, *, gamma=2.0, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None
-):
+def focal_loss(logits, labels, *, gamma=2.0, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None):
     """Focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017): ``-(1 - p_t)^gamma log p_t``.
 
     ``gamma`` 2 as in the paper; ``gamma=0`` is plain cross-entropy. The gradient flows through the
