@@ -37,6 +37,8 @@ __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "D
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
+# the keys that define an arm: a command-line override does not replace them where the arm sets them
+ARM_DEFINING_KEYS = frozenset({"selfish_margin", "loss_name", "loss_kwargs"})
 
 
 @dataclass
@@ -212,6 +214,6 @@ def _parse_arm(raw: Any, index: int, overrides: dict[str, Any]) -> Arm:
         raise ValueError(f"arm #{index + 1} must be a mapping with a 'name', got {raw!r}")
     arm_values = {k: v for k, v in raw.items() if k != "name"}
     _check_keys(arm_values, f"arm {raw['name']!r}")
-    # command-line overrides win over the arm's values, except the margin that defines the arm
-    arm_values.update({k: v for k, v in overrides.items() if not (k == "selfish_margin" and k in arm_values)})
+    # command-line overrides win over the arm's values, except the margin or loss that defines the arm
+    arm_values.update({k: v for k, v in overrides.items() if not (k in ARM_DEFINING_KEYS and k in arm_values)})
     return Arm(name=str(raw["name"]), overrides=arm_values)
