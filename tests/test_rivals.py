@@ -296,3 +296,17 @@ def test_the_defaults_are_the_papers():
     }
     assert [n for n in LOSSES if needs_token_counts(n)] == ["tlat", "logit_adjustment", "agg"]
     assert [n for n in LOSSES if needs_hidden(n)] == ["agg"]
+
+
+def test_unlikelihood_floor_stops_the_gradient_of_a_certain_candidate():
+    logits = torch.zeros(1, 3, VOCAB)
+    logits[0, 2, 4] = 40.0  # position 2 puts p = 1 on id 4, an earlier target: 1 - p(4) is floored at 1e-5
+    logits.requires_grad_(True)
+    labels = torch.tensor([[4, 7, 9]])
+    loss = get_loss("unlikelihood")(logits, labels)
+    (grad,) = torch.autograd.grad(loss, logits)
+    expected = reference("unlikelihood", logits, labels)
+    (expected_grad,) = torch.autograd.grad(expected, logits)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert expected.item() > -math.log(1e-5) / 3  # the floor is in the loss
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)

@@ -20,6 +20,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from .gathered import RowTerms, gathered_log_softmax_loss
 from .loss import _reduce, selfish_cross_entropy
 from .params import aligned_rows, as_token_counts, check_params
 
@@ -46,6 +47,27 @@ UNLIKELIHOOD_FLOOR = 1e-5
 def _row_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """``-log p_t`` per row in float32, 0 (with zero gradient) on ignored rows: ``[N, V]`` -> ``[N]``."""
     return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+
+
+def _softmax_cross_entropy(logits, safe, valid, *, eps=0.0, lam=0.0, shift=None) -> torch.Tensor:
+    """Summed ``(1 - eps) nll + eps mean_v(-log p_v) + lam lse^2`` of ``log_softmax(logits + shift)`` over valid rows."""
+    vocab_size = logits.shape[-1]
+
+    def rows(log_probs, target_logit):  # [N, V], [N]
+        v = valid.float()  # [N]
+        log_p_target = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)  # [N]
+        loss, row_coef, const = -(1 - eps) * log_p_target, v, None
+        if eps:
+            loss = loss - eps * log_probs.mean(dim=1)
+            const = -eps / vocab_size * v
+        if lam:
+            log_z = target_logit - log_p_target  # [N] = logsumexp of the row
+            loss = loss + lam * log_z.square()
+            row_coef = v * (1 + 2 * lam * log_z)
+        loss_sum = torch.where(valid, loss, torch.zeros_like(loss)).sum()
+        return RowTerms(loss_sum, row_coef, safe.unsqueeze(1), (-(1 - eps) * v).unsqueeze(1), const)
+
+    return gathered_log_softmax_loss(logits, safe, rows, shift)
 
 
 def ce_loss(logits, labels, *, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None):
@@ -78,9 +100,8 @@ def label_smoothing_loss(
     (the value of Vaswani et al., 2017); ``eps=0`` is plain cross-entropy.
     """
     eps = check_params("label_smoothing", eps=eps)["eps"]
-    logits, labels, _, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
-    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum", label_smoothing=eps)
-    return _reduce(loss_sum, valid.sum(), num_items_in_batch)
+    logits, _, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
+    return _reduce(_softmax_cross_entropy(logits, safe, valid, eps=eps), valid.sum(), num_items_in_batch)
 
 
 def z_loss(logits, labels, *, lam=1e-4, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None):
@@ -91,11 +112,8 @@ def z_loss(logits, labels, *, lam=1e-4, ignore_index=-100, num_items_in_batch=No
     cross-entropy itself (``z_t + nll``), so no second pass over the vocabulary is made.
     """
     lam = check_params("z_loss", lam=lam)["lam"]
-    logits, labels, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
-    nll = _row_nll(logits, labels, ignore_index)  # [N]
-    target_logit = logits.gather(1, safe.unsqueeze(1)).squeeze(1).float()  # [N]
-    log_z = torch.where(valid, target_logit + nll, torch.zeros_like(nll))  # [N]; 0 on ignored rows
-    return _reduce((nll + lam * log_z.square()).sum(), valid.sum(), num_items_in_batch)
+    logits, _, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
+    return _reduce(_softmax_cross_entropy(logits, safe, valid, lam=lam), valid.sum(), num_items_in_batch)
 
 
 def focal_loss(logits, labels, *, gamma=2.0, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None):
@@ -216,13 +234,11 @@ def logit_adjustment_loss(
     ``token_counts``.
     """
     tau = check_params("logit_adjustment", tau=tau)["tau"]
-    logits, labels, _, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
-    adjusted = logits.float()
+    logits, _, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
+    shift = None
     if tau != 0:
         shift = (tau * log_prior(token_counts, logits.shape[-1], logits.device)).float()  # [V]
-        adjusted = adjusted + shift  # [N, V]
-    loss_sum = F.cross_entropy(adjusted, labels, ignore_index=ignore_index, reduction="sum")
-    return _reduce(loss_sum, valid.sum(), num_items_in_batch)
+    return _reduce(_softmax_cross_entropy(logits, safe, valid, shift=shift), valid.sum(), num_items_in_batch)
 
 
 def unlikelihood_loss(
@@ -247,18 +263,40 @@ def unlikelihood_loss(
             f"of each row), got logits {tuple(logits.shape)} and labels {tuple(labels.shape)}"
         )
     batch, length, vocab = logits.shape
-    _, _, safe, valid = aligned_rows(logits, labels, ignore_index)
-    safe, valid = safe.view(batch, length), valid.view(batch, length)  # [B, T]
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [B, T, V]
-    index = torch.cat([safe.unsqueeze(-1), safe.unsqueeze(1).expand(batch, length, length)], dim=-1)  # [B, T, 1+T]
-    picked = log_probs.gather(-1, index)  # [B, T, 1+T]: log p_t(target), then log p_t(labels[s]) for every s
-    nll = torch.where(valid, -picked[..., 0], torch.zeros_like(picked[..., 0]))  # [B, T]
+    flat, _, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
+    candidate = _earlier_targets(safe.view(batch, length), valid.view(batch, length), vocab)  # [B, T, T]
+    index = torch.cat([safe.view(batch, length, 1), safe.view(batch, 1, length).expand(batch, length, length)], -1)
+    index = index.view(batch * length, 1 + length)  # [N, 1+T]: the target, then labels[s] of the row
+    candidate = candidate.view(batch * length, length)  # [N, T]
 
-    before = torch.ones(length, length, dtype=torch.bool, device=logits.device).tril(-1)  # [t, s]: s < t
-    same = safe.unsqueeze(2) == safe.unsqueeze(1)  # [B, s, s']: same id
-    repeated = (same & before & valid.unsqueeze(1)).any(-1)  # [B, s]: a valid s' < s holds the same id
-    candidate = before & (valid & ~repeated).unsqueeze(1)  # [B, t, s]: first valid occurrence before t
-    candidate &= ~same & valid.unsqueeze(2)  # not the target of t; t itself labelled
-    one_minus_p = torch.expm1(picked[..., 1:]).neg().clamp_min(UNLIKELIHOOD_FLOOR)  # [B, T, T]
-    penalty = torch.where(candidate, -torch.log(one_minus_p), torch.zeros_like(one_minus_p)).sum(-1)  # [B, T]
-    return _reduce((nll + alpha * penalty).sum(), valid.sum(), num_items_in_batch)
+    def rows(log_probs, target_logit):  # [N, V], [N]
+        picked = log_probs.gather(1, index)  # [N, 1+T] log-probabilities
+        v = valid.float()
+        one_minus_p = torch.expm1(picked[:, 1:]).neg_()  # [N, T] = 1 - p(c)
+        kept = candidate & (one_minus_p >= UNLIKELIHOOD_FLOOR)  # the floor carries no gradient
+        penalty = torch.where(candidate, -torch.log(one_minus_p.clamp_min(UNLIKELIHOOD_FLOOR)), 0.0).sum(1)
+        loss = torch.where(valid, alpha * penalty - picked[:, 0], 0.0)  # [N]
+        # d/d log p(c) of -log(1 - p(c)) is p(c) / (1 - p(c)); of -log p_t it is -1
+        coef = torch.where(kept, alpha * (1 - one_minus_p) / one_minus_p.clamp_min(UNLIKELIHOOD_FLOOR), 0.0)
+        index_coef = torch.cat([-v.unsqueeze(1), coef * v.unsqueeze(1)], dim=1)  # [N, 1+T]
+        return RowTerms(loss.sum(), -index_coef.sum(1), index, index_coef, None)
+
+    loss_sum = gathered_log_softmax_loss(flat, safe, rows)
+    return _reduce(loss_sum, valid.sum(), num_items_in_batch)
+
+
+def _earlier_targets(safe: torch.Tensor, valid: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """``[B, T, T]`` bool: ``labels[s]`` is a candidate of position ``t`` (unlikelihood's ``C_t``).
+
+    ``s < t``, ``s`` is the first valid position of its id in the row (each id counts once), and the id
+    differs from ``labels[t]``; ``t`` itself is labelled.
+    """
+    batch, length = safe.shape
+    position = torch.arange(length, device=safe.device).expand(batch, length)  # [B, T]
+    first = torch.full((batch, vocab_size), length, device=safe.device, dtype=torch.long)  # [B, V]
+    first.scatter_reduce_(1, safe, torch.where(valid, position, length), reduce="amin")
+    is_first = valid & (first.gather(1, safe) == position)  # [B, T]
+    before = torch.ones(length, length, dtype=torch.bool, device=safe.device).tril(-1)  # [t, s]: s < t
+    candidate = before & is_first.unsqueeze(1)  # [B, t, s]
+    candidate &= safe.unsqueeze(1) != safe.unsqueeze(2)
+    return candidate & valid.unsqueeze(2)
