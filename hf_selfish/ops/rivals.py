@@ -271,15 +271,15 @@ def unlikelihood_loss(
 
     def rows(log_probs, target_logit):  # [N, V], [N]
         picked = log_probs.gather(1, index)  # [N, 1+T] log-probabilities
-        v = valid.float()
-        one_minus_p = torch.expm1(picked[:, 1:]).neg_()  # [N, T] = 1 - p(c)
-        kept = candidate & (one_minus_p >= UNLIKELIHOOD_FLOOR)  # the floor carries no gradient
-        penalty = torch.where(candidate, -torch.log(one_minus_p.clamp_min(UNLIKELIHOOD_FLOOR)), 0.0).sum(1)
+        one_minus_p = torch.expm1(picked[:, 1:]).neg_()  # [N, T] = 1 - p(c), exact for small p(c)
+        floored = one_minus_p.clamp_min(UNLIKELIHOOD_FLOOR)
+        penalty = torch.where(candidate, floored.log().neg_(), 0.0).sum(1)  # [N]
         loss = torch.where(valid, alpha * penalty - picked[:, 0], 0.0)  # [N]
-        # d/d log p(c) of -log(1 - p(c)) is p(c) / (1 - p(c)); of -log p_t it is -1
-        coef = torch.where(kept, alpha * (1 - one_minus_p) / one_minus_p.clamp_min(UNLIKELIHOOD_FLOOR), 0.0)
-        index_coef = torch.cat([-v.unsqueeze(1), coef * v.unsqueeze(1)], dim=1)  # [N, 1+T]
-        return RowTerms(loss.sum(), -index_coef.sum(1), index, index_coef, None)
+        # d/d log p(c) of -log(1 - p(c)) is p(c) / (1 - p(c)), 0 below the floor; of -log p_t it is -1
+        kept = candidate & (one_minus_p >= UNLIKELIHOOD_FLOOR)
+        coef = torch.where(kept, alpha * picked[:, 1:].exp() / floored, 0.0)  # [N, T]; 0 unless t is labelled
+        v = valid.float().unsqueeze(1)  # [N, 1]
+        return RowTerms(loss.sum(), (v - coef.sum(1, keepdim=True)).squeeze(1), index, torch.cat([-v, coef], 1), None)
 
     loss_sum = gathered_log_softmax_loss(flat, safe, rows)
     return _reduce(loss_sum, valid.sum(), num_items_in_batch)
