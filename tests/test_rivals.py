@@ -310,3 +310,12 @@ def test_unlikelihood_floor_stops_the_gradient_of_a_certain_candidate():
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     assert expected.item() > -math.log(1e-5) / 3  # the floor is in the loss
     torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+
+
+def test_label_smoothing_equals_the_trainers_label_smoother():
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    logits, labels = case(seed=5)
+    for eps in (0.1, 0.35):
+        expected = LabelSmoother(epsilon=eps)({"logits": logits}, labels)
+        assert run("label_smoothing", logits, labels, eps=eps).item() == pytest.approx(expected.item(), rel=1e-6)
