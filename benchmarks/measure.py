@@ -22,6 +22,7 @@ import torch
 class Measurement:
     median_s: float
     peak_bytes: int
+    min_s: float | None = None  # the fastest call: the least disturbed by other jobs on a shared machine
 
     @property
     def peak_mib(self) -> float:
@@ -76,7 +77,7 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
 
 
 def measure(fn: Callable[[], None], device: torch.device, repeats: int = 5, warmup: int = 1) -> Measurement:
-    """Median wall time over ``repeats`` calls (after ``warmup``), and the peak memory of one call."""
+    """Median and minimum wall time over ``repeats`` calls (after ``warmup``), and the peak memory of one call."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -86,7 +87,7 @@ def measure(fn: Callable[[], None], device: torch.device, repeats: int = 5, warm
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
-    return Measurement(statistics.median(times), peak_memory(fn, device))
+    return Measurement(statistics.median(times), peak_memory(fn, device), min(times))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -65,7 +65,7 @@ class RunRecord(TypedDict):
 
     arm: str
     seed: int
-    selfish_margin: float | None  # the margin trained with ("auto" resolved against the vocabulary)
+    selfish_margin: float | None  # the margin trained with ("auto" resolved against V; None for another loss)
     selfish_margin_setting: float | str | None  # as the recipe wrote it
     output_dir: str  # relative to the comparison directory inside results.json
     status: str  # FINISHED
@@ -90,7 +90,7 @@ class ComparisonResults(TypedDict):
     groups: dict[str, list[int]]  # group name -> token ids, in report order
     group_info: dict[str, dict[str, Any]]  # group name -> kind, rank range, language (metric_names.describe_group)
     eval_subsets: dict[str, dict[str, Any]]  # eval subset (a language) -> {"chars_per_token": float}
-    arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting
+    arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting (+ loss_name, loss_kwargs if not selfish)
     runs: list[RunRecord]
 
 

@@ -196,8 +196,10 @@ _RECIPE_KEYS = (
 def _arm_settings(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for arm in results["arms"]:
-        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in ("name", "selfish_margin"))
-        rows.append([str(arm["name"]), margin_label(arm.get("selfish_margin")), extra or "—"])
+        rival = arm.get("loss_name", "selfish") != "selfish"  # another loss: no margin
+        skip = ("name", "selfish_margin") + (("selfish_margin_setting",) if rival else ())
+        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in skip)
+        rows.append([str(arm["name"]), "—" if rival else margin_label(arm.get("selfish_margin")), extra or "—"])
     return rows
 
 
