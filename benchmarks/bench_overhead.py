@@ -1,0 +1,420 @@
+"""The main job's overhead: one arm through `SelfishTrainer` (as `hf-selfish compare` runs it) vs a plain
+PyTorch loop over the same `GPT2LMHeadModel`, side by side (issue 17, part 3).
+
+(a) hf-selfish: the recipe's arguments (`load_recipe` + overrides), `prepare_data` once, then `train_run`:
+    the Trainer with rank-bucket evaluation, gradient scenarios, logging, checkpoints, run record.
+(b) plain loop: the same model (`build_model`, same seed), the same blocks in the same order (the
+    permutation accelerate's `SeedableRandomSampler` draws for the Trainer), fused AdamW with the Trainer's
+    hyperparameters and weight-decay groups, `get_scheduler("cosine_with_min_lr")`, gradient clipping,
+    the same loss function (`selfish_causal_lm_loss`, so the selfish arm trains the same loss), a training
+    log (mean loss, grad norm, learning rate) every `logging_steps`, the same evaluations (eval loss as the
+    Trainer averages it + the rank-bucket sums through `hf_selfish.evaluation`) and the same checkpoint
+    writes (model, optimizer, scheduler, RNG state). No gradient scenarios: they are what (a) adds.
+    The final eval metrics of (a) and (b) are compared: both must compute the same numbers.
+
+Scaled down from the recipe (2000 steps, eval every 250 + at start = 9 full evaluations, log every 50,
+save every 500, scenarios every 5 steps): 500 steps, so per-step intervals are divided by 4 (log every 12,
+save every 125, scenarios every 5) and the evaluations follow the recipe's share of evaluation time:
+9 evaluations per 2000 steps -> 3 (at start, step 250, step 500). One full evaluation costs as much CPU as
+~60 training steps here, so keeping all 9 evaluations for a quarter of the steps would weigh them 4x.
+
+Timing: CPU time of one thread (`torch.set_num_threads(1)`, `time.process_time()`), wall time beside it;
+the methods alternate repeat by repeat (a b a b ...) so the load of other processes hits both alike; the
+ratio of the minima (contention only adds time) and of the medians are printed. `--profile` runs (a) and
+(b) once more under cProfile and splits their time by component (cProfile slows Python code, (a) more
+than (b): use it for where the time goes, the unprofiled runs for how much).
+
+    HF_SELFISH_TINYSHAKESPEARE=... PYTHONPATH=. python benchmarks/bench_overhead.py [--repeats 2] [--profile]
+
+Target (issue 17): (a) <= 1.15x (b).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import functools
+import json
+import logging
+import math
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import get_scheduler
+from transformers.trainer_pt_utils import get_parameter_names
+
+from hf_selfish.evaluation import TokenStats, causal_nll_and_rank, group_metrics
+from hf_selfish.lab.models import build_model
+from hf_selfish.lab.recipe import load_recipe
+from hf_selfish.lab.run import PreparedData, prepare_data, train_run
+from hf_selfish.ops.loss import selfish_causal_lm_loss, shift_causal_labels
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from measure import markdown_table  # noqa: E402
+
+RECIPE = "recipes/tinyshakespeare_cpu.yaml"
+SCALED = {"max_steps": 500, "eval_steps": 250, "logging_steps": 12, "save_steps": 125}
+
+
+# ---------------------------------------------------------------------------------------------- (a) hf-selfish
+
+
+def trainer_arm(recipe, arm_name: str, data: PreparedData, output_dir: str) -> dict:
+    """`train_run` of one arm into a fresh ``output_dir``; returns its final eval metrics."""
+    arm = next(a for a in recipe.arms if a.name == arm_name)
+    args = recipe.arguments(arm, output_dir=output_dir)
+    return train_run(args, data, arm=arm_name)["final"]
+
+
+# ---------------------------------------------------------------------------------------------- (b) plain loop
+
+
+def plain_arm(recipe, arm_name: str, data: PreparedData, output_dir: str) -> dict:
+    """The plain PyTorch loop (see the module docstring); returns its final eval metrics."""
+    arm = next(a for a in recipe.arms if a.name == arm_name)
+    args = recipe.arguments(arm, output_dir=output_dir)
+    t = args.training
+    margin = None if t.selfish_margin is None else float(t.selfish_margin)
+    model = build_model(args.model, data.vocab_size, args.data.block_size, t.seed)
+    train, val = _as_tensors(data.lm.datasets["train"]), _as_tensors(data.lm.datasets["validation"])
+    optimizer, scheduler = _optimizer_and_schedule(model, t)
+    history: list[dict] = []
+    if t.eval_on_start:
+        history.append(_evaluate(model, val, data.groups, t.per_device_eval_batch_size))
+    step, loss_sum, batch_size = 0, torch.zeros(()), t.per_device_train_batch_size
+    for epoch in range(math.ceil(t.max_steps / math.ceil(len(train[0]) / batch_size))):
+        # the Trainer's order: accelerate's SeedableRandomSampler, a permutation seeded with seed + epoch
+        order = torch.randperm(len(train[0]), generator=torch.Generator().manual_seed(t.seed + epoch))
+        for start in range(0, len(order), batch_size):
+            input_ids, labels = _get_batch(train, order[start : start + batch_size])
+            loss = _forward_loss(model, input_ids, labels, margin)
+            _backward(loss)
+            grad_norm, lr = _optimizer_step(model, optimizer, scheduler, t.max_grad_norm)
+            loss_sum += loss.detach()
+            step += 1
+            if step % t.logging_steps == 0:
+                _log(history, loss_sum, t.logging_steps, grad_norm, lr)
+            if step % t.eval_steps == 0:
+                history.append(_evaluate(model, val, data.groups, t.per_device_eval_batch_size))
+            if step % t.save_steps == 0:
+                _save_checkpoint(model, optimizer, scheduler, Path(output_dir) / f"checkpoint-{step}", history)
+            if step == t.max_steps:
+                break
+    if t.max_steps % t.eval_steps:
+        history.append(_evaluate(model, val, data.groups, t.per_device_eval_batch_size))
+    model.save_pretrained(output_dir)
+    return history[-1]
+
+
+def _as_tensors(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    """The split's blocks as two `[N, T]` int64 tensors (one Arrow -> numpy copy, as a plain loop would load them)."""
+    columns = dataset.with_format("numpy")[:]
+    return torch.from_numpy(columns["input_ids"]), torch.from_numpy(columns["labels"])
+
+
+def _optimizer_and_schedule(model, t):
+    """Fused AdamW over the Trainer's two weight-decay groups, and the recipe's schedule."""
+    no_decay = [r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)"]
+    decay = set(get_parameter_names(model, [nn.LayerNorm], no_decay))
+    groups = [
+        {"params": [p for n, p in model.named_parameters() if n in decay], "weight_decay": t.weight_decay},
+        {"params": [p for n, p in model.named_parameters() if n not in decay], "weight_decay": 0.0},
+    ]
+    betas = (t.adam_beta1, t.adam_beta2)
+    optimizer = torch.optim.AdamW(groups, lr=t.learning_rate, betas=betas, eps=t.adam_epsilon, fused=True)
+    scheduler = get_scheduler(
+        t.lr_scheduler_type,
+        optimizer,
+        num_warmup_steps=t.warmup_steps,
+        num_training_steps=t.max_steps,
+        scheduler_specific_kwargs=t.lr_scheduler_kwargs,
+    )
+    return optimizer, scheduler
+
+
+def _get_batch(blocks, indices):
+    return blocks[0][indices], blocks[1][indices]
+
+
+def _forward_loss(model, input_ids, labels, margin):
+    model.train()
+    logits = model(input_ids=input_ids).logits
+    num_items = (shift_causal_labels(labels) != -100).sum()
+    return selfish_causal_lm_loss(logits, labels, margin, num_items_in_batch=num_items)
+
+
+def _backward(loss):
+    loss.backward()
+
+
+def _optimizer_step(model, optimizer, scheduler, max_grad_norm):
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    lr = scheduler.get_last_lr()[0]
+    scheduler.step()
+    optimizer.zero_grad()
+    return grad_norm, lr
+
+
+def _log(history, loss_sum, steps, grad_norm, lr):
+    history.append({"loss": loss_sum.item() / steps, "grad_norm": grad_norm.item(), "learning_rate": lr})
+    loss_sum.zero_()
+
+
+def _evaluate(model, val, groups, batch_size: int) -> dict:
+    """Eval loss and the rank-bucket metrics. The eval loss is the Trainer's: each batch's mean loss
+    repeated once per block (`gather_for_metrics` cuts the last batch's repeats to its size), averaged."""
+    model.eval()
+    stats = TokenStats.zeros(model.config.vocab_size)
+    losses = []
+    for start in range(0, len(val[0]), batch_size):
+        input_ids, labels = val[0][start : start + batch_size], val[1][start : start + batch_size]
+        logits, loss = _eval_forward(model, input_ids, labels)
+        losses.append(loss.repeat(len(input_ids)))
+        _eval_metrics(stats, logits, labels)
+    metrics = {f"eval_{k}": v for k, v in group_metrics(stats, groups).items()}
+    metrics["eval_loss"] = torch.cat(losses).mean().item()
+    return metrics
+
+
+@torch.no_grad()
+def _eval_forward(model, input_ids, labels):
+    logits = model(input_ids=input_ids).logits
+    return logits, selfish_causal_lm_loss(logits, labels, None)
+
+
+def _eval_metrics(stats, logits, labels):
+    targets, nll, rank = causal_nll_and_rank(logits, labels)
+    stats.update(targets, nll, rank)
+
+
+def _save_checkpoint(model, optimizer, scheduler, folder: Path, history: list[dict]) -> None:
+    """What the Trainer writes per checkpoint: weights, optimizer, scheduler, RNG state and a state file."""
+    for old in folder.parent.glob("checkpoint-*"):  # save_total_limit: 1
+        shutil.rmtree(old)
+    model.save_pretrained(folder)
+    torch.save(optimizer.state_dict(), folder / "optimizer.pt")
+    torch.save(scheduler.state_dict(), folder / "scheduler.pt")
+    torch.save({"cpu": torch.get_rng_state()}, folder / "rng_state.pth")
+    (folder / "trainer_state.json").write_text(json.dumps({"log_history": history}))
+
+
+# ---------------------------------------------------------------------------------------------- profile
+
+
+class Sections:
+    """CPU time per labelled section, exclusive: a wrapped call's time minus its wrapped callees'.
+
+    Wraps functions and methods in place (`wrap`), undone by `restore`. A label may be a pair
+    (training label, evaluation label): calls inside an evaluation count under the second.
+    """
+
+    def __init__(self):
+        self.times: dict[str, float] = {}
+        self._stack: list[float] = []
+        self._undo: list[tuple[object, str, object]] = []
+        self.in_eval = 0
+
+    def wrap(self, owner, name: str, label, eval_scope: bool = False) -> None:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        sections = self
+
+        @functools.wraps(original)
+        def wrapper(*args, **kwargs):
+            key = label if isinstance(label, str) else label[1 if sections.in_eval else 0]
+            start = time.process_time()
+            sections._stack.append(0.0)
+            sections.in_eval += eval_scope
+            try:
+                return original(*args, **kwargs)
+            finally:
+                sections.in_eval -= eval_scope
+                elapsed = time.process_time() - start
+                inner = sections._stack.pop()
+                sections.times[key] = sections.times.get(key, 0.0) + elapsed - inner
+                if sections._stack:
+                    sections._stack[-1] += elapsed
+
+        setattr(owner, name, wrapper)
+        self._undo.append((owner, name, original))
+
+    def restore(self) -> None:
+        for owner, name, original in reversed(self._undo):
+            setattr(owner, name, original)
+        self._undo.clear()
+
+
+SETUP = "setup (model, trainer, optimizer)"
+DATA = "train: data loading + collation"
+FORWARD = ("train: forward + loss", "eval: forward + loss")
+BACKWARD = "train: backward"
+SCENARIO_HOOKS = "train: scenario grad hooks (in backward)"
+SCENARIO_STEP = "train: scenario on_step_begin/end"
+OPTIMIZER = "train: clip + optimizer + scheduler"
+LOG = "logging"
+EVAL_METRICS = "eval: metric hooks / sums"
+EVAL_REST = "eval: loop, gather, on_evaluate"
+SAVE = "checkpoint saves"
+FINAL = "final save + run record"
+ORDER = [SETUP, DATA, FORWARD[0], BACKWARD, SCENARIO_HOOKS, SCENARIO_STEP, OPTIMIZER, LOG]
+ORDER += [FORWARD[1], EVAL_METRICS, EVAL_REST, SAVE, FINAL]
+
+
+def instrument_trainer(sections: Sections) -> None:
+    import accelerate
+    import transformers
+
+    import hf_selfish.callbacks as callbacks
+    import hf_selfish.lab.run as run
+    import hf_selfish.scenario_recorder as recorder
+    from hf_selfish.trainer import SelfishTrainer
+
+    trainer_cls = transformers.Trainer
+    sections.wrap(run, "build_model", SETUP)
+    sections.wrap(run, "build_trainer", SETUP)
+    sections.wrap(trainer_cls, "_prepare_for_training", SETUP)
+    sections.wrap(trainer_cls, "get_batch_samples", DATA)
+    sections.wrap(SelfishTrainer, "compute_loss", FORWARD)
+    sections.wrap(accelerate.Accelerator, "backward", BACKWARD)
+    for name in ("input_embedding_gradient", "output_embedding_gradients", "targets_from_grad_logits"):
+        sections.wrap(recorder, name, SCENARIO_HOOKS)
+    sections.wrap(callbacks.GradientScenarioCallback, "on_step_begin", SCENARIO_STEP)
+    sections.wrap(callbacks.GradientScenarioCallback, "on_step_end", SCENARIO_STEP)
+    sections.wrap(trainer_cls, "_clip_grad_norm", OPTIMIZER)
+    sections.wrap(accelerate.optimizer.AcceleratedOptimizer, "step", OPTIMIZER)
+    sections.wrap(accelerate.scheduler.AcceleratedScheduler, "step", OPTIMIZER)
+    sections.wrap(SelfishTrainer, "log", LOG)
+    sections.wrap(trainer_cls, "evaluate", EVAL_REST, eval_scope=True)
+    sections.wrap(callbacks.RankBucketEvalCallback, "preprocess_logits_for_metrics", EVAL_METRICS)
+    sections.wrap(callbacks.RankBucketEvalCallback, "compute_metrics", EVAL_METRICS)
+    sections.wrap(trainer_cls, "_save_checkpoint", SAVE)
+    sections.wrap(callbacks.GradientScenarioCallback, "on_save", SAVE)
+    sections.wrap(run, "_save_model", FINAL)
+    sections.wrap(trainer_cls, "save_state", FINAL)
+    sections.wrap(run, "write_run_record", FINAL)
+
+
+def instrument_plain(sections: Sections) -> None:
+    module = sys.modules[__name__]
+    for name, label in [
+        ("build_model", SETUP),
+        ("_optimizer_and_schedule", SETUP),
+        ("_as_tensors", DATA),
+        ("_get_batch", DATA),
+        ("_forward_loss", FORWARD),
+        ("_backward", BACKWARD),
+        ("_optimizer_step", OPTIMIZER),
+        ("_log", LOG),
+        ("_evaluate", EVAL_REST),
+        ("_eval_forward", FORWARD),
+        ("_eval_metrics", EVAL_METRICS),
+        ("_save_checkpoint", SAVE),
+    ]:
+        sections.wrap(module, name, label, eval_scope=name == "_evaluate")
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def timed(fn, *args) -> tuple[float, float, dict]:
+    """(CPU seconds, wall seconds, result) of one call."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = fn(*args)
+    return time.process_time() - cpu, time.perf_counter() - wall, result
+
+
+def metric_difference(a: dict, b: dict) -> tuple[float, str]:
+    """Largest relative difference over the eval metrics both report (0.0: identical), and its key."""
+    diffs = {k: abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in b if k in a}
+    key = max(diffs, key=diffs.get)
+    return diffs[key], f"{key}: {a[key]} vs {b[key]}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default=RECIPE)
+    parser.add_argument("--arm", default="baseline", help="arm of the recipe (default: baseline)")
+    for key, value in SCALED.items():
+        parser.add_argument(f"--{key}", type=int, default=value)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--profile", action="store_true", help="then one instrumented run of each, split by section")
+    parser.add_argument("--cprofile", default=None, help="write a cProfile of (a) to this file (pstats)")
+    parser.add_argument("--skip_timing", action="store_true", help="only the profile")
+    cli = parser.parse_args()
+    torch.set_num_threads(cli.threads)
+    logging.basicConfig(level=logging.WARNING)
+    overrides = {key: getattr(cli, key) for key in SCALED}
+    recipe = load_recipe(cli.recipe, overrides)
+    base = recipe.arguments()
+    data = prepare_data(base.model, base.data)
+    methods = {"(a) hf-selfish": trainer_arm, "(b) plain loop": plain_arm}
+    print(
+        f"{cli.recipe}, arm {cli.arm}: {overrides}, CPU threads {torch.get_num_threads()}, "
+        f"{cli.repeats} interleaved repeats"
+    )
+
+    with tempfile.TemporaryDirectory() as tmp:
+        times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+        finals = {}
+        for repeat in range(0 if cli.skip_timing else cli.repeats):
+            for name, fn in methods.items():
+                out = os.path.join(tmp, f"{name[1]}{repeat}")
+                cpu, wall, finals[name] = timed(fn, recipe, cli.arm, data, out)
+                times[name].append((cpu, wall))
+                print(f"  repeat {repeat} {name}: CPU {cpu:.1f} s, wall {wall:.1f} s", flush=True)
+        if finals:
+            diff, where = metric_difference(*finals.values())
+            print(f"final eval metrics, largest relative difference (a) vs (b): {diff:.2e} ({where})")
+            rows = []
+            plain = times["(b) plain loop"]
+            for name, runs in times.items():
+                cpu = [c for c, _ in runs]
+                wall = [w for _, w in runs]
+                ratio_min = min(cpu) / min(c for c, _ in plain)
+                ratio_med = statistics.median(cpu) / statistics.median(c for c, _ in plain)
+                rows.append(
+                    [name, f"{min(cpu):.1f}", f"{statistics.median(cpu):.1f}", f"{min(wall):.1f}",
+                     f"{statistics.median(wall):.1f}", f"{ratio_min:.3f}", f"{ratio_med:.3f}"]
+                )  # fmt: skip
+            header = ["method", "CPU min s", "CPU median s", "wall min s", "wall median s", "ratio (min)"]
+            print(markdown_table(header + ["ratio (median)"], rows))
+
+        if cli.cprofile:
+            profiler = cProfile.Profile()
+            profiler.runcall(trainer_arm, recipe, cli.arm, data, os.path.join(tmp, "cprofile"))
+            profiler.dump_stats(cli.cprofile)
+            pstats.Stats(cli.cprofile).sort_stats("cumulative").print_stats(40)
+
+        if cli.profile:
+            split = {}
+            for name, fn in methods.items():
+                sections = Sections()
+                (instrument_trainer if fn is trainer_arm else instrument_plain)(sections)
+                try:
+                    cpu, _, _ = timed(fn, recipe, cli.arm, data, os.path.join(tmp, f"profile{name[1]}"))
+                finally:
+                    sections.restore()
+                sections.times["other"] = cpu - sum(sections.times.values())
+                split[name] = sections.times
+            a, b = split.values()
+            rows = [
+                [label, f"{a.get(label, 0.0):.2f}", f"{b.get(label, 0.0):.2f}", f"{a.get(label, 0.0) - b.get(label, 0.0):+.2f}"]
+                for label in ORDER + ["other"]
+            ]  # fmt: skip
+            rows.append(["total", f"{sum(a.values()):.2f}", f"{sum(b.values()):.2f}",
+                         f"{sum(a.values()) - sum(b.values()):+.2f}"])  # fmt: skip
+            print("\nCPU seconds by section (one instrumented run each; exclusive times)")
+            print(markdown_table(["section", "(a) hf-selfish", "(b) plain loop", "(a) - (b)"], rows))
+
+
+if __name__ == "__main__":
+    main()
