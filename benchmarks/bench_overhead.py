@@ -176,7 +176,7 @@ def _evaluate(model, val, groups, batch_size: int) -> dict:
     stats = TokenStats.zeros(model.config.vocab_size)
     losses = []
     for start in range(0, len(val[0]), batch_size):
-        input_ids, labels = val[0][start : start + batch_size], val[1][start : start + batch_size]
+        input_ids, labels = _get_batch(val, slice(start, start + batch_size))
         logits, loss = _eval_forward(model, input_ids, labels)
         losses.append(loss.repeat(len(input_ids)))
         _eval_metrics(stats, logits, labels)
@@ -253,23 +253,26 @@ class Sections:
 
 
 SETUP = "setup (model, trainer, optimizer)"
-DATA = "train: data loading + collation"
+DATA = ("train: data loading + collation", "eval: data loading + collation")
 FORWARD = ("train: forward + loss", "eval: forward + loss")
 BACKWARD = "train: backward"
 SCENARIO_HOOKS = "train: scenario grad hooks (in backward)"
 SCENARIO_STEP = "train: scenario on_step_begin/end"
-OPTIMIZER = "train: clip + optimizer + scheduler"
+OPTIMIZER = "train: clip + optimizer + scheduler + zero_grad"
+BOOKKEEPING = "train: Trainer bookkeeping (flos count, callback events)"
 LOG = "logging"
 EVAL_METRICS = "eval: metric hooks / sums"
-EVAL_REST = "eval: loop, gather, on_evaluate"
+ON_EVALUATE = "eval: on_evaluate (rank_buckets.json)"
+EVAL_REST = "eval: loop, gather, eval log"
 SAVE = "checkpoint saves"
 FINAL = "final save + run record"
-ORDER = [SETUP, DATA, FORWARD[0], BACKWARD, SCENARIO_HOOKS, SCENARIO_STEP, OPTIMIZER, LOG]
-ORDER += [FORWARD[1], EVAL_METRICS, EVAL_REST, SAVE, FINAL]
+ORDER = [SETUP, DATA[0], FORWARD[0], BACKWARD, SCENARIO_HOOKS, SCENARIO_STEP, OPTIMIZER, BOOKKEEPING, LOG]
+ORDER += [DATA[1], FORWARD[1], EVAL_METRICS, ON_EVALUATE, EVAL_REST, SAVE, FINAL]
 
 
 def instrument_trainer(sections: Sections) -> None:
     import accelerate
+    import datasets
     import transformers
 
     import hf_selfish.callbacks as callbacks
@@ -281,6 +284,8 @@ def instrument_trainer(sections: Sections) -> None:
     sections.wrap(run, "build_model", SETUP)
     sections.wrap(run, "build_trainer", SETUP)
     sections.wrap(trainer_cls, "_prepare_for_training", SETUP)
+    sections.wrap(run, "default_data_collator", DATA)  # before build_trainer hands it to the Trainer
+    sections.wrap(datasets.Dataset, "__getitems__", DATA)
     sections.wrap(trainer_cls, "get_batch_samples", DATA)
     sections.wrap(SelfishTrainer, "compute_loss", FORWARD)
     sections.wrap(accelerate.Accelerator, "backward", BACKWARD)
@@ -291,10 +296,14 @@ def instrument_trainer(sections: Sections) -> None:
     sections.wrap(trainer_cls, "_clip_grad_norm", OPTIMIZER)
     sections.wrap(accelerate.optimizer.AcceleratedOptimizer, "step", OPTIMIZER)
     sections.wrap(accelerate.scheduler.AcceleratedScheduler, "step", OPTIMIZER)
+    sections.wrap(torch.nn.Module, "zero_grad", OPTIMIZER)
+    sections.wrap(trainer_cls, "floating_point_ops", BOOKKEEPING)
+    sections.wrap(transformers.trainer_callback.CallbackHandler, "call_event", BOOKKEEPING)
     sections.wrap(SelfishTrainer, "log", LOG)
     sections.wrap(trainer_cls, "evaluate", EVAL_REST, eval_scope=True)
     sections.wrap(callbacks.RankBucketEvalCallback, "preprocess_logits_for_metrics", EVAL_METRICS)
     sections.wrap(callbacks.RankBucketEvalCallback, "compute_metrics", EVAL_METRICS)
+    sections.wrap(callbacks.RankBucketEvalCallback, "on_evaluate", ON_EVALUATE)
     sections.wrap(trainer_cls, "_save_checkpoint", SAVE)
     sections.wrap(callbacks.GradientScenarioCallback, "on_save", SAVE)
     sections.wrap(run, "_save_model", FINAL)
