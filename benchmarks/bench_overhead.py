@@ -19,7 +19,7 @@ save every 125, scenarios every 5) and the evaluations follow the recipe's share
 ~60 training steps here, so keeping all 9 evaluations for a quarter of the steps would weigh them 4x.
 
 Timing: CPU time of one thread (`torch.set_num_threads(1)`, `time.process_time()`), wall time beside it;
-the methods alternate repeat by repeat (a b a b ...) so the load of other processes hits both alike; the
+the methods alternate repeat by repeat (a b, b a, a b, ...) so the load of other processes hits both alike; the
 ratio of the minima (contention only adds time) and of the medians are printed. `--profile` runs (a) and
 (b) once more under cProfile and splits their time by component (cProfile slows Python code, (a) more
 than (b): use it for where the time goes, the unprofiled runs for how much).
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import get_scheduler
+from transformers import TrainerCallback, get_scheduler
 from transformers.trainer_pt_utils import get_parameter_names
 
 from hf_selfish.evaluation import TokenStats, causal_nll_and_rank, group_metrics
@@ -61,6 +61,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from measure import markdown_table  # noqa: E402
 
 RECIPE = "recipes/tinyshakespeare_cpu.yaml"
+TRAINER, PLAIN = "(a) hf-selfish", "(b) plain loop"
 SCALED = {"max_steps": 500, "eval_steps": 250, "logging_steps": 12, "save_steps": 125}
 
 
@@ -80,8 +81,22 @@ def trainer_arm(recipe, arm_name: str, data: PreparedData, output_dir: str) -> d
 def plain_arm(recipe, arm_name: str, data: PreparedData, output_dir: str) -> dict:
     """The plain PyTorch loop (see the module docstring); returns its final eval metrics."""
     arm = next(a for a in recipe.arms if a.name == arm_name)
-    args = recipe.arguments(arm, output_dir=output_dir)
+    steps = plain_steps(recipe.arguments(arm, output_dir=output_dir), data)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def plain_steps(args, data: PreparedData):
+    """`plain_arm` as a generator that pauses after each optimizer step (for `lockstep`).
+
+    ``args`` are parsed beforehand: parsing `TrainingArguments` resets accelerate's state, which would break
+    a Trainer running in lock step.
+    """
     t = args.training
+    output_dir = t.output_dir
     margin = None if t.selfish_margin is None else float(t.selfish_margin)
     model = build_model(args.model, data.vocab_size, args.data.block_size, t.seed)
     train, val = _as_tensors(data.lm.datasets["train"]), _as_tensors(data.lm.datasets["validation"])
@@ -106,6 +121,7 @@ def plain_arm(recipe, arm_name: str, data: PreparedData, output_dir: str) -> dic
                 history.append(_evaluate(model, val, data.groups, t.per_device_eval_batch_size))
             if step % t.save_steps == 0:
                 _save_checkpoint(model, optimizer, scheduler, Path(output_dir) / f"checkpoint-{step}", history)
+            yield step
             if step == t.max_steps:
                 break
     if t.max_steps % t.eval_steps:
@@ -330,6 +346,50 @@ def instrument_plain(sections: Sections) -> None:
         sections.wrap(module, name, label, eval_scope=name == "_evaluate")
 
 
+# ---------------------------------------------------------------------------------------------- lock step
+
+
+def lockstep(recipe, arm_name: str, data: PreparedData, tmp: str) -> tuple[float, float, dict, dict]:
+    """(a) and (b) in one process, step by step: after each Trainer step (`on_step_end`) the plain loop
+    runs its next step (its evaluations and saves included), timed apart. Load from other processes
+    then hits both alike at a granularity of one step. Returns (CPU s of (a), of (b), their final metrics)."""
+    import hf_selfish.lab.run as run
+
+    arm = next(a for a in recipe.arms if a.name == arm_name)
+    steps = plain_steps(recipe.arguments(arm, output_dir=os.path.join(tmp, "lockstep_b")), data)
+    spent = [0.0]
+    plain_final: dict = {}
+
+    def advance() -> None:
+        start = time.process_time()
+        try:
+            next(steps)
+        except StopIteration as done:
+            plain_final.update(done.value)
+        spent[0] += time.process_time() - start
+
+    class Advance(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            advance()
+
+    build_trainer = run.build_trainer
+
+    def build_trainer_in_lockstep(*args, **kwargs):
+        trainer = build_trainer(*args, **kwargs)
+        trainer.add_callback(Advance())
+        return trainer
+
+    run.build_trainer = build_trainer_in_lockstep
+    try:
+        cpu, _, final = timed(trainer_arm, recipe, arm_name, data, os.path.join(tmp, "lockstep_a"))
+    finally:
+        run.build_trainer = build_trainer
+    trainer_cpu = cpu - spent[0]
+    while not plain_final:  # the plain loop's last evaluation and save
+        advance()
+    return trainer_cpu, spent[0], final, plain_final
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -347,82 +407,103 @@ def metric_difference(a: dict, b: dict) -> tuple[float, str]:
     return diffs[key], f"{key}: {a[key]} vs {b[key]}"
 
 
+def ratio_table(times: dict[str, list[tuple[float, float]]]) -> str:
+    """CPU and wall min / median per method, and the CPU ratios to the plain loop."""
+    plain = [cpu for cpu, _ in times[PLAIN]]
+    rows = []
+    for name, runs in times.items():
+        cpu, wall = [c for c, _ in runs], [w for _, w in runs]
+        rows.append(
+            [name, f"{min(cpu):.1f}", f"{statistics.median(cpu):.1f}", f"{min(wall):.1f}",
+             f"{statistics.median(wall):.1f}", f"{min(cpu) / min(plain):.3f}",
+             f"{statistics.median(cpu) / statistics.median(plain):.3f}"]
+        )  # fmt: skip
+    header = ["method", "CPU min s", "CPU median s", "wall min s", "wall median s", "ratio (min)", "ratio (median)"]
+    return markdown_table(header, rows)
+
+
+def interleaved(recipe, arm: str, data: PreparedData, repeats: int, tmp: str) -> None:
+    """Whole runs, a b, b a, a b, ... (no order bias); prints each run and the table."""
+    methods = {TRAINER: trainer_arm, PLAIN: plain_arm}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
+    finals = {}
+    for repeat in range(repeats):
+        turn = list(methods.items())
+        for name, fn in turn if repeat % 2 == 0 else turn[::-1]:
+            cpu, wall, finals[name] = timed(fn, recipe, arm, data, os.path.join(tmp, f"{name[1]}{repeat}"))
+            times[name].append((cpu, wall))
+            print(f"  repeat {repeat} {name}: CPU {cpu:.1f} s, wall {wall:.1f} s", flush=True)
+    diff, where = metric_difference(finals[TRAINER], finals[PLAIN])
+    print(
+        f"\nWhole runs, interleaved ({repeats} each); final eval metrics, largest relative difference: {diff:.1e} ({where})"
+    )
+    print(ratio_table(times))
+
+
+def in_lockstep(recipe, arm: str, data: PreparedData, repeats: int, tmp: str) -> None:
+    """`lockstep` runs; prints the table (CPU only: wall time is shared)."""
+    times: dict[str, list[tuple[float, float]]] = {TRAINER: [], PLAIN: []}
+    for repeat in range(repeats):
+        trainer_cpu, plain_cpu, final, plain_final = lockstep(recipe, arm, data, os.path.join(tmp, f"lock{repeat}"))
+        times[TRAINER].append((trainer_cpu, float("nan")))
+        times[PLAIN].append((plain_cpu, float("nan")))
+        print(f"  lock step {repeat}: (a) CPU {trainer_cpu:.1f} s, (b) CPU {plain_cpu:.1f} s", flush=True)
+    diff, where = metric_difference(final, plain_final)
+    print(f"\nIn lock step ({repeats}); final eval metrics, largest relative difference: {diff:.1e} ({where})")
+    print(ratio_table(times))
+
+
+def profile_sections(recipe, arm: str, data: PreparedData, tmp: str) -> None:
+    """One instrumented run of each; prints CPU seconds per section side by side."""
+    split = {}
+    for name, fn, instrument in [(TRAINER, trainer_arm, instrument_trainer), (PLAIN, plain_arm, instrument_plain)]:
+        sections = Sections()
+        instrument(sections)
+        try:
+            cpu, _, _ = timed(fn, recipe, arm, data, os.path.join(tmp, f"profile{name[1]}"))
+        finally:
+            sections.restore()
+        sections.times["other"] = cpu - sum(sections.times.values())
+        split[name] = sections.times
+    a, b = split[TRAINER], split[PLAIN]
+    rows = [[label, f"{a.get(label, 0.0):.2f}", f"{b.get(label, 0.0):.2f}", f"{a.get(label, 0.0) - b.get(label, 0.0):+.2f}"]
+            for label in ORDER + ["other"]]  # fmt: skip
+    total_a, total_b = sum(a.values()), sum(b.values())
+    rows.append(["total", f"{total_a:.2f}", f"{total_b:.2f}", f"{total_a - total_b:+.2f}"])
+    print("\nCPU seconds by section (one instrumented run each; exclusive times)")
+    print(markdown_table(["section", TRAINER, PLAIN, "(a) - (b)"], rows))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=RECIPE)
     parser.add_argument("--arm", default="baseline", help="arm of the recipe (default: baseline)")
     for key, value in SCALED.items():
         parser.add_argument(f"--{key}", type=int, default=value)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="whole runs of each, interleaved")
+    parser.add_argument("--lockstep", type=int, default=1, help="runs of both in lock step")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--profile", action="store_true", help="then one instrumented run of each, split by section")
     parser.add_argument("--cprofile", default=None, help="write a cProfile of (a) to this file (pstats)")
-    parser.add_argument("--skip_timing", action="store_true", help="only the profile")
     cli = parser.parse_args()
     torch.set_num_threads(cli.threads)
     logging.basicConfig(level=logging.WARNING)
     overrides = {key: getattr(cli, key) for key in SCALED}
     recipe = load_recipe(cli.recipe, overrides)
-    base = recipe.arguments()
-    data = prepare_data(base.model, base.data)
-    methods = {"(a) hf-selfish": trainer_arm, "(b) plain loop": plain_arm}
-    print(
-        f"{cli.recipe}, arm {cli.arm}: {overrides}, CPU threads {torch.get_num_threads()}, "
-        f"{cli.repeats} interleaved repeats"
-    )
-
+    data = prepare_data(recipe.arguments().model, recipe.arguments().data)
+    print(f"{cli.recipe}, arm {cli.arm}: {overrides}, CPU threads {torch.get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
-        times: dict[str, list[tuple[float, float]]] = {name: [] for name in methods}
-        finals = {}
-        for repeat in range(0 if cli.skip_timing else cli.repeats):
-            for name, fn in methods.items():
-                out = os.path.join(tmp, f"{name[1]}{repeat}")
-                cpu, wall, finals[name] = timed(fn, recipe, cli.arm, data, out)
-                times[name].append((cpu, wall))
-                print(f"  repeat {repeat} {name}: CPU {cpu:.1f} s, wall {wall:.1f} s", flush=True)
-        if finals:
-            diff, where = metric_difference(*finals.values())
-            print(f"final eval metrics, largest relative difference (a) vs (b): {diff:.2e} ({where})")
-            rows = []
-            plain = times["(b) plain loop"]
-            for name, runs in times.items():
-                cpu = [c for c, _ in runs]
-                wall = [w for _, w in runs]
-                ratio_min = min(cpu) / min(c for c, _ in plain)
-                ratio_med = statistics.median(cpu) / statistics.median(c for c, _ in plain)
-                rows.append(
-                    [name, f"{min(cpu):.1f}", f"{statistics.median(cpu):.1f}", f"{min(wall):.1f}",
-                     f"{statistics.median(wall):.1f}", f"{ratio_min:.3f}", f"{ratio_med:.3f}"]
-                )  # fmt: skip
-            header = ["method", "CPU min s", "CPU median s", "wall min s", "wall median s", "ratio (min)"]
-            print(markdown_table(header + ["ratio (median)"], rows))
-
+        if cli.repeats:
+            interleaved(recipe, cli.arm, data, cli.repeats, tmp)
+        if cli.lockstep:
+            in_lockstep(recipe, cli.arm, data, cli.lockstep, tmp)
+        if cli.profile:
+            profile_sections(recipe, cli.arm, data, tmp)
         if cli.cprofile:
             profiler = cProfile.Profile()
             profiler.runcall(trainer_arm, recipe, cli.arm, data, os.path.join(tmp, "cprofile"))
             profiler.dump_stats(cli.cprofile)
-            pstats.Stats(cli.cprofile).sort_stats("cumulative").print_stats(40)
-
-        if cli.profile:
-            split = {}
-            for name, fn in methods.items():
-                sections = Sections()
-                (instrument_trainer if fn is trainer_arm else instrument_plain)(sections)
-                try:
-                    cpu, _, _ = timed(fn, recipe, cli.arm, data, os.path.join(tmp, f"profile{name[1]}"))
-                finally:
-                    sections.restore()
-                sections.times["other"] = cpu - sum(sections.times.values())
-                split[name] = sections.times
-            a, b = split.values()
-            rows = [
-                [label, f"{a.get(label, 0.0):.2f}", f"{b.get(label, 0.0):.2f}", f"{a.get(label, 0.0) - b.get(label, 0.0):+.2f}"]
-                for label in ORDER + ["other"]
-            ]  # fmt: skip
-            rows.append(["total", f"{sum(a.values()):.2f}", f"{sum(b.values()):.2f}",
-                         f"{sum(a.values()) - sum(b.values()):+.2f}"])  # fmt: skip
-            print("\nCPU seconds by section (one instrumented run each; exclusive times)")
-            print(markdown_table(["section", "(a) hf-selfish", "(b) plain loop", "(a) - (b)"], rows))
+            pstats.Stats(cli.cprofile).sort_stats("tottime").print_stats(30)
 
 
 if __name__ == "__main__":
