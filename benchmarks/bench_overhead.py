@@ -349,15 +349,27 @@ def instrument_plain(sections: Sections) -> None:
 # ---------------------------------------------------------------------------------------------- lock step
 
 
-def lockstep(recipe, arm_name: str, data: PreparedData, tmp: str) -> tuple[float, float, dict, dict]:
+LOCKSTEP_PHASES = ["start (setup, eval at start, step 1)", "steps with an evaluation", "steps with a save",
+                   "steps with a log", "other steps"]  # fmt: skip
+
+
+def lockstep(recipe, arm_name: str, data: PreparedData, tmp: str) -> tuple[dict, dict, dict, dict]:
     """(a) and (b) in one process, step by step: after each Trainer step (`on_step_end`) the plain loop
-    runs its next step (its evaluations and saves included), timed apart. Load from other processes
-    then hits both alike at a granularity of one step. Returns (CPU s of (a), of (b), their final metrics)."""
+    runs its next step (its log, evaluation and save included), timed apart, so load from other processes
+    hits both alike at a granularity of one step.
+
+    Returns the CPU seconds of (a) and of (b) per `LOCKSTEP_PHASES` and their final metrics. Step k's
+    phase is that of its events (evaluation > save > log); (a)'s step k is the time from the end of the
+    plain step k - 1 to the start of plain step k (its data loading, step, and the log / evaluation /
+    save of step k - 1, which the Trainer runs after `on_step_end`), so (a)'s phases lag one step. The
+    last step's phase holds the final save and run record of both.
+    """
     import hf_selfish.lab.run as run
 
     arm = next(a for a in recipe.arms if a.name == arm_name)
+    t = recipe.arguments(arm).training
     steps = plain_steps(recipe.arguments(arm, output_dir=os.path.join(tmp, "lockstep_b")), data)
-    spent = [0.0]
+    marks: list[tuple[float, float]] = []  # (start, end) of each plain step
     plain_final: dict = {}
 
     def advance() -> None:
@@ -366,7 +378,7 @@ def lockstep(recipe, arm_name: str, data: PreparedData, tmp: str) -> tuple[float
             next(steps)
         except StopIteration as done:
             plain_final.update(done.value)
-        spent[0] += time.process_time() - start
+        marks.append((start, time.process_time()))
 
     class Advance(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -380,14 +392,35 @@ def lockstep(recipe, arm_name: str, data: PreparedData, tmp: str) -> tuple[float
         return trainer
 
     run.build_trainer = build_trainer_in_lockstep
+    begin = time.process_time()
     try:
-        cpu, _, final = timed(trainer_arm, recipe, arm_name, data, os.path.join(tmp, "lockstep_a"))
+        final = trainer_arm(recipe, arm_name, data, os.path.join(tmp, "lockstep_a"))
     finally:
         run.build_trainer = build_trainer
-    trainer_cpu = cpu - spent[0]
+    end = time.process_time()
     while not plain_final:  # the plain loop's last evaluation and save
         advance()
-    return trainer_cpu, spent[0], final, plain_final
+
+    def phase(k: int, first: bool = True) -> str:  # the phase of step k (1-based) by its events
+        if k == 1 and first:
+            return LOCKSTEP_PHASES[0]
+        for every, name in zip((t.eval_steps, t.save_steps, t.logging_steps), LOCKSTEP_PHASES[1:4]):
+            if k % every == 0:
+                return name
+        return LOCKSTEP_PHASES[4]
+
+    trainer_times = dict.fromkeys(LOCKSTEP_PHASES, 0.0)
+    plain_times = dict.fromkeys(LOCKSTEP_PHASES, 0.0)
+    previous_end = begin
+    for k, (start, stop) in enumerate(marks[: t.max_steps], start=1):
+        trainer_times[phase(k - 1, first=False) if k > 1 else phase(1)] += start - previous_end
+        plain_times[phase(k)] += stop - start
+        previous_end = stop
+    # step N's log / evaluation / save, and the final save and run record, of both
+    trainer_times[phase(t.max_steps)] += end - previous_end
+    for start, stop in marks[t.max_steps :]:
+        plain_times[phase(t.max_steps)] += stop - start
+    return trainer_times, plain_times, final, plain_final
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -441,16 +474,26 @@ def interleaved(recipe, arm: str, data: PreparedData, repeats: int, tmp: str) ->
 
 
 def in_lockstep(recipe, arm: str, data: PreparedData, repeats: int, tmp: str) -> None:
-    """`lockstep` runs; prints the table (CPU only: wall time is shared)."""
+    """`lockstep` runs; prints the table (CPU only: wall time is shared) and the split by phase."""
     times: dict[str, list[tuple[float, float]]] = {TRAINER: [], PLAIN: []}
+    phases = []
     for repeat in range(repeats):
-        trainer_cpu, plain_cpu, final, plain_final = lockstep(recipe, arm, data, os.path.join(tmp, f"lock{repeat}"))
+        trainer_times, plain_times, final, plain_final = lockstep(recipe, arm, data, os.path.join(tmp, f"lock{repeat}"))
+        trainer_cpu, plain_cpu = sum(trainer_times.values()), sum(plain_times.values())
         times[TRAINER].append((trainer_cpu, float("nan")))
         times[PLAIN].append((plain_cpu, float("nan")))
+        phases.append((trainer_times, plain_times))
         print(f"  lock step {repeat}: (a) CPU {trainer_cpu:.1f} s, (b) CPU {plain_cpu:.1f} s", flush=True)
     diff, where = metric_difference(final, plain_final)
     print(f"\nIn lock step ({repeats}); final eval metrics, largest relative difference: {diff:.1e} ({where})")
     print(ratio_table(times))
+    rows = []
+    for name in LOCKSTEP_PHASES:
+        a = statistics.median(p[0][name] for p in phases)
+        b = statistics.median(p[1][name] for p in phases)
+        rows.append([name, f"{a:.2f}", f"{b:.2f}", f"{a - b:+.2f}", f"{a / b:.3f}" if b else "-"])
+    print("\nLock step by phase (CPU s, median over runs; (a)'s phases lag one step, see `lockstep`)")
+    print(markdown_table(["phase", TRAINER, PLAIN, "(a) - (b)", "ratio"], rows))
 
 
 def profile_sections(recipe, arm: str, data: PreparedData, tmp: str) -> None:
