@@ -18,13 +18,19 @@ save every 125, scenarios every 5) and the evaluations follow the recipe's share
 9 evaluations per 2000 steps -> 3 (at start, step 250, step 500). One full evaluation costs as much CPU as
 ~60 training steps here, so keeping all 9 evaluations for a quarter of the steps would weigh them 4x.
 
-Timing: CPU time of one thread (`torch.set_num_threads(1)`, `time.process_time()`), wall time beside it;
-the methods alternate repeat by repeat (a b, b a, a b, ...) so the load of other processes hits both alike; the
-ratio of the minima (contention only adds time) and of the medians are printed. `--profile` runs (a) and
-(b) once more under cProfile and splits their time by component (cProfile slows Python code, (a) more
-than (b): use it for where the time goes, the unprofiled runs for how much).
+Timing: CPU time of one thread (`torch.set_num_threads(1)`, `time.process_time()`). Three measurements:
 
-    HF_SELFISH_TINYSHAKESPEARE=... PYTHONPATH=. python benchmarks/bench_overhead.py [--repeats 2] [--profile]
+- whole runs, interleaved (`--repeats`, a b, b a, a b, ...): CPU and wall time, min and median, ratios;
+- lock step (`--lockstep`): (a) trains while (b) takes one step after each of (a)'s steps in the same
+  process, timed apart, so the load of other processes hits both alike step by step (on the shared
+  2-core machine whole runs drift by +-5% between repeats); also split by phase (start, steps with an
+  evaluation / save / log, other steps);
+- `--profile`: one instrumented run of each, CPU time per section (data, forward, backward, scenario hooks,
+  optimizer, Trainer bookkeeping, logging, evaluation parts, saves), exclusive of nested sections; the
+  wrappers cost microseconds per call. `--cprofile FILE` writes a cProfile of (a) for digging further.
+
+    HF_SELFISH_TINYSHAKESPEARE=... PYTHONPATH=. python benchmarks/bench_overhead.py [--repeats 2]
+        [--lockstep 1] [--profile] [--arm selfish] [--threads 1]
 
 Target (issue 17): (a) <= 1.15x (b).
 """
