@@ -29,9 +29,9 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import KEEP_ABOVE, check_label_range, validate_margin
+from .loss import MASKED_VALUE, check_label_range, count_masked, mask_below_threshold, validate_margin
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "gradient_columns", "linear_selfish_cross_entropy"]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -49,10 +49,26 @@ class _ChunkResult(NamedTuple):
     nll_sum: torch.Tensor  # [] float32
     n_masked: torch.Tensor  # [] int64
     grad_logits: torch.Tensor | None  # [c, V] float32, or None when no gradient is wanted
+    columns: torch.Tensor | None  # [k] int64 ids of the columns the chunk keeps (sparse backward), or None: all
+
+
+def gradient_columns(masked_logits: torch.Tensor) -> torch.Tensor:
+    """Sorted ids ``[k]`` of the columns of ``masked_logits [c, V]`` that some row keeps.
+
+    ``masked_logits`` come from :func:`~hf_selfish.ops.loss.mask_below_threshold` (masked entries
+    are :data:`~hf_selfish.ops.loss.MASKED_VALUE`). Every other column of the chunk's logit gradient
+    is exactly zero, so the gradient matmuls may skip it. NaN counts as kept (it must propagate).
+    """
+    return (masked_logits.amax(dim=0) != MASKED_VALUE).nonzero().squeeze(1)  # one read-only pass
 
 
 def _chunk_loss(
-    logits: torch.Tensor, labels: torch.Tensor, margin: float | None, grad_scale: float | None, count_masked: bool
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | None,
+    grad_scale: float | None,
+    count: bool,
+    select_columns: bool = False,
 ) -> _ChunkResult:
     """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient.
 
@@ -61,27 +77,30 @@ def _chunk_loss(
         labels: ``[c]`` target ids, all valid.
         margin: the selfish margin, ``None`` for plain cross-entropy.
         grad_scale: factor of every row's gradient (``1 / denominator``); ``None`` skips the gradient.
-        count_masked: count the masked entries (a pass over the chunk); else report 0.
+        count: count the masked entries (a read-only pass over the chunk); else report 0.
+        select_columns: also return the ids of the columns some row keeps (with a margin and a gradient).
     """
     rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
+    n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
+    columns = None
     if margin is not None:
         threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
         logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
-        torch.nn.functional.threshold(logits, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
-    if margin is not None and count_masked:
-        n_masked = torch.isneginf(logits).sum()
-    else:
-        n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
+        mask_below_threshold(logits)  # masked -> MASKED_VALUE, whose exp() is 0
+        if count:
+            n_masked = count_masked(logits).sum()
+        if select_columns and grad_scale is not None:
+            columns = gradient_columns(logits)
     target = logits[rows, labels]  # [c]
     row_max = logits.amax(dim=1, keepdim=True)  # [c, 1]; finite: the target is kept
     probs = logits.sub_(row_max).exp_()  # [c, V] unnormalised, 0 on masked entries
     row_sum = probs.sum(dim=1, keepdim=True)  # [c, 1]
     nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target  # [c] = logsumexp - target
     if grad_scale is None:
-        return _ChunkResult(nll.sum(), n_masked, None)
+        return _ChunkResult(nll.sum(), n_masked, None, None)
     grad = probs.mul_(grad_scale / row_sum)  # [c, V] = p_kept * scale
     grad[rows, labels] -= grad_scale  # minus the target's one-hot
-    return _ChunkResult(nll.sum(), n_masked, grad)
+    return _ChunkResult(nll.sum(), n_masked, grad, columns)
 
 
 class _LinearSelfishCrossEntropy(torch.autograd.Function):
@@ -92,7 +111,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count_masked):
+    def forward(ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse):
         # hidden [n, d], weight [V, d], bias [V] or None, labels [n]
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = needs_grad
@@ -107,12 +126,13 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             end = min(start + chunk_size, n_rows)
             hidden_c = hidden[start:end]  # [c, d]
             logits = _chunk_logits(hidden_c, weight, bias)  # [c, V] float32, fresh
-            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count_masked)
+            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count, sparse)
             nll_sum += result.nll_sum
             n_masked += result.n_masked
             if compute_grad:
                 _accumulate_chunk_grads(
                     result.grad_logits,
+                    result.columns,
                     hidden_c,
                     weight,
                     grad_hidden[start:end] if want_hidden else None,
@@ -140,7 +160,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
 def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -154,23 +174,38 @@ def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def _accumulate_chunk_grads(
     grad_logits: torch.Tensor,
+    columns: torch.Tensor | None,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
     grad_hidden_c: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
 ) -> None:
-    """Backpropagate a chunk's ``grad_logits [c, V]`` through the linear layer into the buffers."""
-    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V]; no copy for float32
+    """Backpropagate a chunk's ``grad_logits [c, V]`` through the linear layer into the buffers.
+
+    With ``columns`` (``[k]`` ids, see :func:`gradient_columns`) only those columns take part: every
+    other column of ``grad_logits`` is exactly zero, so the result is the dense one with ``k / V`` of
+    the FLOPs (up to the order of the sums).
+    """
+    if columns is not None:
+        grad_logits = grad_logits.index_select(1, columns)  # [c, k]
+        if grad_hidden_c is not None:
+            weight = weight.index_select(0, columns)  # [k, d]
+    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V] or [c, k]; no copy for float32
     if grad_hidden_c is not None:
         torch.mm(grad_lowp, weight, out=grad_hidden_c)  # [c, d]
     if grad_weight is not None:
-        if grad_lowp.dtype == torch.float32:
+        if columns is not None:
+            grad_weight.index_add_(0, columns, (grad_lowp.T @ hidden_c).float())  # [k, d] into [V, d]
+        elif grad_lowp.dtype == torch.float32:
             grad_weight.addmm_(grad_lowp.T, hidden_c)  # [V, d]
         else:
             grad_weight += grad_lowp.T @ hidden_c  # [V, d]: half-precision matmul, float32 sum
     if grad_bias is not None:
-        grad_bias += grad_logits.sum(dim=0)  # [V]
+        if columns is not None:
+            grad_bias.index_add_(0, columns, grad_logits.sum(dim=0))  # [k] into [V]
+        else:
+            grad_bias += grad_logits.sum(dim=0)  # [V]
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor):
@@ -218,6 +253,7 @@ def linear_selfish_cross_entropy(
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk_size: int | None = None,
     return_masked_fraction: bool = False,
+    sparse_backward: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish cross-entropy of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -236,6 +272,9 @@ def linear_selfish_cross_entropy(
         chunk_size: rows per chunk; default :func:`default_chunk_size` (256 MiB of float32 logits).
         return_masked_fraction: also return the fraction of (valid row, vocab) entries the margin
             removed from the softmax (a detached float32 scalar; 0 for plain cross-entropy).
+        sparse_backward: per chunk, run the gradient matmuls over the vocabulary columns that some
+            row of the chunk keeps only (the others' gradient is exactly zero). Same result up to
+            float rounding; no effect for plain cross-entropy, which masks nothing.
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
@@ -266,6 +305,7 @@ def linear_selfish_cross_entropy(
         chunk,
         _needs_grad(hidden, weight, bias),
         return_masked_fraction,
+        sparse_backward and margin is not None,
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)

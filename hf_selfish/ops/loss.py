@@ -25,6 +25,9 @@ import torch.nn.functional as F
 
 __all__ = [
     "KEEP_ABOVE",
+    "MASKED_VALUE",
+    "count_masked",
+    "mask_below_threshold",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
     "validate_margin",
@@ -59,39 +62,74 @@ def validate_margin(margin: float | None) -> float | None:
 KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 
 
+# Value of the masked entries in the shifted logits. Kept entries are >= 0 (up to a denormal), and
+# exp() of this is exactly 0, as of -inf: the softmax, the loss and the gradient are those of -inf.
+# As a power of two it also makes the count free of a [N, V] boolean: a row's sum is exactly
+# -n_masked * 2**100, the kept entries rounding away (see `count_masked`).
+MASKED_VALUE = -(2.0**100)
+
+
+def mask_below_threshold(shifted: torch.Tensor) -> None:
+    """Set the entries of ``shifted [N, V]`` (float32, already ``logits - threshold``) below 0 to :data:`MASKED_VALUE`.
+
+    In place. ``z > KEEP_ABOVE`` is ``z >= 0`` for every normal float; NaN entries stay NaN.
+    """
+    F.threshold(shifted, KEEP_ABOVE, MASKED_VALUE, inplace=True)
+
+
+def count_masked(masked: torch.Tensor) -> torch.Tensor:
+    """``[N]`` int64: the entries of each row of ``masked [N, V]`` that :func:`mask_below_threshold` masked.
+
+    One read-only pass, no ``[N, V]`` temporary: the row's sum is ``-n * 2**100`` plus the kept
+    entries, which round away as long as they sum to less than ``2**75`` in size (logits of a real model
+    are many orders below), so ``sum / MASKED_VALUE`` rounds to ``n`` exactly (float32 holds these
+    multiples exactly below 2**24 entries a row; wider rows sum in float64). NaN entries count as kept
+    (they were not masked); a row holding ``+inf`` counts 0.
+    """
+    sum_dtype = torch.float32 if masked.shape[-1] < 2**24 else torch.float64
+    sums = torch.nansum(masked, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
+    return sums.div_(MASKED_VALUE).round_().nan_to_num_(0.0, 0.0, 0.0).long()
+
+
 class _SelfishCrossEntropySum(torch.autograd.Function):
     """Sum over rows of the selfish NLL, with a hand-written backward ``p_kept - onehot``.
 
     The forward shifts each row by its threshold (``z = x - (x_t - margin)``, so kept entries are
-    exactly those with ``z >= 0``), sends the rest to ``-inf`` in place with ``F.threshold_`` and
-    takes the native ``log_softmax``. It saves only that ``[N, V]`` float32 log-probability tensor,
-    the same footprint as ``F.cross_entropy``; masked entries are ``-inf`` there, so their gradient
-    ``exp(-inf) = 0`` is exactly zero. No ``[N, V]`` boolean mask is kept.
+    exactly those with ``z >= 0``), sends the rest to :data:`MASKED_VALUE` in place (``exp`` of it is
+    0) and takes the native ``log_softmax`` in place. It keeps only that ``[N, V]`` float32
+    log-probability tensor, the same footprint as ``F.cross_entropy``; masked entries are about
+    ``-2**100`` there, so their gradient ``exp(log p) = 0`` is exactly zero. No ``[N, V]`` boolean
+    mask is made, and the backward turns the log-probabilities into the gradient in place.
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, valid, margin: float, count_masked: bool):
+    def forward(ctx, logits, labels, valid, margin: float, count: bool):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
         threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
-        shifted = logits.float() - threshold  # [N, V] new float32; kept <=> >= 0 (exact in fp)
-        F.threshold(shifted, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
-        n_masked = torch.isneginf(shifted).sum(dim=1) if count_masked else None  # [N]
+        shifted = torch.sub(logits, threshold)  # [N, V] new float32; kept <=> >= 0 (exact in fp)
+        mask_below_threshold(shifted)
+        n_masked = count_masked(shifted) if count else torch.zeros_like(labels)  # [N]
         # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
         log_probs = torch.log_softmax(shifted, dim=1, out=shifted)  # [N, V]; a row shift leaves it unchanged
         nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [N]
         nll = torch.where(valid, nll, torch.zeros_like(nll))  # ignored rows give 0, never NaN
-        ctx.save_for_backward(log_probs, labels, valid)
+        ctx.log_probs = log_probs  # consumed by backward: its buffer becomes the gradient
+        ctx.save_for_backward(labels, valid)
         ctx.input_dtype = logits.dtype
-        if n_masked is None:
-            n_masked = torch.zeros_like(labels)
         ctx.mark_non_differentiable(n_masked)
         return nll.sum(), n_masked
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_masked):
-        log_probs, labels, valid = ctx.saved_tensors
-        row_scale = valid.to(log_probs.dtype) * grad_loss  # [N]; 0 on ignored rows
-        grad = log_probs.exp().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale
+        if ctx.log_probs is None:
+            raise RuntimeError(
+                "selfish_cross_entropy turns its saved log-probabilities into the gradient, so it can "
+                "backward once per forward; recompute the loss instead of calling backward twice (retain_graph)"
+            )
+        grad, ctx.log_probs = ctx.log_probs, None  # [N, V]
+        labels, valid = ctx.saved_tensors
+        row_scale = valid.to(grad.dtype) * grad_loss  # [N]; 0 on ignored rows
+        grad.exp_().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale, in place
         rows = torch.arange(grad.shape[0], device=grad.device)
         grad[rows, labels] -= row_scale  # minus the target's one-hot
         return grad.to(ctx.input_dtype), None, None, None, None
