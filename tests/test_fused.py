@@ -26,6 +26,16 @@ from .tiny_models import tiny_model
 
 N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
 IGNORE = -100
+SPARSE_MAX_DENSITY = fused_module.SPARSE_MAX_DENSITY  # the library's own cutoff, before the fixture below
+
+
+@pytest.fixture(autouse=True)
+def every_chunk_sparse(monkeypatch):
+    """The sparse backward on every chunk, however dense: the gathered matmuls meet every shape and dtype here.
+
+    (The cutoff that sends dense chunks to the dense matmuls has its own test.)
+    """
+    monkeypatch.setattr(fused_module, "SPARSE_MAX_DENSITY", 1.0)
 
 
 def reference_loss(hidden, weight, labels, margin, bias=None, num_items_in_batch=None):
@@ -325,14 +335,23 @@ def kept_columns_by_hand(hidden, weight, bias, labels, margin, chunk_size):
     return chunks
 
 
-@pytest.mark.parametrize("margin, sparse, expect_sparse", [(2.0, True, True), (2.0, False, False), (None, True, False)])
-def test_sparse_backward_uses_only_the_kept_columns(monkeypatch, margin, sparse, expect_sparse):
-    """Fails if the sparse path silently falls back to dense: every chunk's matmuls see exactly its kept columns."""
+@pytest.mark.parametrize(
+    "margin, sparse, targets_on_top, expect_sparse",
+    [(2.0, True, True, True), (2.0, False, True, False), (None, True, True, False), (2.0, True, False, False)],
+)
+def test_sparse_backward_uses_only_the_kept_columns(monkeypatch, margin, sparse, targets_on_top, expect_sparse):
+    """Fails if the sparse path silently falls back to dense: every chunk's matmuls see exactly its kept columns.
+
+    Targets on top of their row (as in a trained model) keep few columns; random targets keep most of the
+    vocabulary in every chunk, more than SPARSE_MAX_DENSITY, so those chunks take the dense matmuls.
+    """
+    monkeypatch.setattr(fused_module, "SPARSE_MAX_DENSITY", SPARSE_MAX_DENSITY)
     hidden, weight, labels, bias = make_inputs(ignore_every=4, bias=True)
     with torch.no_grad():
         weight.mul_(4.0)
         top = torch.addmm(bias, hidden, weight.T).argmax(dim=1)
-    labels = torch.where(labels == IGNORE, labels, top)  # targets on top, as in a trained model: few kept per row
+    if targets_on_top:
+        labels = torch.where(labels == IGNORE, labels, top)
     seen = []
     accumulate = fused_module._accumulate_chunk_grads
 
@@ -347,12 +366,15 @@ def test_sparse_backward_uses_only_the_kept_columns(monkeypatch, margin, sparse,
         hidden, weight, labels, margin, bias=bias, chunk_size=5, sparse_backward=sparse
     ).backward()
     assert len(seen) == math.ceil(int((labels != IGNORE).sum()) / 5)
-    if not expect_sparse:
+    if not sparse or margin is None:
         assert all(columns is None for columns in seen)
         return
-    expected = kept_columns_by_hand(hidden, weight, bias, labels, margin, chunk_size=5)
-    assert seen == expected
-    assert sum(len(columns) for columns in seen) < 0.5 * len(seen) * V  # most columns skipped
+    by_hand = kept_columns_by_hand(hidden, weight, bias, labels, margin, chunk_size=5)
+    assert seen == [None if len(kept) > SPARSE_MAX_DENSITY * V else kept for kept in by_hand]
+    assert any(columns is not None for columns in seen) == expect_sparse
+    if expect_sparse:
+        assert all(columns is not None for columns in seen)
+        assert sum(len(columns) for columns in seen) < 0.5 * len(seen) * V  # most columns skipped
 
 
 # ---- fused_causal_lm_loss on tiny models ----

@@ -31,10 +31,21 @@ import torch
 
 from .loss import MASKED_VALUE, check_label_range, count_masked, mask_below_threshold, validate_margin
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "gradient_columns", "linear_selfish_cross_entropy"]
+__all__ = [
+    "DEFAULT_CHUNK_BYTES",
+    "SPARSE_MAX_DENSITY",
+    "default_chunk_size",
+    "gradient_columns",
+    "linear_selfish_cross_entropy",
+]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+# The sparse backward gathers a chunk's kept columns only while they are at most this share of the
+# vocabulary; above it the gathers cost more than the skipped columns save (break-even ~0.65 on CPU,
+# docs/design.md), and the chunk takes the dense matmuls, which give the same result.
+SPARSE_MAX_DENSITY = 0.5
 
 
 def default_chunk_size(vocab_size: int, n_rows: int) -> int:
@@ -49,7 +60,7 @@ class _ChunkResult(NamedTuple):
     nll_sum: torch.Tensor  # [] float32
     n_masked: torch.Tensor  # [] int64
     grad_logits: torch.Tensor | None  # [c, V] float32, or None when no gradient is wanted
-    columns: torch.Tensor | None  # [k] int64 ids of the columns the chunk keeps (sparse backward), or None: all
+    columns: torch.Tensor | None  # [k] int64 ids of the columns some row keeps (sparse backward), or None: all
 
 
 def gradient_columns(masked_logits: torch.Tensor) -> torch.Tensor:
@@ -78,7 +89,8 @@ def _chunk_loss(
         margin: the selfish margin, ``None`` for plain cross-entropy.
         grad_scale: factor of every row's gradient (``1 / denominator``); ``None`` skips the gradient.
         count: count the masked entries (a read-only pass over the chunk); else report 0.
-        select_columns: also return the ids of the columns some row keeps (with a margin and a gradient).
+        select_columns: also return the ids of the columns some row keeps (with a margin and a gradient),
+            unless they are more than :data:`SPARSE_MAX_DENSITY` of the vocabulary.
     """
     rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
     n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
@@ -91,6 +103,8 @@ def _chunk_loss(
             n_masked = count_masked(logits).sum()
         if select_columns and grad_scale is not None:
             columns = gradient_columns(logits)
+            if columns.shape[0] > SPARSE_MAX_DENSITY * logits.shape[1]:
+                columns = None  # too dense to pay: the dense matmuls
     target = logits[rows, labels]  # [c]
     row_max = logits.amax(dim=1, keepdim=True)  # [c, 1]; finite: the target is kept
     probs = logits.sub_(row_max).exp_()  # [c, V] unnormalised, 0 on masked entries
@@ -273,8 +287,9 @@ def linear_selfish_cross_entropy(
         return_masked_fraction: also return the fraction of (valid row, vocab) entries the margin
             removed from the softmax (a detached float32 scalar; 0 for plain cross-entropy).
         sparse_backward: per chunk, run the gradient matmuls over the vocabulary columns that some
-            row of the chunk keeps only (the others' gradient is exactly zero). Same result up to
-            float rounding; no effect for plain cross-entropy, which masks nothing.
+            row of the chunk keeps only (the others' gradient is exactly zero), when those are at most
+            :data:`SPARSE_MAX_DENSITY` of the vocabulary. Same result up to float rounding; no effect
+            for plain cross-entropy, which masks nothing.
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
