@@ -18,24 +18,32 @@ import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
 from hf_selfish.ops import fused as fused_module
-from hf_selfish.ops.fused import default_chunk_size, gradient_columns, linear_selfish_cross_entropy
-from hf_selfish.ops.loss import MASKED_VALUE, mask_below_threshold, selfish_causal_lm_loss
+from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.ops.loss import MASKED_VALUE, selfish_causal_lm_loss
+from hf_selfish.ops.sparse_backward import SparsePlan
 from hf_selfish.patching import check_fusable, fused_causal_lm_loss
 
 from .tiny_models import tiny_model
 
 N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
 IGNORE = -100
-SPARSE_MAX_DENSITY = fused_module.SPARSE_MAX_DENSITY  # the library's own cutoff, before the fixture below
+
+
+def split_plan(masked_logits, n_masked):
+    """Every chunk split: even rows over the columns they keep, odd rows densely (both code paths, any shape)."""
+    rows = torch.arange(masked_logits.shape[0])
+    narrow, wide = rows[0::2], rows[1::2]
+    columns = (masked_logits[narrow] != MASKED_VALUE).any(dim=0).nonzero().squeeze(1)
+    return SparsePlan(narrow, columns, wide)
 
 
 @pytest.fixture(autouse=True)
-def every_chunk_sparse(monkeypatch):
-    """The sparse backward on every chunk, however dense: the gathered matmuls meet every shape and dtype here.
+def every_chunk_split(monkeypatch):
+    """The sparse backward on every chunk, whatever it keeps, with narrow and wide rows.
 
-    (The cutoff that sends dense chunks to the dense matmuls has its own test.)
+    (The planner that picks the split, or dense, has its own tests in test_sparse_backward.py.)
     """
-    monkeypatch.setattr(fused_module, "SPARSE_MAX_DENSITY", 1.0)
+    monkeypatch.setattr(fused_module, "plan_sparse_backward", split_plan)
 
 
 def reference_loss(hidden, weight, labels, margin, bias=None, num_items_in_batch=None):
@@ -303,78 +311,6 @@ def test_default_chunk_size():
     assert default_chunk_size(128256, 8192) == 523  # 256 MiB of float32 logits
     assert default_chunk_size(32000, 8192) == 2097
     assert default_chunk_size(65, 100) == 100  # never more than N
-
-
-# ---- the sparse backward: which columns the gradient matmuls use ----
-
-
-def test_gradient_columns_equal_an_explicit_loop():
-    generator = torch.Generator().manual_seed(3)
-    logits = torch.randn(9, 40, generator=generator) * 10
-    labels = logits.argmax(dim=1)  # targets on top, as in a trained model: few entries within the margin
-    shifted = logits - (logits.gather(1, labels.unsqueeze(1)) - 1.0)
-    shifted[4, 7] = float("nan")  # a NaN must reach the gradient: its column counts as kept
-    mask_below_threshold(shifted)
-    expected = [j for j in range(40) if any(not (shifted[i, j] == MASKED_VALUE) for i in range(9))]
-    assert 7 in expected and len(expected) < 40  # some columns are skipped
-    assert gradient_columns(shifted).tolist() == expected
-
-
-def kept_columns_by_hand(hidden, weight, bias, labels, margin, chunk_size):
-    """Per chunk of valid rows, the sorted ids some row keeps (logit >= target logit - margin), in float64."""
-    logits = (hidden.double() @ weight.double().T + bias.double()).detach()
-    rows = [(row, label) for row, label in zip(logits.tolist(), labels.tolist()) if label != IGNORE]
-    gaps = [abs(x - (row[label] - margin)) for row, label in rows for x in row]
-    assert min(gaps) > 1e-3  # no entry so close to the threshold that float32 rounding could flip it
-    chunks = []
-    for start in range(0, len(rows), chunk_size):
-        kept = {
-            j for row, label in rows[start : start + chunk_size] for j, x in enumerate(row) if x >= row[label] - margin
-        }
-        chunks.append(sorted(kept))
-    return chunks
-
-
-@pytest.mark.parametrize(
-    "margin, sparse, targets_on_top, expect_sparse",
-    [(2.0, True, True, True), (2.0, False, True, False), (None, True, True, False), (2.0, True, False, False)],
-)
-def test_sparse_backward_uses_only_the_kept_columns(monkeypatch, margin, sparse, targets_on_top, expect_sparse):
-    """Fails if the sparse path silently falls back to dense: every chunk's matmuls see exactly its kept columns.
-
-    Targets on top of their row (as in a trained model) keep few columns; random targets keep most of the
-    vocabulary in every chunk, more than SPARSE_MAX_DENSITY, so those chunks take the dense matmuls.
-    """
-    monkeypatch.setattr(fused_module, "SPARSE_MAX_DENSITY", SPARSE_MAX_DENSITY)
-    hidden, weight, labels, bias = make_inputs(ignore_every=4, bias=True)
-    with torch.no_grad():
-        weight.mul_(4.0)
-        top = torch.addmm(bias, hidden, weight.T).argmax(dim=1)
-    if targets_on_top:
-        labels = torch.where(labels == IGNORE, labels, top)
-    seen = []
-    accumulate = fused_module._accumulate_chunk_grads
-
-    def spy(grad_logits, columns, *args):
-        seen.append(None if columns is None else columns.tolist())
-        return accumulate(grad_logits, columns, *args)
-
-    monkeypatch.setattr(fused_module, "_accumulate_chunk_grads", spy)
-    assert_matches_reference(hidden, weight, labels, margin, bias=bias, chunk_size=5)
-    seen.clear()
-    linear_selfish_cross_entropy(
-        hidden, weight, labels, margin, bias=bias, chunk_size=5, sparse_backward=sparse
-    ).backward()
-    assert len(seen) == math.ceil(int((labels != IGNORE).sum()) / 5)
-    if not sparse or margin is None:
-        assert all(columns is None for columns in seen)
-        return
-    by_hand = kept_columns_by_hand(hidden, weight, bias, labels, margin, chunk_size=5)
-    assert seen == [None if len(kept) > SPARSE_MAX_DENSITY * V else kept for kept in by_hand]
-    assert any(columns is not None for columns in seen) == expect_sparse
-    if expect_sparse:
-        assert all(columns is not None for columns in seen)
-        assert sum(len(columns) for columns in seen) < 0.5 * len(seen) * V  # most columns skipped
 
 
 # ---- fused_causal_lm_loss on tiny models ----

@@ -29,23 +29,13 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import MASKED_VALUE, check_label_range, count_masked, mask_below_threshold, validate_margin
+from .loss import check_label_range, count_masked, mask_below_threshold, validate_margin
+from .sparse_backward import SparsePlan, accumulate_sparse, plan_sparse_backward
 
-__all__ = [
-    "DEFAULT_CHUNK_BYTES",
-    "SPARSE_MAX_DENSITY",
-    "default_chunk_size",
-    "gradient_columns",
-    "linear_selfish_cross_entropy",
-]
+__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
-
-# The sparse backward gathers a chunk's kept columns only while they are at most this share of the
-# vocabulary; above it the gathers cost more than the skipped columns save (break-even ~0.65 on CPU,
-# docs/design.md), and the chunk takes the dense matmuls, which give the same result.
-SPARSE_MAX_DENSITY = 0.5
 
 
 def default_chunk_size(vocab_size: int, n_rows: int) -> int:
@@ -60,17 +50,7 @@ class _ChunkResult(NamedTuple):
     nll_sum: torch.Tensor  # [] float32
     n_masked: torch.Tensor  # [] int64
     grad_logits: torch.Tensor | None  # [c, V] float32, or None when no gradient is wanted
-    columns: torch.Tensor | None  # [k] int64 ids of the columns some row keeps (sparse backward), or None: all
-
-
-def gradient_columns(masked_logits: torch.Tensor) -> torch.Tensor:
-    """Sorted ids ``[k]`` of the columns of ``masked_logits [c, V]`` that some row keeps.
-
-    ``masked_logits`` come from :func:`~hf_selfish.ops.loss.mask_below_threshold` (masked entries
-    are :data:`~hf_selfish.ops.loss.MASKED_VALUE`). Every other column of the chunk's logit gradient
-    is exactly zero, so the gradient matmuls may skip it. NaN counts as kept (it must propagate).
-    """
-    return (masked_logits.amax(dim=0) != MASKED_VALUE).nonzero().squeeze(1)  # one read-only pass
+    plan: SparsePlan | None  # how the gradient matmuls skip zero columns (sparse backward), or None: dense
 
 
 def _chunk_loss(
@@ -79,7 +59,7 @@ def _chunk_loss(
     margin: float | None,
     grad_scale: float | None,
     count: bool,
-    select_columns: bool = False,
+    sparse: bool = False,
 ) -> _ChunkResult:
     """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient.
 
@@ -89,22 +69,21 @@ def _chunk_loss(
         margin: the selfish margin, ``None`` for plain cross-entropy.
         grad_scale: factor of every row's gradient (``1 / denominator``); ``None`` skips the gradient.
         count: count the masked entries (a read-only pass over the chunk); else report 0.
-        select_columns: also return the ids of the columns some row keeps (with a margin and a gradient),
-            unless they are more than :data:`SPARSE_MAX_DENSITY` of the vocabulary.
+        sparse: plan the sparse gradient matmuls (with a margin and a gradient; ``None`` where dense pays).
     """
     rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
     n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
-    columns = None
+    plan = None
     if margin is not None:
         threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
         logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
         mask_below_threshold(logits)  # masked -> MASKED_VALUE, whose exp() is 0
+        sparse = sparse and grad_scale is not None
+        row_masked = count_masked(logits) if count or sparse else None  # [c]
         if count:
-            n_masked = count_masked(logits).sum()
-        if select_columns and grad_scale is not None:
-            columns = gradient_columns(logits)
-            if columns.shape[0] > SPARSE_MAX_DENSITY * logits.shape[1]:
-                columns = None  # too dense to pay: the dense matmuls
+            n_masked = row_masked.sum()
+        if sparse:
+            plan = plan_sparse_backward(logits, row_masked)
     target = logits[rows, labels]  # [c]
     row_max = logits.amax(dim=1, keepdim=True)  # [c, 1]; finite: the target is kept
     probs = logits.sub_(row_max).exp_()  # [c, V] unnormalised, 0 on masked entries
@@ -112,9 +91,11 @@ def _chunk_loss(
     nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target  # [c] = logsumexp - target
     if grad_scale is None:
         return _ChunkResult(nll.sum(), n_masked, None, None)
+    if plan is not None and not bool(torch.isfinite(nll).all()):
+        plan = None  # a NaN/inf logit must reach every gradient it touches, as in the dense matmuls
     grad = probs.mul_(grad_scale / row_sum)  # [c, V] = p_kept * scale
     grad[rows, labels] -= grad_scale  # minus the target's one-hot
-    return _ChunkResult(nll.sum(), n_masked, grad, columns)
+    return _ChunkResult(nll.sum(), n_masked, grad, plan)
 
 
 class _LinearSelfishCrossEntropy(torch.autograd.Function):
@@ -146,7 +127,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             if compute_grad:
                 _accumulate_chunk_grads(
                     result.grad_logits,
-                    result.columns,
+                    result.plan,
                     hidden_c,
                     weight,
                     grad_hidden[start:end] if want_hidden else None,
@@ -188,7 +169,7 @@ def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 def _accumulate_chunk_grads(
     grad_logits: torch.Tensor,
-    columns: torch.Tensor | None,
+    plan: SparsePlan | None,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
     grad_hidden_c: torch.Tensor | None,
@@ -197,29 +178,22 @@ def _accumulate_chunk_grads(
 ) -> None:
     """Backpropagate a chunk's ``grad_logits [c, V]`` through the linear layer into the buffers.
 
-    With ``columns`` (``[k]`` ids, see :func:`gradient_columns`) only those columns take part: every
-    other column of ``grad_logits`` is exactly zero, so the result is the dense one with ``k / V`` of
-    the FLOPs (up to the order of the sums).
+    With a ``plan`` the matmuls skip the columns whose gradient is exactly zero
+    (:mod:`hf_selfish.ops.sparse_backward`); the result is the dense one up to the order of the sums.
     """
-    if columns is not None:
-        grad_logits = grad_logits.index_select(1, columns)  # [c, k]
-        if grad_hidden_c is not None:
-            weight = weight.index_select(0, columns)  # [k, d]
-    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V] or [c, k]; no copy for float32
+    if plan is not None:
+        accumulate_sparse(plan, grad_logits, hidden_c, weight, grad_hidden_c, grad_weight, grad_bias)
+        return
+    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V]; no copy for float32
     if grad_hidden_c is not None:
         torch.mm(grad_lowp, weight, out=grad_hidden_c)  # [c, d]
     if grad_weight is not None:
-        if columns is not None:
-            grad_weight.index_add_(0, columns, (grad_lowp.T @ hidden_c).float())  # [k, d] into [V, d]
-        elif grad_lowp.dtype == torch.float32:
+        if grad_lowp.dtype == torch.float32:
             grad_weight.addmm_(grad_lowp.T, hidden_c)  # [V, d]
         else:
             grad_weight += grad_lowp.T @ hidden_c  # [V, d]: half-precision matmul, float32 sum
     if grad_bias is not None:
-        if columns is not None:
-            grad_bias.index_add_(0, columns, grad_logits.sum(dim=0))  # [k] into [V]
-        else:
-            grad_bias += grad_logits.sum(dim=0)  # [V]
+        grad_bias += grad_logits.sum(dim=0)  # [V]
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor):
@@ -286,10 +260,10 @@ def linear_selfish_cross_entropy(
         chunk_size: rows per chunk; default :func:`default_chunk_size` (256 MiB of float32 logits).
         return_masked_fraction: also return the fraction of (valid row, vocab) entries the margin
             removed from the softmax (a detached float32 scalar; 0 for plain cross-entropy).
-        sparse_backward: per chunk, run the gradient matmuls over the vocabulary columns that some
-            row of the chunk keeps only (the others' gradient is exactly zero), when those are at most
-            :data:`SPARSE_MAX_DENSITY` of the vocabulary. Same result up to float rounding; no effect
-            for plain cross-entropy, which masks nothing.
+        sparse_backward: per chunk, skip the vocabulary columns whose gradient is exactly zero in
+            the gradient matmuls: rows that keep few entries run over the columns they keep, the
+            others densely (:mod:`hf_selfish.ops.sparse_backward`; dense where no split halves the
+            work). Same result up to float rounding; no effect for plain cross-entropy (nothing masked).
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.

@@ -1,0 +1,111 @@
+"""Exact sparse gradient matmuls of one fused chunk: skip the vocabulary columns whose gradient is zero.
+
+A masked entry's logit gradient is exactly zero, so a chunk's gradient matmuls
+(``grad_hidden = G @ W``, ``grad_weight += G.T @ hidden``) need only the columns some row keeps. In a
+trained model a row keeps few entries (98-99% are masked at margin 2), but a few rows -- the uncertain
+positions -- keep thousands, so the columns kept by *some* row of a chunk of a thousand rows are most of
+the vocabulary. :func:`plan_sparse_backward` therefore splits the chunk's rows by how many entries they
+keep: the *narrow* rows run over the union of their kept columns only, the *wide* rows densely.
+The split is the one of least matmul size over log2 classes of the kept count, found in one pass (the
+per-class column maxima); a chunk where no split pays takes the dense matmuls. Every variant gives the
+dense result up to the order of the float sums.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .loss import MASKED_VALUE
+
+__all__ = ["SPARSE_MAX_COST", "SparsePlan", "accumulate_sparse", "plan_sparse_backward"]
+
+# A plan must cut the matmul size to at most this share of the dense one: below it the gathers
+# (about a pass over the chunk's gradient) cost less than the skipped columns save (docs/design.md).
+SPARSE_MAX_COST = 0.5
+
+
+class SparsePlan(NamedTuple):
+    """How one chunk's gradient matmuls skip zero columns."""
+
+    narrow_rows: torch.Tensor  # [m] rows (of the chunk) taken over `columns` only
+    columns: torch.Tensor  # [k] sorted ids some narrow row keeps
+    wide_rows: torch.Tensor  # [c - m] rows taken over the whole vocabulary (may be empty)
+
+    def cost(self, vocab_size: int) -> int:
+        """Entries of the gradient the matmuls read: ``m * k + (c - m) * V``."""
+        return self.narrow_rows.numel() * self.columns.numel() + self.wide_rows.numel() * vocab_size
+
+
+def kept_class(n_kept: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """``[c]`` class of each row: ``ceil(log2(kept entries))``, so class q holds rows keeping at most ``2**q``."""
+    return torch.log2(n_kept.double()).ceil_().long().clamp_(0, n_classes - 1)
+
+
+def plan_sparse_backward(masked_logits: torch.Tensor, n_masked: torch.Tensor) -> SparsePlan | None:
+    """The cheapest row split of a chunk for :func:`accumulate_sparse`, or ``None`` when dense is cheaper.
+
+    Args:
+        masked_logits: ``[c, V]`` shifted logits after ``mask_below_threshold`` (masked entries are
+            :data:`~hf_selfish.ops.loss.MASKED_VALUE`).
+        n_masked: ``[c]`` masked entries of each row (``count_masked``).
+    """
+    n_rows, vocab_size = masked_logits.shape
+    n_classes = vocab_size.bit_length() + 1
+    classes = kept_class(vocab_size - n_masked, n_classes)  # [c]
+    column_max = torch.full((n_classes, vocab_size), MASKED_VALUE, device=masked_logits.device)
+    index = classes.unsqueeze(1).expand(n_rows, vocab_size)
+    column_max.scatter_reduce_(0, index, masked_logits, "amax")  # [Q, V]: one read-only pass
+    kept_up_to = column_max.cummax(dim=0).values != MASKED_VALUE  # [Q, V]: kept by a row of class <= q
+    rows_up_to = torch.bincount(classes, minlength=n_classes).cumsum(0)  # [Q]
+    cost = (n_rows - rows_up_to) * vocab_size + rows_up_to * kept_up_to.sum(dim=1)  # [Q]
+    best = int(cost.argmin())
+    if int(cost[best]) > SPARSE_MAX_COST * n_rows * vocab_size:
+        return None
+    narrow = classes <= best  # [c]
+    return SparsePlan(
+        narrow.nonzero().squeeze(1), kept_up_to[best].nonzero().squeeze(1), (~narrow).nonzero().squeeze(1)
+    )
+
+
+def accumulate_sparse(
+    plan: SparsePlan,
+    grad_logits: torch.Tensor,
+    hidden_c: torch.Tensor,
+    weight: torch.Tensor,
+    grad_hidden_c: torch.Tensor | None,
+    grad_weight: torch.Tensor | None,
+    grad_bias: torch.Tensor | None,
+) -> None:
+    """Backpropagate ``grad_logits [c, V]`` through the linear layer into the buffers, following ``plan``.
+
+    Narrow rows: ``G[narrow][:, columns]`` against ``weight[columns]``; wide rows: ``G[wide]`` densely.
+    """
+    all_narrow = plan.wide_rows.numel() == 0
+    groups = [(plan.narrow_rows, plan.columns)] + ([] if all_narrow else [(plan.wide_rows, None)])
+    for rows, columns in groups:
+        grad = grad_logits if columns is None else grad_logits.index_select(1, columns)  # [c, k] or [c, V]
+        if not all_narrow:
+            grad = grad.index_select(0, rows)  # [r, k] or [r, V]
+        hidden_r = hidden_c if all_narrow else hidden_c.index_select(0, rows)  # [r, d]
+        grad_lowp = grad.to(hidden_c.dtype)  # no copy for float32
+        if grad_hidden_c is not None:
+            weight_k = weight if columns is None else weight.index_select(0, columns)  # [k, d]
+            if all_narrow:
+                torch.mm(grad_lowp, weight_k, out=grad_hidden_c)  # [c, d]
+            else:
+                grad_hidden_c.index_copy_(0, rows, grad_lowp @ weight_k)  # [r, d]
+        if grad_weight is not None:
+            if columns is not None:
+                grad_weight.index_add_(0, columns, (grad_lowp.T @ hidden_r).float())  # [k, d] into [V, d]
+            elif grad_lowp.dtype == torch.float32:
+                grad_weight.addmm_(grad_lowp.T, hidden_r)  # [V, d]
+            else:
+                grad_weight += grad_lowp.T @ hidden_r  # [V, d]: half-precision matmul, float32 sum
+        if grad_bias is not None:
+            sums = grad.sum(dim=0)  # float32 [k] or [V]
+            if columns is None:
+                grad_bias += sums
+            else:
+                grad_bias.index_add_(0, columns, sums)
