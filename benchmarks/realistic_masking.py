@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
-from hf_selfish.ops.loss import MASKED_VALUE, count_masked, mask_below_threshold
+from hf_selfish.ops.loss import mask_below_threshold
 from hf_selfish.ops.sparse_backward import plan_sparse_backward
 
 SEARCH_ROWS = 256
@@ -90,9 +90,9 @@ def masking_stats(hidden, weight, labels, margin: float, chunk_size: int | None 
         for start in range(0, hidden.shape[0], chunk):
             logits = (hidden[start : start + chunk] @ weight.T).float()  # [c, V]
             logits -= logits.gather(1, labels[start : start + chunk].unsqueeze(1)) - margin
-            mask_below_threshold(logits)
-            union.append((logits.amax(dim=0) != MASKED_VALUE).double().mean().item())
-            plan = plan_sparse_backward(logits, count_masked(logits))
+            n_masked = mask_below_threshold(logits, count=True)
+            union.append((logits.amax(dim=0) != float("-inf")).double().mean().item())
+            plan = plan_sparse_backward(logits, n_masked)
             narrow.append(0.0 if plan is None else plan.narrow_rows.numel() / logits.shape[0])
             cost.append(1.0 if plan is None else plan.cost(logits.shape[1]) / logits.numel())
             del logits

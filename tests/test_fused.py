@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
-from hf_selfish.ops.loss import MASKED_VALUE, selfish_causal_lm_loss
+from hf_selfish.ops.loss import selfish_causal_lm_loss
 from hf_selfish.ops.sparse_backward import SparsePlan
 from hf_selfish.patching import check_fusable, fused_causal_lm_loss
 
@@ -33,7 +33,7 @@ def split_plan(masked_logits, n_masked):
     """Every chunk split: even rows over the columns they keep, odd rows densely (both code paths, any shape)."""
     rows = torch.arange(masked_logits.shape[0])
     narrow, wide = rows[0::2], rows[1::2]
-    columns = (masked_logits[narrow] != MASKED_VALUE).any(dim=0).nonzero().squeeze(1)
+    columns = (masked_logits[narrow] != float("-inf")).any(dim=0).nonzero().squeeze(1)
     return SparsePlan(narrow, columns, wide)
 
 

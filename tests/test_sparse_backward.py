@@ -10,7 +10,7 @@ import torch
 
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import linear_selfish_cross_entropy
-from hf_selfish.ops.loss import MASKED_VALUE, count_masked, mask_below_threshold
+from hf_selfish.ops.loss import mask_below_threshold
 from hf_selfish.ops.sparse_backward import SPARSE_MAX_COST, SparsePlan, accumulate_sparse, plan_sparse_backward
 
 from .test_fused import IGNORE, V, assert_matches_reference, make_inputs
@@ -18,21 +18,22 @@ from .test_fused import IGNORE, V, assert_matches_reference, make_inputs
 
 def masked_chunk(n_rows=24, vocab=64, seed=0, wide_every=5):
     """Shifted-and-masked logits like a trained model's: most rows keep a few entries, every
-    ``wide_every``-th row (an uncertain position: its target ranks low) keeps many."""
+    ``wide_every``-th row (an uncertain position: its target ranks low) keeps many. Returns them and
+    the masked count of each row."""
     generator = torch.Generator().manual_seed(seed)
     logits = torch.randn(n_rows, vocab, generator=generator) * 4
     order = logits.argsort(dim=1, descending=True)  # [c, V]
     rank = torch.where(torch.arange(n_rows) % wide_every == 0, vocab // 2, 0)  # the target's rank in its row
     labels = order[torch.arange(n_rows), rank]
     shifted = logits - (logits.gather(1, labels.unsqueeze(1)) - 1.0)
-    mask_below_threshold(shifted)
-    return shifted
+    n_masked = mask_below_threshold(shifted, count=True)
+    return shifted, n_masked
 
 
 def explicit_plan(masked):
     """The planner's rule, by loops: split rows at ceil(log2(kept)) <= q, the q of least matmul size."""
     n_rows, vocab = masked.shape
-    kept = [[j for j in range(vocab) if masked[i, j] != MASKED_VALUE] for i in range(n_rows)]
+    kept = [[j for j in range(vocab) if masked[i, j] != float("-inf")] for i in range(n_rows)]
     n_classes = vocab.bit_length() + 1
     classes = [min(n_classes - 1, max(0, math.ceil(math.log2(len(k))))) for k in kept]
     best = None
@@ -50,8 +51,9 @@ def explicit_plan(masked):
 
 @pytest.mark.parametrize("seed, wide_every", [(0, 5), (1, 3), (2, 1000), (3, 1)])
 def test_plan_equals_an_explicit_search(seed, wide_every):
-    masked = masked_chunk(seed=seed, wide_every=wide_every)
-    plan = plan_sparse_backward(masked, count_masked(masked))
+    masked, n_masked = masked_chunk(seed=seed, wide_every=wide_every)
+    assert n_masked.tolist() == [int((row == float("-inf")).sum()) for row in masked]
+    plan = plan_sparse_backward(masked, n_masked)
     expected = explicit_plan(masked)
     if expected is None:
         assert plan is None
@@ -61,11 +63,11 @@ def test_plan_equals_an_explicit_search(seed, wide_every):
 
 
 def test_plan_splits_wide_rows_off_and_refuses_when_nothing_pays():
-    plan = plan_sparse_backward(masked := masked_chunk(wide_every=5), count_masked(masked))
+    plan = plan_sparse_backward(*masked_chunk(wide_every=5))
     assert plan is not None and set(range(0, 24, 5)) <= set(plan.wide_rows.tolist())  # the uncertain rows
     assert plan.narrow_rows.numel() > 12 and plan.columns.numel() < 32
     everything_kept = torch.zeros(8, 64)  # every row keeps every entry: no column to skip
-    assert plan_sparse_backward(everything_kept, count_masked(everything_kept)) is None
+    assert plan_sparse_backward(everything_kept, torch.zeros(8, dtype=torch.long)) is None
 
 
 def dense_grads(grad_logits, hidden, weight, with_bias):
@@ -77,9 +79,9 @@ def dense_grads(grad_logits, hidden, weight, with_bias):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("split", ["all narrow", "alternate", "one narrow row"])
 def test_accumulate_sparse_equals_dense_for_any_row_split(split, dtype):
-    masked = masked_chunk(n_rows=12, vocab=40, seed=5)
+    masked, _ = masked_chunk(n_rows=12, vocab=40, seed=5)
     generator = torch.Generator().manual_seed(6)
-    grad_logits = torch.where(masked != MASKED_VALUE, torch.randn(12, 40, generator=generator), 0.0)  # [c, V]
+    grad_logits = torch.where(masked != float("-inf"), torch.randn(12, 40, generator=generator), 0.0)  # [c, V]
     hidden = torch.randn(12, 8, generator=generator).to(dtype)
     weight = torch.randn(40, 8, generator=generator).to(dtype)
     rows = torch.arange(12)

@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import check_label_range, count_masked, mask_below_threshold, validate_margin
+from .loss import check_label_range, mask_below_threshold, validate_margin
 from .sparse_backward import SparsePlan, accumulate_sparse, plan_sparse_backward
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
@@ -77,9 +77,8 @@ def _chunk_loss(
     if margin is not None:
         threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
         logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
-        mask_below_threshold(logits)  # masked -> MASKED_VALUE, whose exp() is 0
         sparse = sparse and grad_scale is not None
-        row_masked = count_masked(logits) if count or sparse else None  # [c]
+        row_masked = mask_below_threshold(logits, count or sparse)  # masked -> -inf; [c] counts or None
         if count:
             n_masked = row_masked.sum()
         if sparse:

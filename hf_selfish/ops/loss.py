@@ -25,8 +25,6 @@ import torch.nn.functional as F
 
 __all__ = [
     "KEEP_ABOVE",
-    "MASKED_VALUE",
-    "count_masked",
     "mask_below_threshold",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
@@ -62,44 +60,41 @@ def validate_margin(margin: float | None) -> float | None:
 KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 
 
-# Value of the masked entries in the shifted logits. Kept entries are >= 0 (up to a denormal), and
-# exp() of this is exactly 0, as of -inf: the softmax, the loss and the gradient are those of -inf.
-# As a power of two it also makes the count free of a [N, V] boolean: a row's sum is exactly
-# -n_masked * 2**100, the kept entries rounding away (see `count_masked`).
-MASKED_VALUE = -(2.0**100)
+# Stand-in of the masked entries while they are counted: a power of two so far below every kept
+# entry (>= 0) that a row's sum is exactly -n_masked * 2**100, the kept entries rounding away. The
+# count then costs one read-only sum instead of a [N, V] boolean. It goes back to -inf before any
+# exp(): exp() of -inf is 0 as of -2**100, but the CPU's vectorised exp() is ~2x slower on the latter.
+_COUNT_STAND_IN = -(2.0**100)
 
 
-def mask_below_threshold(shifted: torch.Tensor) -> None:
-    """Set the entries of ``shifted [N, V]`` (float32, already ``logits - threshold``) below 0 to :data:`MASKED_VALUE`.
+def mask_below_threshold(shifted: torch.Tensor, count: bool = False) -> torch.Tensor | None:
+    """Set the entries of ``shifted [N, V]`` (float32, ``logits - threshold``) below 0 to ``-inf``, in place.
 
-    In place. ``z > KEEP_ABOVE`` is ``z >= 0`` for every normal float; NaN entries stay NaN.
+    ``z > KEEP_ABOVE`` is ``z >= 0`` for every normal float; NaN entries stay NaN (and are not counted).
+    With ``count``, return the ``[N]`` int64 count of masked entries of each row, exact while the kept
+    entries of a row sum to less than ``2**75`` in size (logits of a real model are many orders below;
+    float32 holds the multiples of ``2**100`` exactly below 2**24 entries a row, wider rows sum in
+    float64); a row holding ``+inf`` counts 0.
     """
-    F.threshold(shifted, KEEP_ABOVE, MASKED_VALUE, inplace=True)
-
-
-def count_masked(masked: torch.Tensor) -> torch.Tensor:
-    """``[N]`` int64: the entries of each row of ``masked [N, V]`` that :func:`mask_below_threshold` masked.
-
-    One read-only pass, no ``[N, V]`` temporary: the row's sum is ``-n * 2**100`` plus the kept
-    entries, which round away as long as they sum to less than ``2**75`` in size (logits of a real model
-    are many orders below), so ``sum / MASKED_VALUE`` rounds to ``n`` exactly (float32 holds these
-    multiples exactly below 2**24 entries a row; wider rows sum in float64). NaN entries count as kept
-    (they were not masked); a row holding ``+inf`` counts 0.
-    """
-    sum_dtype = torch.float32 if masked.shape[-1] < 2**24 else torch.float64
-    sums = torch.nansum(masked, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
-    return sums.div_(MASKED_VALUE).round_().nan_to_num_(0.0, 0.0, 0.0).long()
+    if not count:
+        F.threshold(shifted, KEEP_ABOVE, float("-inf"), inplace=True)
+        return None
+    F.threshold(shifted, KEEP_ABOVE, _COUNT_STAND_IN, inplace=True)
+    sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
+    sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
+    F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
+    return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
 
 
 class _SelfishCrossEntropySum(torch.autograd.Function):
     """Sum over rows of the selfish NLL, with a hand-written backward ``p_kept - onehot``.
 
     The forward shifts each row by its threshold (``z = x - (x_t - margin)``, so kept entries are
-    exactly those with ``z >= 0``), sends the rest to :data:`MASKED_VALUE` in place (``exp`` of it is
-    0) and takes the native ``log_softmax`` in place. It keeps only that ``[N, V]`` float32
-    log-probability tensor, the same footprint as ``F.cross_entropy``; masked entries are about
-    ``-2**100`` there, so their gradient ``exp(log p) = 0`` is exactly zero. No ``[N, V]`` boolean
-    mask is made, and the backward turns the log-probabilities into the gradient in place.
+    exactly those with ``z >= 0``), sends the rest to ``-inf`` in place (:func:`mask_below_threshold`,
+    which also counts them) and takes the native ``log_softmax`` in place. It keeps only that
+    ``[N, V]`` float32 log-probability tensor, the same footprint as ``F.cross_entropy``; masked
+    entries are ``-inf`` there, so their gradient ``exp(-inf) = 0`` is exactly zero. No ``[N, V]``
+    boolean mask is made, and the backward turns the log-probabilities into the gradient in place.
     """
 
     @staticmethod
@@ -107,8 +102,9 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
         threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
         shifted = torch.sub(logits, threshold)  # [N, V] new float32; kept <=> >= 0 (exact in fp)
-        mask_below_threshold(shifted)
-        n_masked = count_masked(shifted) if count else torch.zeros_like(labels)  # [N]
+        n_masked = mask_below_threshold(shifted, count)  # [N] or None
+        if n_masked is None:
+            n_masked = torch.zeros_like(labels)
         # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
         log_probs = torch.log_softmax(shifted, dim=1, out=shifted)  # [N, V]; a row shift leaves it unchanged
         nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [N]

@@ -17,8 +17,6 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import MASKED_VALUE
-
 __all__ = ["SPARSE_MAX_COST", "SparsePlan", "accumulate_sparse", "plan_sparse_backward"]
 
 # A plan must cut the matmul size to at most this share of the dense one: below it the gathers
@@ -47,17 +45,16 @@ def plan_sparse_backward(masked_logits: torch.Tensor, n_masked: torch.Tensor) ->
     """The cheapest row split of a chunk for :func:`accumulate_sparse`, or ``None`` when dense is cheaper.
 
     Args:
-        masked_logits: ``[c, V]`` shifted logits after ``mask_below_threshold`` (masked entries are
-            :data:`~hf_selfish.ops.loss.MASKED_VALUE`).
-        n_masked: ``[c]`` masked entries of each row (``count_masked``).
+        masked_logits: ``[c, V]`` shifted logits after ``mask_below_threshold`` (masked entries are ``-inf``).
+        n_masked: ``[c]`` masked entries of each row (``mask_below_threshold(..., count=True)``).
     """
     n_rows, vocab_size = masked_logits.shape
     n_classes = vocab_size.bit_length() + 1
     classes = kept_class(vocab_size - n_masked, n_classes)  # [c]
-    column_max = torch.full((n_classes, vocab_size), MASKED_VALUE, device=masked_logits.device)
+    column_max = torch.full((n_classes, vocab_size), float("-inf"), device=masked_logits.device)
     index = classes.unsqueeze(1).expand(n_rows, vocab_size)
     column_max.scatter_reduce_(0, index, masked_logits, "amax")  # [Q, V]: one read-only pass
-    kept_up_to = column_max.cummax(dim=0).values != MASKED_VALUE  # [Q, V]: kept by a row of class <= q
+    kept_up_to = column_max.cummax(dim=0).values != float("-inf")  # [Q, V]: kept by a row of class <= q
     rows_up_to = torch.bincount(classes, minlength=n_classes).cumsum(0)  # [Q]
     cost = (n_rows - rows_up_to) * vocab_size + rows_up_to * kept_up_to.sum(dim=1)  # [Q]
     best = int(cost.argmin())
@@ -82,13 +79,15 @@ def accumulate_sparse(
 
     Narrow rows: ``G[narrow][:, columns]`` against ``weight[columns]``; wide rows: ``G[wide]`` densely.
     """
+    # Row gathers by advanced indexing: float `index_select` along rows can be 20x slower on the CPU
+    # (it reads the uninitialised output, and denormal garbage there stalls it; docs/design.md).
     all_narrow = plan.wide_rows.numel() == 0
     groups = [(plan.narrow_rows, plan.columns)] + ([] if all_narrow else [(plan.wide_rows, None)])
     for rows, columns in groups:
         grad = grad_logits if columns is None else grad_logits.index_select(1, columns)  # [c, k] or [c, V]
         if not all_narrow:
-            grad = grad.index_select(0, rows)  # [r, k] or [r, V]
-        hidden_r = hidden_c if all_narrow else hidden_c.index_select(0, rows)  # [r, d]
+            grad = grad[rows]  # [r, k] or [r, V]
+        hidden_r = hidden_c if all_narrow else hidden_c[rows]  # [r, d]
         grad_lowp = grad.to(hidden_c.dtype)  # no copy for float32
         if grad_hidden_c is not None:
             weight_k = weight if columns is None else weight.index_select(0, columns)  # [k, d]
