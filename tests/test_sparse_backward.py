@@ -11,7 +11,13 @@ import torch
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import linear_selfish_cross_entropy
 from hf_selfish.ops.loss import mask_below_threshold
-from hf_selfish.ops.sparse_backward import SPARSE_MAX_COST, SparsePlan, accumulate_sparse, plan_sparse_backward
+from hf_selfish.ops.sparse_backward import (
+    SPARSE_MAX_COST,
+    SparseGrad,
+    SparsePlan,
+    accumulate_sparse,
+    plan_sparse_backward,
+)
 
 from .test_fused import IGNORE, V, assert_matches_reference, make_inputs
 
@@ -90,7 +96,10 @@ def test_accumulate_sparse_equals_dense_for_any_row_split(split, dtype):
     columns = (grad_logits[narrow] != 0).any(dim=0).nonzero().squeeze(1)
     assert columns.numel() < 40  # the plan skips columns
     sparse = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(40)]
-    accumulate_sparse(SparsePlan(narrow, columns, wide), grad_logits, hidden, weight, *sparse)
+    blocks = SparseGrad(
+        SparsePlan(narrow, columns, wide), grad_logits[narrow][:, columns], grad_logits[wide] if wide.numel() else None
+    )
+    accumulate_sparse(blocks, hidden, weight, *sparse)
     # bfloat16: each matmul rounds its product, so the split rounds in other places than the dense one
     tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
     for got, want in zip(sparse, dense_grads(grad_logits, hidden, weight, with_bias=True)):
@@ -123,9 +132,9 @@ def test_the_fused_loss_skips_the_masked_columns(monkeypatch, margin, sparse, ta
     plans = []
     accumulate = fused_module._accumulate_chunk_grads
 
-    def spy(grad_logits, plan, *args):
-        plans.append(plan)
-        return accumulate(grad_logits, plan, *args)
+    def spy(grad_logits, sparse, *args):
+        plans.append(None if sparse is None else sparse.plan)
+        return accumulate(grad_logits, sparse, *args)
 
     monkeypatch.setattr(fused_module, "_accumulate_chunk_grads", spy)
     assert_matches_reference(hidden, weight, labels, margin, bias=bias, chunk_size=5)
@@ -155,7 +164,7 @@ def test_a_nan_logit_takes_the_dense_matmuls(monkeypatch):
     plans = []
     accumulate = fused_module._accumulate_chunk_grads
     monkeypatch.setattr(
-        fused_module, "_accumulate_chunk_grads", lambda g, plan, *a: (plans.append(plan), accumulate(g, plan, *a))
+        fused_module, "_accumulate_chunk_grads", lambda g, sparse, *a: (plans.append(sparse), accumulate(g, sparse, *a))
     )
     linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=5).backward()
     assert plans and all(plan is None for plan in plans)

@@ -29,8 +29,8 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import check_label_range, mask_below_threshold, validate_margin
-from .sparse_backward import SparsePlan, accumulate_sparse, plan_sparse_backward
+from .loss import check_label_range, mask_below_threshold, softmax_nll, validate_margin
+from .sparse_backward import SparseGrad, accumulate_sparse, plan_sparse_backward, sparse_softmax_nll
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
@@ -49,8 +49,8 @@ class _ChunkResult(NamedTuple):
 
     nll_sum: torch.Tensor  # [] float32
     n_masked: torch.Tensor  # [] int64
-    grad_logits: torch.Tensor | None  # [c, V] float32, or None when no gradient is wanted
-    plan: SparsePlan | None  # how the gradient matmuls skip zero columns (sparse backward), or None: dense
+    grad_logits: torch.Tensor | None  # [c, V] float32 (dense), or None: sparse or no gradient wanted
+    sparse: SparseGrad | None  # the gradient's blocks that can be non-zero (sparse backward)
 
 
 def _chunk_loss(
@@ -61,40 +61,32 @@ def _chunk_loss(
     count: bool,
     sparse: bool = False,
 ) -> _ChunkResult:
-    """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient.
+    """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient (or its sparse blocks).
 
     Args:
         logits: ``[c, V]`` float32, owned by the caller and consumed (modified in place).
         labels: ``[c]`` target ids, all valid.
         margin: the selfish margin, ``None`` for plain cross-entropy.
         grad_scale: factor of every row's gradient (``1 / denominator``); ``None`` skips the gradient.
-        count: count the masked entries (a read-only pass over the chunk); else report 0.
-        sparse: plan the sparse gradient matmuls (with a margin and a gradient; ``None`` where dense pays).
+        count: count the masked entries (in the masking pass); else report 0.
+        sparse: with a margin and a gradient, compute the softmax and the gradient only on the blocks
+            that can be non-zero, where that pays (:mod:`hf_selfish.ops.sparse_backward`).
     """
-    rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
     n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
-    plan = None
     if margin is not None:
-        threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
-        logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
+        rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
+        logits.sub_(logits[rows, labels].unsqueeze(1) - margin)  # row shift: softmax unchanged, kept <=> >= 0
         sparse = sparse and grad_scale is not None
         row_masked = mask_below_threshold(logits, count or sparse)  # masked -> -inf; [c] counts or None
         if count:
             n_masked = row_masked.sum()
-        if sparse:
-            plan = plan_sparse_backward(logits, row_masked)
-    target = logits[rows, labels]  # [c]
-    row_max = logits.amax(dim=1, keepdim=True)  # [c, 1]; finite: the target is kept
-    probs = logits.sub_(row_max).exp_()  # [c, V] unnormalised, 0 on masked entries
-    row_sum = probs.sum(dim=1, keepdim=True)  # [c, 1]
-    nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target  # [c] = logsumexp - target
-    if grad_scale is None:
-        return _ChunkResult(nll.sum(), n_masked, None, None)
-    if plan is not None and not bool(torch.isfinite(nll).all()):
-        plan = None  # a NaN/inf logit must reach every gradient it touches, as in the dense matmuls
-    grad = probs.mul_(grad_scale / row_sum)  # [c, V] = p_kept * scale
-    grad[rows, labels] -= grad_scale  # minus the target's one-hot
-    return _ChunkResult(nll.sum(), n_masked, grad, plan)
+        plan = plan_sparse_backward(logits, row_masked) if sparse else None
+        if plan is not None:
+            nll, blocks = sparse_softmax_nll(logits, labels, plan, grad_scale)
+            if bool(torch.isfinite(nll).all()):  # else a NaN/inf must reach every gradient: dense below
+                return _ChunkResult(nll.sum(), n_masked, None, blocks)
+    nll, grad = softmax_nll(logits, labels, grad_scale)
+    return _ChunkResult(nll.sum(), n_masked, grad, None)
 
 
 class _LinearSelfishCrossEntropy(torch.autograd.Function):
@@ -126,7 +118,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             if compute_grad:
                 _accumulate_chunk_grads(
                     result.grad_logits,
-                    result.plan,
+                    result.sparse,
                     hidden_c,
                     weight,
                     grad_hidden[start:end] if want_hidden else None,
@@ -167,21 +159,22 @@ def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
 
 
 def _accumulate_chunk_grads(
-    grad_logits: torch.Tensor,
-    plan: SparsePlan | None,
+    grad_logits: torch.Tensor | None,
+    sparse: SparseGrad | None,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
     grad_hidden_c: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
 ) -> None:
-    """Backpropagate a chunk's ``grad_logits [c, V]`` through the linear layer into the buffers.
+    """Backpropagate a chunk's logit gradient through the linear layer into the buffers.
 
-    With a ``plan`` the matmuls skip the columns whose gradient is exactly zero
-    (:mod:`hf_selfish.ops.sparse_backward`); the result is the dense one up to the order of the sums.
+    Dense: ``grad_logits [c, V]``. Sparse: its blocks that can be non-zero; the matmuls skip the
+    columns whose gradient is exactly zero (:mod:`hf_selfish.ops.sparse_backward`), the result is the
+    dense one up to the order of the sums.
     """
-    if plan is not None:
-        accumulate_sparse(plan, grad_logits, hidden_c, weight, grad_hidden_c, grad_weight, grad_bias)
+    if sparse is not None:
+        accumulate_sparse(sparse, hidden_c, weight, grad_hidden_c, grad_weight, grad_bias)
         return
     grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V]; no copy for float32
     if grad_hidden_c is not None:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "KEEP_ABOVE",
     "mask_below_threshold",
+    "softmax_nll",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
     "validate_margin",
@@ -84,6 +85,27 @@ def mask_below_threshold(shifted: torch.Tensor, count: bool = False) -> torch.Te
     sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
     F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
     return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
+
+
+def softmax_nll(
+    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NLL of each row of ``masked [r, k]`` (float32, masked entries ``-inf``; consumed) at column ``target [r]``.
+
+    Returns ``nll [r]`` and, unless ``grad_scale`` is ``None``, the logit gradient ``(p - onehot) *
+    grad_scale`` written over ``masked`` (exactly 0 on masked entries).
+    """
+    rows = torch.arange(masked.shape[0], device=masked.device)  # [r]
+    target_logit = masked[rows, target]  # [r]
+    row_max = masked.amax(dim=1, keepdim=True)  # [r, 1]; finite: the target is kept
+    probs = masked.sub_(row_max).exp_()  # [r, k] unnormalised, 0 on masked entries
+    row_sum = probs.sum(dim=1, keepdim=True)  # [r, 1]
+    nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit  # [r] = logsumexp - target
+    if grad_scale is None:
+        return nll, None
+    grad = probs.mul_(grad_scale / row_sum)  # [r, k] = p_kept * scale
+    grad[rows, target] -= grad_scale  # minus the target's one-hot
+    return nll, grad
 
 
 class _SelfishCrossEntropySum(torch.autograd.Function):

@@ -17,7 +17,16 @@ from typing import NamedTuple
 
 import torch
 
-__all__ = ["SPARSE_MAX_COST", "SparsePlan", "accumulate_sparse", "plan_sparse_backward"]
+from .loss import softmax_nll
+
+__all__ = [
+    "SPARSE_MAX_COST",
+    "SparseGrad",
+    "SparsePlan",
+    "accumulate_sparse",
+    "plan_sparse_backward",
+    "sparse_softmax_nll",
+]
 
 # A plan must cut the matmul size to at most this share of the dense one: below it the gathers
 # (about a pass over the chunk's gradient) cost less than the skipped columns save (docs/design.md).
@@ -66,27 +75,55 @@ def plan_sparse_backward(masked_logits: torch.Tensor, n_masked: torch.Tensor) ->
     )
 
 
+class SparseGrad(NamedTuple):
+    """A chunk's logit gradient as the blocks of a :class:`SparsePlan` (everything else is exactly 0)."""
+
+    plan: SparsePlan
+    narrow: torch.Tensor  # [m, k] float32: narrow rows x plan.columns
+    wide: torch.Tensor | None  # [c - m, V] float32: wide rows (None when there are none)
+
+
+def sparse_softmax_nll(
+    masked_logits: torch.Tensor, labels: torch.Tensor, plan: SparsePlan, grad_scale: float
+) -> tuple[torch.Tensor, SparseGrad]:
+    """:func:`~hf_selfish.ops.loss.softmax_nll` of a chunk on the plan's blocks only: ``nll [c]`` (in
+    the order narrow rows, then wide rows) and the gradient's blocks. ``masked_logits`` is left intact.
+
+    A narrow row keeps nothing outside ``plan.columns``, so its softmax over those columns is its whole
+    softmax (its target is among them: the target is always kept).
+    """
+    all_narrow = plan.wide_rows.numel() == 0
+    narrow = masked_logits.index_select(1, plan.columns)  # [c, k]
+    if not all_narrow:
+        narrow = narrow[plan.narrow_rows]  # [m, k]
+    narrow_labels = labels if all_narrow else labels[plan.narrow_rows]
+    nll, narrow_grad = softmax_nll(narrow, torch.searchsorted(plan.columns, narrow_labels), grad_scale)
+    if all_narrow:
+        return nll, SparseGrad(plan, narrow_grad, None)
+    # rows by advanced indexing: float `index_select` along rows can be 20x slower on the CPU (it reads
+    # its uninitialised output, and denormal garbage there stalls it; docs/design.md)
+    wide_nll, wide_grad = softmax_nll(masked_logits[plan.wide_rows], labels[plan.wide_rows], grad_scale)
+    return torch.cat([nll, wide_nll]), SparseGrad(plan, narrow_grad, wide_grad)
+
+
 def accumulate_sparse(
-    plan: SparsePlan,
-    grad_logits: torch.Tensor,
+    sparse: SparseGrad,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
     grad_hidden_c: torch.Tensor | None,
     grad_weight: torch.Tensor | None,
     grad_bias: torch.Tensor | None,
 ) -> None:
-    """Backpropagate ``grad_logits [c, V]`` through the linear layer into the buffers, following ``plan``.
+    """Backpropagate a chunk's sparse logit gradient through the linear layer into the buffers.
 
-    Narrow rows: ``G[narrow][:, columns]`` against ``weight[columns]``; wide rows: ``G[wide]`` densely.
+    Narrow rows: their block against ``weight[columns]``; wide rows: theirs against all of ``weight``.
     """
-    # Row gathers by advanced indexing: float `index_select` along rows can be 20x slower on the CPU
-    # (it reads the uninitialised output, and denormal garbage there stalls it; docs/design.md).
-    all_narrow = plan.wide_rows.numel() == 0
-    groups = [(plan.narrow_rows, plan.columns)] + ([] if all_narrow else [(plan.wide_rows, None)])
-    for rows, columns in groups:
-        grad = grad_logits if columns is None else grad_logits.index_select(1, columns)  # [c, k] or [c, V]
-        if not all_narrow:
-            grad = grad[rows]  # [r, k] or [r, V]
+    plan = sparse.plan
+    all_narrow = sparse.wide is None
+    groups = [(plan.narrow_rows, plan.columns, sparse.narrow)] + (
+        [] if all_narrow else [(plan.wide_rows, None, sparse.wide)]
+    )
+    for rows, columns, grad in groups:
         hidden_r = hidden_c if all_narrow else hidden_c[rows]  # [r, d]
         grad_lowp = grad.to(hidden_c.dtype)  # no copy for float32
         if grad_hidden_c is not None:
