@@ -108,10 +108,12 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         nll_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         n_masked = torch.zeros((), dtype=torch.long, device=hidden.device)
 
+        # one [chunk, V] buffer for every chunk's logits: a fresh one each chunk costs its page faults again
+        buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=torch.float32, device=hidden.device)
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             hidden_c = hidden[start:end]  # [c, d]
-            logits = _chunk_logits(hidden_c, weight, bias)  # [c, V] float32, fresh
+            logits = _chunk_logits(hidden_c, weight, bias, buffer[: end - start])  # [c, V] float32
             result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count, sparse)
             nll_sum += result.nll_sum
             n_masked += result.n_masked
@@ -125,7 +127,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
                     grad_weight,
                     grad_bias,
                 )
-            del logits, result
+            del logits, result  # the buffer is free again: the gradient is in the accumulators
 
         ctx.grads = (
             grad_hidden,
@@ -149,13 +151,16 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``hidden_c @ weight.T + bias`` in the input dtype, as a fresh float32 ``[c, V]`` tensor."""
-    if bias is None:
-        logits = hidden_c @ weight.T
-    else:
-        logits = torch.addmm(bias, hidden_c, weight.T)
-    return logits.float()  # no copy for float32
+def _chunk_logits(
+    hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> torch.Tensor:
+    """``hidden_c @ weight.T + bias`` in the input dtype, written to the float32 ``out [c, V]``."""
+    if hidden_c.dtype == torch.float32:
+        if bias is None:
+            return torch.mm(hidden_c, weight.T, out=out)
+        return torch.addmm(bias, hidden_c, weight.T, out=out)
+    logits = hidden_c @ weight.T if bias is None else torch.addmm(bias, hidden_c, weight.T)  # [c, V] half
+    return out.copy_(logits)
 
 
 def _accumulate_chunk_grads(
