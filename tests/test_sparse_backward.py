@@ -55,12 +55,17 @@ def explicit_plan(masked):
     return narrow, columns, [i for i in range(n_rows) if i not in narrow]
 
 
-@pytest.mark.parametrize("seed, wide_every", [(0, 5), (1, 3), (2, 1000), (3, 1)])
-def test_plan_equals_an_explicit_search(seed, wide_every):
-    masked, n_masked = masked_chunk(seed=seed, wide_every=wide_every)
+@pytest.mark.parametrize(
+    "seed, vocab, wide_every, planned",
+    [(0, 1024, 12, True), (1, 1024, 1000, True), (2, 64, 5, None), (3, 64, 3, None), (4, 64, 1, False)],
+)
+def test_plan_equals_an_explicit_search(seed, vocab, wide_every, planned):
+    masked, n_masked = masked_chunk(n_rows=48, vocab=vocab, seed=seed, wide_every=wide_every)
     assert n_masked.tolist() == [int((row == float("-inf")).sum()) for row in masked]
     plan = plan_sparse_backward(masked, n_masked)
     expected = explicit_plan(masked)
+    if planned is not None:  # None: either way
+        assert (expected is not None) == planned
     if expected is None:
         assert plan is None
         return
@@ -69,9 +74,9 @@ def test_plan_equals_an_explicit_search(seed, wide_every):
 
 
 def test_plan_splits_wide_rows_off_and_refuses_when_nothing_pays():
-    plan = plan_sparse_backward(*masked_chunk(wide_every=5))
-    assert plan is not None and set(range(0, 24, 5)) <= set(plan.wide_rows.tolist())  # the uncertain rows
-    assert plan.narrow_rows.numel() > 12 and plan.columns.numel() < 32
+    plan = plan_sparse_backward(*masked_chunk(n_rows=48, vocab=1024, wide_every=12))
+    assert plan is not None and set(range(0, 48, 12)) <= set(plan.wide_rows.tolist())  # the uncertain rows
+    assert plan.narrow_rows.numel() > 36 and plan.columns.numel() < 300
     everything_kept = torch.zeros(8, 64)  # every row keeps every entry: no column to skip
     assert plan_sparse_backward(everything_kept, torch.zeros(8, dtype=torch.long)) is None
 

@@ -30,7 +30,7 @@ __all__ = [
 
 # A plan must cut the matmul size to at most this share of the dense one: below it the gathers
 # (about a pass over the chunk's gradient) cost less than the skipped columns save (docs/design.md).
-SPARSE_MAX_COST = 0.5
+SPARSE_MAX_COST = 0.35
 
 
 class SparsePlan(NamedTuple):
