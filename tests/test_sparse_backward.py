@@ -13,6 +13,7 @@ from hf_selfish.ops.fused import linear_selfish_cross_entropy
 from hf_selfish.ops.loss import mask_below_threshold
 from hf_selfish.ops.sparse_backward import (
     SPARSE_MAX_COST,
+    LinearGrads,
     SparseGrad,
     SparsePlan,
     accumulate_sparse,
@@ -83,7 +84,7 @@ def test_plan_splits_wide_rows_off_and_refuses_when_nothing_pays():
 
 def dense_grads(grad_logits, hidden, weight, with_bias):
     grads = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(weight.shape[0]) if with_bias else None]
-    fused_module._accumulate_chunk_grads(grad_logits, None, hidden, weight, *grads)
+    fused_module._accumulate_chunk_grads(grad_logits, None, hidden, weight, LinearGrads(*grads))
     return grads
 
 
@@ -104,7 +105,7 @@ def test_accumulate_sparse_equals_dense_for_any_row_split(split, dtype):
     blocks = SparseGrad(
         SparsePlan(narrow, columns, wide), grad_logits[narrow][:, columns], grad_logits[wide] if wide.numel() else None
     )
-    accumulate_sparse(blocks, hidden, weight, *sparse)
+    accumulate_sparse(blocks, hidden, weight, LinearGrads(*sparse))
     # bfloat16: each matmul rounds its product, so the split rounds in other places than the dense one
     tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
     for got, want in zip(sparse, dense_grads(grad_logits, hidden, weight, with_bias=True)):

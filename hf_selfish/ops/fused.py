@@ -29,8 +29,15 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import check_label_range, mask_below_threshold, softmax_nll, validate_margin
-from .sparse_backward import SparseGrad, accumulate_sparse, plan_sparse_backward, sparse_softmax_nll
+from .loss import check_label_range, mask_below_threshold, softmax_nll, take_saved, validate_margin
+from .sparse_backward import (
+    LinearGrads,
+    SparseGrad,
+    accumulate_block,
+    accumulate_sparse,
+    plan_sparse_backward,
+    sparse_softmax_nll,
+)
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
@@ -118,15 +125,8 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             nll_sum += result.nll_sum
             n_masked += result.n_masked
             if compute_grad:
-                _accumulate_chunk_grads(
-                    result.grad_logits,
-                    result.sparse,
-                    hidden_c,
-                    weight,
-                    grad_hidden[start:end] if want_hidden else None,
-                    grad_weight,
-                    grad_bias,
-                )
+                out = LinearGrads(grad_hidden[start:end] if want_hidden else None, grad_weight, grad_bias)
+                _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
             del logits, result  # the buffer is free again: the gradient is in the accumulators
 
         ctx.grads = (
@@ -139,12 +139,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_masked):
-        if ctx.grads is None:
-            raise RuntimeError(
-                "linear_selfish_cross_entropy keeps its gradients for one backward only; "
-                "recompute the loss instead of calling backward twice (retain_graph)"
-            )
-        grads, ctx.grads = ctx.grads, None  # hand the buffers to autograd, keep no copy
+        grads = take_saved(ctx, "grads", "linear_selfish_cross_entropy")  # handed to autograd, no copy kept
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
@@ -168,29 +163,18 @@ def _accumulate_chunk_grads(
     sparse: SparseGrad | None,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
-    grad_hidden_c: torch.Tensor | None,
-    grad_weight: torch.Tensor | None,
-    grad_bias: torch.Tensor | None,
+    out: LinearGrads,
 ) -> None:
-    """Backpropagate a chunk's logit gradient through the linear layer into the buffers.
+    """Backpropagate a chunk's logit gradient through the linear layer into ``out``.
 
     Dense: ``grad_logits [c, V]``. Sparse: its blocks that can be non-zero; the matmuls skip the
     columns whose gradient is exactly zero (:mod:`hf_selfish.ops.sparse_backward`), the result is the
     dense one up to the order of the sums.
     """
     if sparse is not None:
-        accumulate_sparse(sparse, hidden_c, weight, grad_hidden_c, grad_weight, grad_bias)
-        return
-    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V]; no copy for float32
-    if grad_hidden_c is not None:
-        torch.mm(grad_lowp, weight, out=grad_hidden_c)  # [c, d]
-    if grad_weight is not None:
-        if grad_lowp.dtype == torch.float32:
-            grad_weight.addmm_(grad_lowp.T, hidden_c)  # [V, d]
-        else:
-            grad_weight += grad_lowp.T @ hidden_c  # [V, d]: half-precision matmul, float32 sum
-    if grad_bias is not None:
-        grad_bias += grad_logits.sum(dim=0)  # [V]
+        accumulate_sparse(sparse, hidden_c, weight, out)
+    else:
+        accumulate_block(grad_logits, hidden_c, weight, out)
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor):

@@ -27,6 +27,7 @@ __all__ = [
     "KEEP_ABOVE",
     "mask_below_threshold",
     "softmax_nll",
+    "take_saved",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
     "validate_margin",
@@ -87,6 +88,18 @@ def mask_below_threshold(shifted: torch.Tensor, count: bool = False) -> torch.Te
     return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
 
 
+def take_saved(ctx, attribute: str, op_name: str):
+    """``ctx.<attribute>``, cleared: the buffer is handed to autograd, so a second backward raises."""
+    value = getattr(ctx, attribute)
+    if value is None:
+        raise RuntimeError(
+            f"{op_name} hands its saved buffers to autograd, so it allows one backward per forward; "
+            "recompute the loss instead of calling backward twice (retain_graph)"
+        )
+    setattr(ctx, attribute, None)
+    return value
+
+
 def softmax_nll(
     masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -139,12 +152,7 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_masked):
-        if ctx.log_probs is None:
-            raise RuntimeError(
-                "selfish_cross_entropy turns its saved log-probabilities into the gradient, so it can "
-                "backward once per forward; recompute the loss instead of calling backward twice (retain_graph)"
-            )
-        grad, ctx.log_probs = ctx.log_probs, None  # [N, V]
+        grad = take_saved(ctx, "log_probs", "selfish_cross_entropy")  # [N, V], becomes the gradient
         labels, valid = ctx.saved_tensors
         row_scale = valid.to(grad.dtype) * grad_loss  # [N]; 0 on ignored rows
         grad.exp_().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale, in place

@@ -1,14 +1,16 @@
-"""Exact sparse gradient matmuls of one fused chunk: skip the vocabulary columns whose gradient is zero.
+"""Exact sparse chunks of the fused loss: skip the vocabulary columns whose gradient is exactly zero.
 
 A masked entry's logit gradient is exactly zero, so a chunk's gradient matmuls
-(``grad_hidden = G @ W``, ``grad_weight += G.T @ hidden``) need only the columns some row keeps. In a
-trained model a row keeps few entries (98-99% are masked at margin 2), but a few rows -- the uncertain
-positions -- keep thousands, so the columns kept by *some* row of a chunk of a thousand rows are most of
-the vocabulary. :func:`plan_sparse_backward` therefore splits the chunk's rows by how many entries they
-keep: the *narrow* rows run over the union of their kept columns only, the *wide* rows densely.
-The split is the one of least matmul size over log2 classes of the kept count, found in one pass (the
-per-class column maxima); a chunk where no split pays takes the dense matmuls. Every variant gives the
-dense result up to the order of the float sums.
+(``grad_hidden = G @ W``, ``grad_weight += G.T @ hidden``) and the softmax that makes ``G`` need only
+the entries some row keeps. In a trained model a row keeps few entries (98-99% are masked at margin 2),
+but a few rows -- the uncertain positions -- keep thousands, so the columns kept by *some* row of a
+chunk of a thousand rows are most of the vocabulary (SmolLM2-135M on tinyshakespeare: 71%).
+:func:`plan_sparse_backward` therefore splits the chunk's rows by how many entries they keep: the
+*narrow* rows run over the union of their kept columns only, the *wide* rows over the whole
+vocabulary. The split is the one of least matmul size over log2 classes of the kept count, found in
+one pass (the per-class column maxima); a chunk where no split cuts the matmul size to
+:data:`SPARSE_MAX_COST` takes the dense path. Every variant gives the dense result up to the order of
+the float sums. Measurements: ``docs/design.md``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,10 @@ from .loss import softmax_nll
 
 __all__ = [
     "SPARSE_MAX_COST",
+    "LinearGrads",
     "SparseGrad",
     "SparsePlan",
+    "accumulate_block",
     "accumulate_sparse",
     "plan_sparse_backward",
     "sparse_softmax_nll",
@@ -106,42 +110,56 @@ def sparse_softmax_nll(
     return torch.cat([nll, wide_nll]), SparseGrad(plan, narrow_grad, wide_grad)
 
 
-def accumulate_sparse(
-    sparse: SparseGrad,
+class LinearGrads(NamedTuple):
+    """Where a chunk's gradients go (``None``: not wanted)."""
+
+    hidden: torch.Tensor | None  # [c, d] the chunk's rows of grad_hidden, input dtype
+    weight: torch.Tensor | None  # [V, d] float32 sum over chunks
+    bias: torch.Tensor | None  # [V] float32 sum over chunks
+
+
+def accumulate_block(
+    grad: torch.Tensor,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
-    grad_hidden_c: torch.Tensor | None,
-    grad_weight: torch.Tensor | None,
-    grad_bias: torch.Tensor | None,
+    out: LinearGrads,
+    rows: torch.Tensor | None = None,
+    columns: torch.Tensor | None = None,
 ) -> None:
-    """Backpropagate a chunk's sparse logit gradient through the linear layer into the buffers.
+    """Backpropagate a block of a chunk's logit gradient through the linear layer into ``out``.
 
-    Narrow rows: their block against ``weight[columns]``; wide rows: theirs against all of ``weight``.
+    ``grad`` is ``[r, k]`` float32: the chunk's ``rows`` (``None``: all) by the vocabulary ``columns``
+    (``None``: all); entries outside the block must be zero.
     """
+    hidden_r = hidden_c if rows is None else hidden_c[rows]  # [r, d]
+    grad_lowp = grad.to(hidden_c.dtype)  # no copy for float32
+    if out.hidden is not None:
+        weight_k = weight if columns is None else weight.index_select(0, columns)  # [k, d]
+        if rows is None:
+            torch.mm(grad_lowp, weight_k, out=out.hidden)  # [c, d]
+        else:
+            out.hidden.index_copy_(0, rows, grad_lowp @ weight_k)  # [r, d]
+    if out.weight is not None:
+        if columns is not None:
+            out.weight.index_add_(0, columns, (grad_lowp.T @ hidden_r).float())  # [k, d] into [V, d]
+        elif grad_lowp.dtype == torch.float32:
+            out.weight.addmm_(grad_lowp.T, hidden_r)  # [V, d]
+        else:
+            out.weight.add_(grad_lowp.T @ hidden_r)  # [V, d]: half-precision matmul, float32 sum
+    if out.bias is not None:
+        sums = grad.sum(dim=0)  # float32 [k] or [V]
+        if columns is None:
+            out.bias.add_(sums)
+        else:
+            out.bias.index_add_(0, columns, sums)
+
+
+def accumulate_sparse(sparse: SparseGrad, hidden_c: torch.Tensor, weight: torch.Tensor, out: LinearGrads) -> None:
+    """Backpropagate a chunk's sparse logit gradient: narrow rows against ``weight[columns]``, wide rows
+    against all of ``weight``."""
     plan = sparse.plan
-    all_narrow = sparse.wide is None
-    groups = [(plan.narrow_rows, plan.columns, sparse.narrow)] + (
-        [] if all_narrow else [(plan.wide_rows, None, sparse.wide)]
-    )
-    for rows, columns, grad in groups:
-        hidden_r = hidden_c if all_narrow else hidden_c[rows]  # [r, d]
-        grad_lowp = grad.to(hidden_c.dtype)  # no copy for float32
-        if grad_hidden_c is not None:
-            weight_k = weight if columns is None else weight.index_select(0, columns)  # [k, d]
-            if all_narrow:
-                torch.mm(grad_lowp, weight_k, out=grad_hidden_c)  # [c, d]
-            else:
-                grad_hidden_c.index_copy_(0, rows, grad_lowp @ weight_k)  # [r, d]
-        if grad_weight is not None:
-            if columns is not None:
-                grad_weight.index_add_(0, columns, (grad_lowp.T @ hidden_r).float())  # [k, d] into [V, d]
-            elif grad_lowp.dtype == torch.float32:
-                grad_weight.addmm_(grad_lowp.T, hidden_r)  # [V, d]
-            else:
-                grad_weight += grad_lowp.T @ hidden_r  # [V, d]: half-precision matmul, float32 sum
-        if grad_bias is not None:
-            sums = grad.sum(dim=0)  # float32 [k] or [V]
-            if columns is None:
-                grad_bias += sums
-            else:
-                grad_bias.index_add_(0, columns, sums)
+    if sparse.wide is None:  # every row narrow
+        accumulate_block(sparse.narrow, hidden_c, weight, out, columns=plan.columns)
+        return
+    accumulate_block(sparse.narrow, hidden_c, weight, out, plan.narrow_rows, plan.columns)
+    accumulate_block(sparse.wide, hidden_c, weight, out, plan.wide_rows)
