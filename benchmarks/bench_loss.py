@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import markdown_table, measure  # noqa: E402
+from measure import markdown_table, measure_interleaved  # noqa: E402
 
 from hf_selfish import selfish_cross_entropy  # noqa: E402
 from hf_selfish.ops.registry import LOSSES, needs_hidden  # noqa: E402
@@ -46,6 +46,7 @@ def losses(margin: float, counts: torch.Tensor):
     table = {
         "F.cross_entropy": lambda x, y: F.cross_entropy(x.float(), y),
         f"selfish (margin {margin:g})": lambda x, y: selfish_cross_entropy(x, y, margin),
+        "selfish + masked fraction": lambda x, y: selfish_cross_entropy(x, y, margin, return_masked_fraction=True)[0],
         "naive masked_fill + CE": lambda x, y: naive_masked(x, y, margin),
     }
     for name, fn in LOSSES.items():
@@ -60,13 +61,18 @@ def losses(margin: float, counts: torch.Tensor):
     return table
 
 
-def _timed(fn, tensors, device, repeats):
-    def step():
-        fn().backward()
-        for t in tensors:
-            t.grad = None  # freed inside the call, so its allocation counts in the peak
+def _timed(cases: dict, tensors, device, repeats):
+    """Every case interleaved repeat by repeat (a busy machine slows them alike); min and median of each."""
 
-    return measure(step, device, repeats=repeats)
+    def step(fn):
+        def run():
+            fn().backward()
+            for t in tensors:
+                t.grad = None  # freed inside the call, so its allocation counts in the peak
+
+        return run
+
+    return measure_interleaved({name: step(fn) for name, fn in cases.items()}, device, repeats=repeats)
 
 
 def run_case(n: int, v: int, device: torch.device, dtype: torch.dtype, margin: float, repeats: int):
@@ -76,10 +82,8 @@ def run_case(n: int, v: int, device: torch.device, dtype: torch.dtype, margin: f
     logits = (torch.randn(n, v, generator=gen, device=device) * 3).to(dtype).requires_grad_(True)
     labels = torch.randint(0, v, (n,), generator=gen, device=device)
     counts = zipf_counts(v, device)
-    return {
-        name: _timed(lambda fn=fn: fn(logits, labels), [logits], device, repeats)
-        for name, fn in losses(margin, counts).items()
-    }
+    cases = {name: (lambda fn=fn: fn(logits, labels)) for name, fn in losses(margin, counts).items()}
+    return _timed(cases, [logits], device, repeats)
 
 
 def run_agg(n: int, d: int, v: int, device: torch.device, dtype: torch.dtype, repeats: int):
@@ -93,7 +97,7 @@ def run_agg(n: int, d: int, v: int, device: torch.device, dtype: torch.dtype, re
         "F.linear + F.cross_entropy": lambda: F.cross_entropy(F.linear(hidden, weight).float(), labels),
         "agg (alpha 0.03)": lambda: LOSSES["agg"](hidden, weight, labels, token_counts=counts),
     }
-    return {name: _timed(fn, [hidden, weight], device, repeats) for name, fn in cases.items()}
+    return _timed(cases, [hidden, weight], device, repeats)
 
 
 def _rows(label: str, results, base_name: str) -> list[list[str]]:

@@ -65,6 +65,13 @@ class SelfishTrainingArguments(TrainingArguments):
     selfish_fused_chunk_size: int | None = field(
         default=None, metadata={"help": "Rows per chunk of the fused loss (default: sized from the vocabulary)."}
     )
+    selfish_fused_sparse: bool = field(
+        default=True,
+        metadata={
+            "help": "Fused loss: run the gradient matmuls over the vocabulary columns some token of the chunk "
+            "keeps only (the masked ones get exactly zero gradient); same result up to rounding."
+        },
+    )
 
     def __post_init__(self):
         self.loss_kwargs = _check_loss(self.loss_name, self.loss_kwargs)

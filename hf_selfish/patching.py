@@ -99,6 +99,7 @@ def fused_causal_lm_loss(
     shift_labels: torch.Tensor | None = None,
     chunk_size: int | None = None,
     return_masked_fraction: bool = False,
+    sparse_backward: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish causal-LM loss of ``model`` on ``inputs`` without its ``[B, T, V]`` logits.
 
@@ -116,8 +117,8 @@ def fused_causal_lm_loss(
         inputs: the batch without labels (``input_ids``, ``attention_mask``, ...).
         labels: ``[B, T]`` unshifted labels, shifted here like ``ForCausalLMLoss``; or pass
             ``shift_labels`` already aligned with the positions.
-        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction: as in
-            :func:`linear_selfish_cross_entropy`.
+        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction, sparse_backward:
+            as in :func:`linear_selfish_cross_entropy`.
     """
     shift_labels = resolve_shift_labels(labels, shift_labels, ignore_index, "fused_causal_lm_loss")
     hidden, weight, bias = causal_lm_head_inputs(model, inputs)
@@ -133,6 +134,7 @@ def fused_causal_lm_loss(
             num_items_in_batch=num_items_in_batch,
             chunk_size=chunk_size,
             return_masked_fraction=return_masked_fraction,
+            sparse_backward=sparse_backward,
         )
 
 

@@ -166,6 +166,7 @@ class SelfishTrainer(Trainer):
                 shift_labels=shift_labels,
                 chunk_size=self.args.selfish_fused_chunk_size,
                 return_masked_fraction=True,
+                sparse_backward=self.args.selfish_fused_sparse,
             )
         else:
             outputs = model(**inputs)
