@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import check_label_range, mask_below_threshold, softmax_nll, take_saved, validate_margin
+from .loss import check_label_range, keep_above, mask_below_threshold, softmax_nll, take_saved, validate_margin
 from .sparse_backward import (
     LinearGrads,
     SparseGrad,
@@ -82,9 +82,9 @@ def _chunk_loss(
     n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
     if margin is not None:
         rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
-        logits.sub_(logits[rows, labels].unsqueeze(1) - margin)  # row shift: softmax unchanged, kept <=> >= 0
+        logits.sub_(logits[rows, labels].unsqueeze(1))  # row shift by the target: softmax unchanged
         sparse = sparse and grad_scale is not None
-        row_masked = mask_below_threshold(logits, count or sparse)  # masked -> -inf; [c] counts or None
+        row_masked = mask_below_threshold(logits, count or sparse, keep_above(margin))  # kept <=> >= -margin
         if count:
             n_masked = row_masked.sum()
         plan = plan_sparse_backward(logits, row_masked) if sparse else None

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "KEEP_ABOVE",
+    "keep_above",
     "mask_below_threshold",
     "softmax_nll",
     "take_saved",
@@ -69,19 +70,35 @@ KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 _COUNT_STAND_IN = -(2.0**100)
 
 
-def mask_below_threshold(shifted: torch.Tensor, count: bool = False) -> torch.Tensor | None:
-    """Set the entries of ``shifted [N, V]`` (float32, ``logits - threshold``) below 0 to ``-inf``, in place.
+# Margins above this mask nothing a float32 softmax can tell apart (e**-2**90 underflows a billion times over);
+# capping them keeps the masking threshold far above the count's stand-in value.
+MAX_EFFECTIVE_MARGIN = 2.0**90
 
-    ``z > KEEP_ABOVE`` is ``z >= 0`` for every normal float; NaN entries stay NaN (and are not counted).
+
+def keep_above(margin: float) -> float:
+    """What `F.threshold` keeps entries strictly above so that ``z >= -margin`` stays: the float32 just below
+    ``-margin`` (at most ``KEEP_ABOVE``, so a margin of 0 keeps ``z = 0``, the target, on CPUs that flush
+    denormals)."""
+    bound = torch.tensor(-min(float(margin), MAX_EFFECTIVE_MARGIN), dtype=torch.float32)
+    return min(torch.nextafter(bound, torch.tensor(float("-inf"))).item(), KEEP_ABOVE)
+
+
+def mask_below_threshold(shifted: torch.Tensor, count: bool = False, above: float = KEEP_ABOVE) -> torch.Tensor | None:
+    """Set the entries of ``shifted [N, V]`` (float32) not above ``above`` to ``-inf``, in place.
+
+    The callers pass ``logits - logits[target]`` and ``above = keep_above(margin)``, so ``z >= -margin`` stays:
+    shifting by the target alone keeps the logits' own scale, where a shift by ``target - margin`` would round
+    every value away for a huge margin (1e8: loss 9.49 where cross-entropy is 9.36). The default ``above``
+    keeps ``z >= 0`` for every normal float. NaN entries stay NaN (and are not counted).
     With ``count``, return the ``[N]`` int64 count of masked entries of each row, exact while the kept
     entries of a row sum to less than ``2**75`` in size (logits of a real model are many orders below;
     float32 holds the multiples of ``2**100`` exactly below 2**24 entries a row, wider rows sum in
     float64); a row holding ``+inf`` counts 0.
     """
     if not count:
-        F.threshold(shifted, KEEP_ABOVE, float("-inf"), inplace=True)
+        F.threshold(shifted, above, float("-inf"), inplace=True)
         return None
-    F.threshold(shifted, KEEP_ABOVE, _COUNT_STAND_IN, inplace=True)
+    F.threshold(shifted, above, _COUNT_STAND_IN, inplace=True)
     sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
     sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
     F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
@@ -124,8 +141,9 @@ def softmax_nll(
 class _SelfishCrossEntropySum(torch.autograd.Function):
     """Sum over rows of the selfish NLL, with a hand-written backward ``p_kept - onehot``.
 
-    The forward shifts each row by its threshold (``z = x - (x_t - margin)``, so kept entries are
-    exactly those with ``z >= 0``), sends the rest to ``-inf`` in place (:func:`mask_below_threshold`,
+    The forward shifts each row by its target's logit (``z = x - x_t``, so kept entries are exactly those
+    with ``z >= -margin``; a shift by the threshold would round every value away for a huge margin),
+    sends the rest to ``-inf`` in place (:func:`mask_below_threshold`,
     which also counts them) and takes the native ``log_softmax`` in place. It keeps only that
     ``[N, V]`` float32 log-probability tensor, the same footprint as ``F.cross_entropy``; masked
     entries are ``-inf`` there, so their gradient ``exp(-inf) = 0`` is exactly zero. No ``[N, V]``
@@ -135,9 +153,9 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, valid, margin: float, count: bool):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
-        threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
-        shifted = torch.sub(logits, threshold)  # [N, V] new float32; kept <=> >= 0 (exact in fp)
-        n_masked = mask_below_threshold(shifted, count)  # [N] or None
+        target = logits.gather(1, labels.unsqueeze(1)).float()  # [N, 1]
+        shifted = torch.sub(logits, target)  # [N, V] new float32; kept <=> >= -margin
+        n_masked = mask_below_threshold(shifted, count, keep_above(margin))  # [N] or None
         if n_masked is None:
             n_masked = torch.zeros_like(labels)
         # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
