@@ -1,0 +1,80 @@
+"""The LM head's parameters as whole tensors, under FSDP2 too: what the fused loss multiplies by.
+
+The fused loss reads ``lm_head.weight`` itself instead of calling ``lm_head(hidden)``. Under DDP and
+in one process that weight is whole. Under FSDP2 (``torch.distributed.fsdp.fully_shard``) it is whole
+only while its FSDP unit is unsharded:
+
+- the head in the root unit, or in accelerate's tail unit ``[final norm, lm_head]`` (which is not
+  resharded after forward): inside the model's forward it is an ordinary tensor; nothing to do;
+- the head as its own unit, resharded after its forward: the weight is a ``DTensor`` shard here.
+  :func:`whole_head_parameters` all-gathers it through an autograd function whose backward averages
+  the rank-local gradient over the mesh and keeps this rank's shard: the reduction FSDP2 applies to
+  every parameter it manages (a mean over data-parallel ranks). ``DTensor.full_tensor()`` alone
+  would not: its backward takes the local shard of a gradient it assumes equal on every rank, so each
+  rank would keep the gradient of its own micro-batch only.
+
+DeepSpeed ZeRO-3 partitions parameters the same way; it cannot be exercised here (no deepspeed
+install), so a partitioned head is refused with a clear error rather than trained on an empty weight.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["whole_head_parameters", "whole_parameter"]
+
+
+def whole_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(weight [V, d], bias [V] or None)`` of ``head`` as whole tensors whose gradients reach the parameters."""
+    return whole_parameter(head.weight, "weight"), whole_parameter(getattr(head, "bias", None), "bias")
+
+
+def whole_parameter(param: torch.Tensor | None, name: str = "weight") -> torch.Tensor | None:
+    """``param`` itself when whole; the all-gathered tensor of an FSDP2 ``DTensor`` shard; ZeRO-3 refused."""
+    if param is None:
+        return None
+    if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 tags its partitioned parameters with ds_id
+        raise ValueError(
+            f"the LM head's {name} is partitioned by DeepSpeed ZeRO-3 (shape {tuple(param.shape)} outside its "
+            "module's forward); the fused selfish loss is untested with ZeRO-3. Use ZeRO-1/2, FSDP2, or train "
+            "unfused (selfish_fused=False)."
+        )
+    if _is_dtensor(param):
+        return _GatherShards.apply(param)
+    return param
+
+
+def _is_dtensor(tensor: torch.Tensor) -> bool:
+    """True for a ``torch.distributed.tensor.DTensor`` (imported only when torch.distributed is built)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+class _GatherShards(torch.autograd.Function):
+    """Forward: the whole tensor of a sharded ``DTensor``. Backward: the mean gradient's local shard.
+
+    Each rank's loss covers its own micro-batch, so each rank's gradient of the whole weight differs;
+    summing them over the mesh and dividing by its size gives FSDP2's default data-parallel mean.
+    """
+
+    @staticmethod
+    def forward(ctx, shard):  # shard: DTensor [V, d] sharded over the mesh -> torch.Tensor [V, d]
+        ctx.mesh, ctx.placements = shard.device_mesh, shard.placements
+        return shard.full_tensor()
+
+    @staticmethod
+    def backward(ctx, grad):  # grad: torch.Tensor [V, d], this rank's micro-batch only
+        from torch.distributed.tensor import DTensor, Replicate
+
+        mesh = ctx.mesh
+        grad = grad.contiguous().clone()  # all_reduce writes in place; autograd may reuse its buffer
+        for dim in range(mesh.ndim):  # every mesh dimension: HSDP replicates over one and shards over the other
+            dist.all_reduce(grad, group=mesh.get_group(dim))
+        grad = grad / mesh.size()
+        whole = DTensor.from_local(grad, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return whole.redistribute(mesh, ctx.placements)  # Replicate -> Shard: a local slice, no communication

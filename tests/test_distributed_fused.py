@@ -1,0 +1,57 @@
+"""The fused selfish loss inside model.forward on two gloo processes equals one unfused process.
+
+FSDP2 (`fully_shard`, four placements of the head) and DDP: each rank trains on half the batch with
+`num_items_in_batch` = the labelled positions of the whole batch (`tests/fused_steps_worker.py`). The
+reference is computed here, independently: one process, the model's full logits, the unfused
+`selfish_causal_lm_loss` on the whole batch, the same SGD step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_selfish.ops.loss import selfish_causal_lm_loss
+
+from .fused_steps_worker import LR, MARGIN, step_batch, step_model
+from .torchrun import run_two_processes
+
+WORKER = Path(__file__).with_name("fused_steps_worker.py")
+FSDP2_LAYOUTS = ("root", "tail", "tied", "head")
+
+
+def reference_step(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and parameters after one unfused selfish SGD step on the whole batch, in this process."""
+    model = step_model(layout)
+    model.train()
+    batch = step_batch()
+    labels = batch.pop("labels")
+    logits = model(**batch).logits  # [4, 12, V]
+    loss = selfish_causal_lm_loss(logits, labels, MARGIN)
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=LR).step()
+    return loss.detach(), {name: p.detach() for name, p in model.named_parameters()}
+
+
+@pytest.fixture(scope="module")
+def two_process_steps(tmp_path_factory) -> Path:
+    """Run every FSDP2 layout and DDP once (two torchrun launches); returns the folder of their results."""
+    out = tmp_path_factory.mktemp("fused_steps")
+    run_two_processes(WORKER, "fsdp2", ",".join(FSDP2_LAYOUTS), out)
+    run_two_processes(WORKER, "ddp", "root", out)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode, layout", [("fsdp2", layout) for layout in FSDP2_LAYOUTS] + [("ddp", "root")])
+def test_two_process_fused_step_equals_one_process_unfused_step(two_process_steps, mode, layout, one_thread):
+    result = torch.load(two_process_steps / f"{mode}_{layout}.pt")
+    loss, params = reference_step(layout)
+    torch.testing.assert_close(result["loss"], loss, rtol=1e-5, atol=1e-5)
+    initial = dict(step_model(layout).named_parameters())
+    assert set(result["params"]) == set(params)
+    for name, expected in params.items():
+        assert not torch.equal(expected, initial[name]), f"{name} did not move: the test would not see a wrong step"
+        torch.testing.assert_close(result["params"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
