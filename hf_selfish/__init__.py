@@ -24,6 +24,8 @@ _EXPORTS = {
     "selfish_causal_lm_loss": ".ops.loss",
     "validate_margin": ".ops.loss",
     "linear_selfish_cross_entropy": ".ops.fused",
+    "apply_selfish_loss": ".loss_patch",
+    "remove_selfish_loss": ".loss_patch",
     "SelfishTrainingArguments": ".config",
     "SelfishTrainer": ".trainer",
     "selfish_loss_func": ".trainer",

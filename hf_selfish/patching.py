@@ -1,11 +1,12 @@
-"""The fused selfish loss applied to a causal LM: its last hidden state and output embedding.
+"""A causal LM's output head: whether losses can read it, and how the model transforms its logits.
 
-`fused_causal_lm_loss` runs the model's own ``forward`` with ``logits_to_keep=1`` (its head computes
-one position) and ``output_hidden_states=True``, and feeds the last hidden state and the output
-embedding to `hf_selfish.ops.fused.linear_selfish_cross_entropy`. Models that transform their logits
-after the head are refused: known config attributes by name, anything else by comparing the model's
-own last-position logits with the head's on every call. The output embedding's weight must be whole on
-the device (DDP is fine; FSDP and DeepSpeed ZeRO-3 shard it outside the forward).
+:func:`check_fusable` and :func:`causal_lm_head_inputs` serve losses that read the last hidden state and
+the output embedding outside the model's forward (AGG): the model runs its own ``forward`` with
+``logits_to_keep=1`` and ``output_hidden_states=True``, and models whose logits are not
+``hidden @ weight.T + bias`` are refused -- known config attributes by name, anything else by comparing
+the model's last-position logits with the head's on every call.
+:func:`logit_transform_of` reads the scaling and soft-capping that :mod:`hf_selfish.loss_patch` applies
+inside the fused selfish loss.
 """
 
 from __future__ import annotations
@@ -15,16 +16,7 @@ from typing import Any
 
 import torch
 
-from .ops.fused import linear_selfish_cross_entropy
-from .ops.loss import resolve_shift_labels
-
-__all__ = [
-    "LOGIT_TRANSFORM_ATTRIBUTES",
-    "causal_lm_head_inputs",
-    "check_fusable",
-    "fused_causal_lm_loss",
-    "unwrap_model",
-]
+__all__ = ["LOGIT_TRANSFORM_ATTRIBUTES", "causal_lm_head_inputs", "check_fusable", "logit_transform_of", "unwrap_model"]
 
 FUSED = ("the fused selfish loss", "Train it unfused (selfish_fused=False).")  # (what needs the head, the remedy)
 
@@ -39,6 +31,46 @@ LOGIT_TRANSFORM_ATTRIBUTES: dict[str, tuple] = {
     "lm_head_multiplier": (None, 1, 1.0),  # Falcon-H1: lm_head(h) * multiplier
     "logits_mup_width_multiplier": (None, 1, 1.0),  # muP: lm_head(h / multiplier)
 }
+
+
+# Transforms the fused selfish loss reproduces: attribute -> how it maps to (logit_scale, softcap).
+SUPPORTED_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def logit_transform_of(model: torch.nn.Module) -> tuple[float | None, float | None]:
+    """``(logit_scale, softcap)`` the model applies after its head: ``L = softcap * tanh(scale * z / softcap)``.
+
+    Gemma 2/3's ``final_logit_softcapping`` is the softcap; Cohere's ``logit_scale`` and Granite's
+    ``1 / logits_scaling`` the scale. Any other transform of :data:`LOGIT_TRANSFORM_ATTRIBUTES` raises
+    a ``ValueError`` naming the model class and the attribute.
+    """
+    values = _transform_values(unwrap_model(model))
+    unsupported = {k: v for k, v in values.items() if k not in SUPPORTED_TRANSFORMS}
+    if unsupported:
+        attribute, value = next(iter(unsupported.items()))
+        raise ValueError(
+            f"{type(unwrap_model(model)).__name__} transforms its logits after the output embedding "
+            f"(config.{attribute}={value!r}), which the fused selfish loss does not reproduce; "
+            "apply_selfish_loss(model, fused=False) computes it from the model's logits instead."
+        )
+    scale = values.get("logit_scale")
+    if "logits_scaling" in values:
+        scale = (1.0 if scale is None else float(scale)) / float(values["logits_scaling"])
+    return (None if scale is None else float(scale)), values.get("final_logit_softcapping")
+
+
+def _transform_values(model: torch.nn.Module) -> dict[str, Any]:
+    """The non-neutral values of :data:`LOGIT_TRANSFORM_ATTRIBUTES` in the model's (text) config."""
+    configs = [model.config]
+    if hasattr(model.config, "get_text_config"):
+        configs.append(model.config.get_text_config())
+    values = {}
+    for config in configs:
+        for attribute, neutral in LOGIT_TRANSFORM_ATTRIBUTES.items():
+            value = getattr(config, attribute, None)
+            if value not in neutral:
+                values[attribute] = value
+    return values
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
@@ -86,56 +118,6 @@ def check_fusable(model: torch.nn.Module, user: tuple[str, str] = FUSED) -> torc
             f"({what} needs its last hidden state). {remedy}"
         )
     return head
-
-
-def fused_causal_lm_loss(
-    model: torch.nn.Module,
-    inputs: dict[str, Any],
-    labels: torch.Tensor | None,
-    margin: float | None = 2.0,
-    *,
-    num_items_in_batch: torch.Tensor | int | None = None,
-    ignore_index: int = -100,
-    shift_labels: torch.Tensor | None = None,
-    chunk_size: int | None = None,
-    return_masked_fraction: bool = False,
-    sparse_backward: bool = True,
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Selfish causal-LM loss of ``model`` on ``inputs`` without its ``[B, T, V]`` logits.
-
-    Equals ``selfish_causal_lm_loss(model(**inputs).logits, labels, margin, ...)`` in value and in
-    the gradient of every parameter. The model runs through its own ``forward`` (so DDP and other
-    wrappers see a normal call) with ``logits_to_keep=1`` and ``output_hidden_states=True``: its head
-    computes the logits of the last position only, and the last hidden state ``[B, T, d]`` and the
-    output embedding go to :func:`linear_selfish_cross_entropy`. The last position's logits, which
-    the model computed itself, are compared with ``head(last hidden state)`` on every call, so a
-    model that transforms its logits in a way this module does not know of is refused, never
-    silently trained on a different loss.
-
-    Args:
-        model: a causal LM (``...ForCausalLM``), possibly wrapped by DDP or ``torch.compile``.
-        inputs: the batch without labels (``input_ids``, ``attention_mask``, ...).
-        labels: ``[B, T]`` unshifted labels, shifted here like ``ForCausalLMLoss``; or pass
-            ``shift_labels`` already aligned with the positions.
-        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction, sparse_backward:
-            as in :func:`linear_selfish_cross_entropy`.
-    """
-    shift_labels = resolve_shift_labels(labels, shift_labels, ignore_index, "fused_causal_lm_loss")
-    hidden, weight, bias = causal_lm_head_inputs(model, inputs)
-    with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
-        labels = shift_labels.to(hidden.device)  # [B, T]
-        return linear_selfish_cross_entropy(
-            hidden,
-            weight,
-            labels,
-            margin,
-            bias=bias,
-            ignore_index=ignore_index,
-            num_items_in_batch=num_items_in_batch,
-            chunk_size=chunk_size,
-            return_masked_fraction=return_masked_fraction,
-            sparse_backward=sparse_backward,
-        )
 
 
 def causal_lm_head_inputs(

@@ -16,10 +16,11 @@ from torch import nn
 from transformers import Trainer
 
 from .config import SelfishTrainingArguments
+from .loss_patch import apply_selfish_loss, selfish_loss_settings
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
 from .ops.registry import get_loss, needs_hidden, needs_token_counts
-from .patching import causal_lm_head_inputs, check_fusable, fused_causal_lm_loss
+from .patching import causal_lm_head_inputs, check_fusable
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,14 @@ class SelfishTrainer(Trainer):
             top_p=self.args.selfish_top_p,
         )
         if self.args.selfish_fused:
-            check_fusable(self.model)  # refuse logit soft-capping / scaling before training starts
-            if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # until the distributed tests land
                 raise ValueError(
-                    "selfish_fused reads the LM head's weight outside the model's forward, which FSDP and "
-                    "DeepSpeed shard; train these with selfish_fused=False"
+                    "selfish_fused is not yet tested under FSDP and DeepSpeed, which shard the LM head's weight; "
+                    "train these with selfish_fused=False"
                 )
+            # the loss moves into the model's forward: its logits are never built while training
+            apply_selfish_loss(self.model, self.margin_schedule.start, chunk_size=self.args.selfish_fused_chunk_size)
+            selfish_loss_settings(self.model).sparse_backward = self.args.selfish_fused_sparse
         loss_name = self.args.loss_name
         if needs_token_counts(loss_name) and token_counts is None:
             raise ValueError(
@@ -155,19 +158,10 @@ class SelfishTrainer(Trainer):
             loss = self._scale_for_token_averaging(loss, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
         margin = self.training_margin() if model.training else None
-        if self.args.selfish_fused and model.training and not return_outputs:
-            outputs = None  # the fused loss never builds the [B, T, V] logits
-            loss, masked_fraction = fused_causal_lm_loss(
-                model,
-                inputs,
-                labels,
-                margin,
-                num_items_in_batch=num_items_in_batch,
-                shift_labels=shift_labels,
-                chunk_size=self.args.selfish_fused_chunk_size,
-                return_masked_fraction=True,
-                sparse_backward=self.args.selfish_fused_sparse,
-            )
+        if self.args.selfish_fused and model.training:
+            selfish_loss_settings(self.model).margin = margin  # the patched forward computes the loss
+            outputs = model(**inputs, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
+            loss, masked_fraction = outputs.loss, outputs.masked_fraction  # outputs.logits is None
         else:
             outputs = model(**inputs)
             loss, masked_fraction = selfish_causal_lm_loss(

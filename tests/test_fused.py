@@ -1,4 +1,4 @@
-"""`linear_selfish_cross_entropy` and `fused_causal_lm_loss` against the unfused loss.
+"""`linear_selfish_cross_entropy` against the unfused loss (the patched models: tests/test_apply_patch.py).
 
 The reference materialises the logits, masks them explicitly with ``masked_fill`` and takes
 ``F.cross_entropy``; autograd gives its gradients. The fused loss must match value and gradients,
@@ -15,15 +15,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
-from hf_selfish.ops.loss import selfish_causal_lm_loss
 from hf_selfish.ops.sparse_backward import SparsePlan
-from hf_selfish.patching import check_fusable, fused_causal_lm_loss
-
-from .tiny_models import tiny_model
 
 N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
 IGNORE = -100
@@ -311,116 +306,3 @@ def test_default_chunk_size():
     assert default_chunk_size(128256, 8192) == 523  # 256 MiB of float32 logits
     assert default_chunk_size(32000, 8192) == 2097
     assert default_chunk_size(65, 100) == 100  # never more than N
-
-
-# ---- fused_causal_lm_loss on tiny models ----
-
-TINY_VOCAB = 67
-
-
-def causal_batch(seed=0, batch=3, length=11):
-    generator = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, TINY_VOCAB, (batch, length), generator=generator)
-    attention_mask = torch.ones_like(input_ids)
-    attention_mask[1, -4:] = 0  # right padding
-    labels = input_ids.masked_fill(attention_mask == 0, IGNORE)
-    return {"input_ids": input_ids, "attention_mask": attention_mask}, labels
-
-
-def parameter_grads(model, loss):
-    params = [p for p in model.parameters() if p.requires_grad]
-    return dict(zip([n for n, p in model.named_parameters() if p.requires_grad], torch.autograd.grad(loss, params)))
-
-
-@pytest.mark.parametrize("sparse", [True, False])
-@pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied output embeddings
-@pytest.mark.parametrize("margin, num_items_in_batch", [(2.0, None), (0.5, 40), (None, None)])
-def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_batch, sparse):
-    model = tiny_model(model_type, vocab_size=TINY_VOCAB)
-    with torch.no_grad():  # larger logits, so that the margin masks a good share of the vocabulary
-        model.get_output_embeddings().weight.mul_(8.0)
-    inputs, labels = causal_batch()
-    fused, fraction = fused_causal_lm_loss(
-        model,
-        inputs,
-        labels,
-        margin,
-        num_items_in_batch=num_items_in_batch,
-        chunk_size=7,
-        return_masked_fraction=True,
-        sparse_backward=sparse,
-    )
-    fused_grads = parameter_grads(model, fused)
-    ref, ref_fraction = selfish_causal_lm_loss(
-        model(**inputs).logits, labels, margin, num_items_in_batch=num_items_in_batch, return_masked_fraction=True
-    )
-    ref_grads = parameter_grads(model, ref)
-    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(fraction, ref_fraction, rtol=1e-6, atol=1e-7)
-    if margin == 2.0:
-        assert fraction > 0.05  # the margin matters here
-    assert fused_grads.keys() == ref_grads.keys()
-    for name, grad in fused_grads.items():
-        torch.testing.assert_close(grad, ref_grads[name], rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
-
-
-def test_fused_causal_lm_loss_with_shift_labels():
-    model = tiny_model("llama", vocab_size=TINY_VOCAB)
-    inputs, labels = causal_batch(seed=1)
-    shift_labels = F.pad(labels, (0, 1), value=IGNORE)[:, 1:]
-    fused = fused_causal_lm_loss(model, inputs, None, 2.0, shift_labels=shift_labels)
-    ref = selfish_causal_lm_loss(model(**inputs).logits, labels, 2.0)
-    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
-
-
-def test_fused_causal_lm_loss_under_bf16_autocast():
-    model = tiny_model("llama", vocab_size=TINY_VOCAB)
-    inputs, labels = causal_batch(seed=2)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = fused_causal_lm_loss(model, inputs, labels, 2.0)
-        ref = selfish_causal_lm_loss(model(**inputs).logits, labels, 2.0)
-    fused_grads, ref_grads = parameter_grads(model, fused), parameter_grads(model, ref)
-    torch.testing.assert_close(fused, ref, rtol=2e-2, atol=2e-2)
-    for name, grad in fused_grads.items():
-        assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
-        error = (grad - ref_grads[name]).norm() / ref_grads[name].norm().clamp(min=1e-12)
-        assert error < 0.1, f"{name}: relative gradient error {error:.3f}"
-
-
-def _tiny(config_cls, **overrides):
-    config = config_cls(
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        hidden_size=16,
-        head_dim=8,
-        intermediate_size=32,
-        max_position_embeddings=32,
-        vocab_size=TINY_VOCAB,
-        **overrides,
-    )
-    return AutoModelForCausalLM.from_config(config)
-
-
-@pytest.mark.parametrize(
-    "config_cls, overrides, attribute",
-    [
-        (Gemma2Config, dict(final_logit_softcapping=30.0), "final_logit_softcapping"),
-        (CohereConfig, dict(), "logit_scale"),  # Cohere scales logits by 0.0625 by default
-    ],
-)
-def test_models_transforming_logits_are_refused(config_cls, overrides, attribute):
-    model = _tiny(config_cls, **overrides)
-    inputs, labels = causal_batch()
-    with pytest.raises(ValueError, match=rf"config\.{attribute}="):
-        fused_causal_lm_loss(model, inputs, labels, 2.0)
-
-
-def test_unknown_logit_transform_is_caught_at_runtime():
-    """A transform no config attribute announces (here a hook scaling the head's output) is refused."""
-    model = tiny_model("llama", vocab_size=TINY_VOCAB)
-    check_fusable(model)  # nothing in the config says so
-    model.get_output_embeddings().register_forward_hook(lambda module, args, output: output * 2.0)
-    inputs, labels = causal_batch()
-    with pytest.raises(ValueError, match="differ from output_embeddings"):
-        fused_causal_lm_loss(model, inputs, labels, 2.0)

@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from hf_selfish import SelfishTrainer, SelfishTrainingArguments, patching, selfish_loss_func
+from hf_selfish import SelfishTrainer, SelfishTrainingArguments, loss_patch, selfish_loss_func
 
 from .test_loss import masked_reference
 from .tiny_models import tiny_model
@@ -177,13 +177,13 @@ def test_plain_training_arguments_refused(tmp_path):
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied embeddings
 def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, sparse):
     sparse_flags = []
-    op = patching.linear_selfish_cross_entropy
+    op = loss_patch.linear_selfish_cross_entropy
 
     def spy(*args, **kwargs):
         sparse_flags.append(kwargs["sparse_backward"])
         return op(*args, **kwargs)
 
-    monkeypatch.setattr(patching, "linear_selfish_cross_entropy", spy)
+    monkeypatch.setattr(loss_patch, "linear_selfish_cross_entropy", spy)
 
     def update(fused):
         model = tiny_model(model_type, VOCAB, seed=4)
@@ -213,8 +213,10 @@ def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, s
     assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], abs=1e-7)
 
 
-def test_fused_refuses_logit_softcapping(tmp_path):
+def test_fused_refuses_a_softcap_the_model_does_not_apply(tmp_path):
+    """GPT-2 ignores config.final_logit_softcapping: the first step's check sees its logits differ and refuses."""
     model = tiny_model("gpt2", VOCAB)
-    model.config.final_logit_softcapping = 30.0
-    with pytest.raises(ValueError, match="final_logit_softcapping"):
-        SelfishTrainer(model=model, args=make_args(tmp_path, selfish_fused=True), train_dataset=padded_dataset(4))
+    model.config.final_logit_softcapping = 3.0
+    trainer = SelfishTrainer(model=model, args=make_args(tmp_path, selfish_fused=True), train_dataset=padded_dataset(4))
+    with pytest.raises(ValueError, match="GPT2LMHeadModel's logits differ"):
+        trainer.train()

@@ -29,6 +29,7 @@ from typing import NamedTuple
 
 import torch
 
+from .logit_transform import LogitTransform, make_logit_transform
 from .loss import check_label_range, keep_above, mask_below_threshold, softmax_nll, take_saved, validate_margin
 from .sparse_backward import (
     LinearGrads,
@@ -45,9 +46,9 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_en
 DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
-def default_chunk_size(vocab_size: int, n_rows: int) -> int:
-    """Rows per chunk so that the chunk's float32 logits fit :data:`DEFAULT_CHUNK_BYTES`, at most N."""
-    rows = max(1, DEFAULT_CHUNK_BYTES // (4 * max(1, vocab_size)))
+def default_chunk_size(vocab_size: int, n_rows: int, buffers: int = 1) -> int:
+    """Rows per chunk so that ``buffers`` float32 ``[chunk, V]`` fit :data:`DEFAULT_CHUNK_BYTES`, at most N."""
+    rows = max(1, DEFAULT_CHUNK_BYTES // (4 * buffers * max(1, vocab_size)))
     return max(1, min(rows, n_rows))
 
 
@@ -104,8 +105,10 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse):
-        # hidden [n, d], weight [V, d], bias [V] or None, labels [n]
+    def forward(
+        ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse, transform
+    ):
+        # hidden [n, d], weight [V, d], bias [V] or None, labels [n]; transform: LogitTransform or None
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = needs_grad
         compute_grad = want_hidden or want_weight or want_bias
@@ -117,14 +120,24 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
 
         # one [chunk, V] buffer for every chunk's logits: a fresh one each chunk costs its page faults again
         buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=torch.float32, device=hidden.device)
+        derivatives = _derivative_buffer(transform, buffer, compute_grad)  # [chunk, V] for a softcap, else None
+        # dloss/dz = dloss/dL * transform's constant factor (* 1 - tanh^2, applied per chunk)
+        chunk_grad_scale = grad_scale * (1.0 if transform is None else transform.gradient_factor)
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             hidden_c = hidden[start:end]  # [c, d]
             logits = _chunk_logits(hidden_c, weight, bias, buffer[: end - start])  # [c, V] float32
-            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count, sparse)
+            derivative = None
+            if transform is not None:  # mask and softmax on the transformed logits L
+                derivative = transform.apply_(logits, None if derivatives is None else derivatives[: end - start])
+            result = _chunk_loss(
+                logits, labels[start:end], margin, chunk_grad_scale if compute_grad else None, count, sparse
+            )
             nll_sum += result.nll_sum
             n_masked += result.n_masked
             if compute_grad:
+                if derivative is not None:
+                    _chain_softcap(transform, derivative, result)
                 out = LinearGrads(grad_hidden[start:end] if want_hidden else None, grad_weight, grad_bias)
                 _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
             del logits, result  # the buffer is free again: the gradient is in the accumulators
@@ -143,7 +156,27 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+
+
+def _derivative_buffer(transform: LogitTransform | None, buffer: torch.Tensor, compute_grad: bool):
+    """A second ``[chunk, V]`` float32 buffer for the softcap's ``1 - tanh^2``, when a gradient needs it."""
+    if transform is None or transform.softcap is None or not compute_grad:
+        return None
+    return torch.empty_like(buffer)
+
+
+def _chain_softcap(transform: LogitTransform, derivative: torch.Tensor, result: _ChunkResult) -> None:
+    """Multiply a chunk's logit gradient (dense, or the sparse plan's blocks) by ``1 - tanh^2``."""
+    if result.sparse is None:
+        transform.chain_(result.grad_logits, derivative)
+        return
+    plan = result.sparse.plan
+    if result.sparse.wide is None:  # every row narrow: all rows x plan.columns
+        transform.chain_(result.sparse.narrow, derivative, columns=plan.columns)
+        return
+    transform.chain_(result.sparse.narrow, derivative, plan.narrow_rows, plan.columns)
+    transform.chain_(result.sparse.wide, derivative, plan.wide_rows)
 
 
 def _chunk_logits(
@@ -223,6 +256,8 @@ def linear_selfish_cross_entropy(
     chunk_size: int | None = None,
     return_masked_fraction: bool = False,
     sparse_backward: bool = True,
+    logit_scale: float | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish cross-entropy of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -245,11 +280,16 @@ def linear_selfish_cross_entropy(
             the gradient matmuls: rows that keep few entries run over the columns they keep, the
             others densely (:mod:`hf_selfish.ops.sparse_backward`; dense where no split halves the
             work). Same result up to float rounding; no effect for plain cross-entropy (nothing masked).
+        logit_scale: multiply the logits by this before the loss (Cohere's ``logit_scale``).
+        softcap: then cap them, ``softcap * tanh(logits / softcap)`` (Gemma 2's ``final_logit_softcapping``).
+            The margin applies to the transformed logits; the chain rule runs per chunk
+            (:mod:`hf_selfish.ops.logit_transform`); a softcap halves the default chunk (a second buffer).
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
     """
     margin = validate_margin(margin)
+    transform = make_logit_transform(logit_scale, softcap)
     _check_inputs(hidden, weight, bias, labels)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
@@ -264,7 +304,9 @@ def linear_selfish_cross_entropy(
     labels_v = labels if all_valid else labels[valid]  # [n]
     check_label_range(labels_v, vocab_size)
 
-    chunk = chunk_size or default_chunk_size(vocab_size, n_valid)
+    chunk = chunk_size or default_chunk_size(
+        vocab_size, n_valid, buffers=1 + (transform is not None and transform.softcap is not None)
+    )
     loss, n_masked = _LinearSelfishCrossEntropy.apply(
         hidden_v,
         weight,
@@ -276,6 +318,7 @@ def linear_selfish_cross_entropy(
         _needs_grad(hidden, weight, bias),
         return_masked_fraction,
         sparse_backward and margin is not None,
+        transform,
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)
