@@ -23,6 +23,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
+from .distributed import whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .patching import logit_transform_of, unwrap_model
@@ -223,8 +224,8 @@ class _SelfishForward:
         labels = resolve_shift_labels(
             loss_kwargs["labels"], loss_kwargs["shift_labels"], ignore_index, "apply_selfish_loss"
         )
-        head = self.model.get_output_embeddings()
-        hidden, weight, bias = _autocast_inputs(hidden, head.weight, head.bias)
+        weight, bias = whole_head_parameters(self.model.get_output_embeddings())  # whole under FSDP2 too
+        hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
         scale, softcap = logit_transform_of(self.model)
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
             return linear_selfish_cross_entropy(
@@ -268,8 +269,8 @@ class _SelfishForward:
 
     def _transformed_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """``softcap * tanh(scale * head(hidden) / softcap)`` as the fused loss computes it, ``[B, 1, V]``."""
-        head = self.model.get_output_embeddings()
-        logits = torch.nn.functional.linear(hidden, head.weight, head.bias).float()
+        weight, bias = whole_head_parameters(self.model.get_output_embeddings())
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
         scale, softcap = logit_transform_of(self.model)
         if scale is not None:
             logits = logits * scale

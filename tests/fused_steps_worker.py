@@ -71,10 +71,7 @@ def whole(param: torch.Tensor) -> torch.Tensor:
 
 
 def run(mode: str, layout: str, out_dir: Path) -> None:
-    try:
-        from hf_selfish.patching import apply_selfish_loss
-    except ImportError:  # TEMPORARY
-        from tests._shim_patch import apply_selfish_loss
+    from hf_selfish import apply_selfish_loss
 
     rank, world = dist.get_rank(), dist.get_world_size()
     model = step_model(layout)
