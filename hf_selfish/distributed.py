@@ -15,6 +15,9 @@ only while its FSDP unit is unsharded:
 
 DeepSpeed ZeRO-3 partitions parameters the same way; it cannot be exercised here (no deepspeed
 install), so a partitioned head is refused with a clear error rather than trained on an empty weight.
+A PEFT adapter on the head (``target_modules`` with ``lm_head``) is refused too
+(:func:`refuse_adapted_head`): the head is then ``weight + B @ A`` and the fused loss, which multiplies by
+``weight`` alone, would neither apply nor train the adapter.
 """
 
 from __future__ import annotations
@@ -23,11 +26,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["whole_head_parameters", "whole_parameter"]
+__all__ = ["refuse_adapted_head", "whole_head_parameters", "whole_parameter"]
+
+
+def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
+    """Raise a ``ValueError`` naming the module when a PEFT adapter wraps the LM head (``head.base_layer``)."""
+    if isinstance(getattr(head, "base_layer", None), nn.Module):  # peft's BaseTunerLayer keeps the wrapped layer
+        raise ValueError(
+            f"{model_name}'s LM head (get_output_embeddings()) is {type(head).__module__}.{type(head).__name__}, "
+            "a PEFT adapter layer: the fused selfish loss multiplies by the head's weight alone and would ignore "
+            "the adapter. Remove 'lm_head' from the LoraConfig's target_modules, or use "
+            "apply_selfish_loss(model, fused=False) (selfish_fused=False)."
+        )
 
 
 def whole_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight [V, d], bias [V] or None)`` of ``head`` as whole tensors whose gradients reach the parameters."""
+    refuse_adapted_head(head, "the model")
     return whole_parameter(head.weight, "weight"), whole_parameter(getattr(head, "bias", None), "bias")
 
 

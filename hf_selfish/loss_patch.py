@@ -23,7 +23,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.modeling_utils import slice_logits_to_keep
 
-from .distributed import whole_head_parameters
+from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .patching import logit_transform_of, unwrap_model
@@ -122,6 +122,7 @@ def _check_reachable(model: torch.nn.Module) -> None:
     """Raise a ``ValueError`` naming the model class when the fused loss cannot reach its decoder or head."""
     name = type(model).__name__
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    refuse_adapted_head(head, name)  # LoRA on lm_head: say so, rather than "not an nn.Linear"
     if not isinstance(head, torch.nn.Linear):
         raise ValueError(
             f"{name}.get_output_embeddings() is {type(head).__name__}, not an nn.Linear: the fused selfish loss "
