@@ -19,14 +19,16 @@ import torch.distributed as dist
 
 from tests.tiny_models import tiny_model
 
-MARGIN = 1.0  # small: masks many logits of a random tiny model, so a wrong mask would show
+MARGIN = 1.0  # masks ~30% of the logits (below): a wrong mask would show
+INIT_STD = 0.2  # transformers' 0.02 gives near-uniform logits, which no margin of 1 masks
 VOCAB = 97
 LR = 0.5  # SGD: large, so a wrong gradient moves the parameters visibly
 
 
 def step_model(layout: str) -> torch.nn.Module:
     """The tiny Llama every run starts from (same seed on every rank and in the reference)."""
-    return tiny_model("llama", VOCAB, seed=0, num_hidden_layers=1, tie_word_embeddings=layout == "tied")
+    tied = layout == "tied"
+    return tiny_model("llama", VOCAB, seed=0, num_hidden_layers=1, tie_word_embeddings=tied, initializer_range=INIT_STD)
 
 
 def step_batch() -> dict[str, torch.Tensor]:

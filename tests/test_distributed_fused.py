@@ -29,7 +29,8 @@ def reference_step(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     batch = step_batch()
     labels = batch.pop("labels")
     logits = model(**batch).logits  # [4, 12, V]
-    loss = selfish_causal_lm_loss(logits, labels, MARGIN)
+    loss, masked_fraction = selfish_causal_lm_loss(logits, labels, MARGIN, return_masked_fraction=True)
+    assert 0.1 < masked_fraction < 0.9  # the margin masks: the comparison tests the selfish loss, not CE
     loss.backward()
     torch.optim.SGD(model.parameters(), lr=LR).step()
     return loss.detach(), {name: p.detach() for name, p in model.named_parameters()}

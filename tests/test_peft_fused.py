@@ -12,7 +12,7 @@ import torch
 from hf_selfish import apply_selfish_loss
 from hf_selfish.ops.loss import selfish_causal_lm_loss
 
-from .fused_steps_worker import step_batch
+from .fused_steps_worker import INIT_STD, step_batch
 from .tiny_models import tiny_model
 
 peft = pytest.importorskip("peft")
@@ -27,8 +27,9 @@ def lora_model(target_modules=("q_proj", "v_proj", "down_proj")):
     config = peft.LoraConfig(
         r=4, lora_alpha=8, lora_dropout=0.0, target_modules=list(target_modules), init_lora_weights=False
     )
+    base = tiny_model("llama", VOCAB, seed=0, num_hidden_layers=1, initializer_range=INIT_STD)
     torch.manual_seed(1)  # the adapters' initialisation
-    return peft.get_peft_model(tiny_model("llama", VOCAB, seed=0, num_hidden_layers=1), config)
+    return peft.get_peft_model(base, config)
 
 
 def sgd_step(model, loss_of) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -48,7 +49,9 @@ def patched_loss(model):
 def unfused_loss(model):
     batch = step_batch()
     labels = batch.pop("labels")
-    return selfish_causal_lm_loss(model(**batch).logits, labels, MARGIN)
+    loss, masked_fraction = selfish_causal_lm_loss(model(**batch).logits, labels, MARGIN, return_masked_fraction=True)
+    assert 0.1 < masked_fraction < 0.9  # the margin masks: the comparison tests the selfish loss, not CE
+    return loss
 
 
 def test_lora_fused_step_equals_unfused_step(one_thread):

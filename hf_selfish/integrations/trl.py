@@ -1,0 +1,107 @@
+"""TRL's `SFTTrainer` with the selfish loss: `SelfishSFTTrainer` and its `SelfishSFTConfig`.
+
+    from hf_selfish.integrations.trl import SelfishSFTConfig, SelfishSFTTrainer
+
+    args = SelfishSFTConfig(output_dir="out", selfish_margin=2.0, selfish_fused=True)
+    trainer = SelfishSFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+The classes are `SelfishTrainer` / `SelfishTrainingArguments` mixed into TRL's: TRL prepares the data
+(chat templates, completion-only labels, packing, PEFT from ``peft_config``); `SelfishTrainer` computes
+the loss and logs ``selfish_margin`` and ``selfish_masked_fraction`` exactly as it does alone, evaluates
+with plain cross-entropy, and takes ``token_counts`` and `RankBucketEvalCallback`'s metric hooks.
+
+Why not ``SFTTrainer(compute_loss_func=selfish_loss_func(...))``: TRL 1.16 deprecates it and, to feed its
+own metrics, runs a second forward pass per step. Here a training step is ONE forward of the model: with
+``selfish_fused=True`` it is the forward `hf_selfish.apply_selfish_loss` patched, which returns the fused
+selfish loss without building the ``[tokens, vocab]`` logits. TRL's own fused LM head
+(``trl.trainer.utils.add_fused_lm_head``, which the default ``loss_type="nll"`` patches into the model's
+forward) is not installed: the selfish loss replaces it, and two patched forwards would stack.
+TRL's ``entropy`` and ``mean_token_accuracy`` come from that head, so they are not logged; ``num_tokens`` is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import trl.trainer.sft_trainer as _sft_trainer
+from trl import SFTConfig, SFTTrainer
+
+from ..config import SelfishTrainingArguments
+from ..trainer import SelfishTrainer
+
+__all__ = ["SelfishSFTConfig", "SelfishSFTTrainer"]
+
+
+@dataclass
+class SelfishSFTConfig(SelfishTrainingArguments, SFTConfig):
+    """`SFTConfig` plus the selfish-loss settings of `SelfishTrainingArguments` (margin, schedule, fused, ...).
+
+    TRL's defaults stay TRL's (``learning_rate=2e-5``, ``gradient_checkpointing=True``, ``bf16`` where
+    supported, ``logging_steps=10``). ``loss_type="dft"`` is refused: the training loss is the selfish loss.
+    """
+
+    def __post_init__(self):
+        if self.loss_type != "nll" and self.loss_type != "chunked_nll":
+            raise ValueError(
+                f"SelfishSFTConfig trains with the selfish loss (loss_name={self.loss_name!r}); "
+                f"loss_type={self.loss_type!r} would be ignored. Leave loss_type at 'nll'."
+            )
+        super().__post_init__()
+
+
+class SelfishSFTTrainer(SelfishTrainer, SFTTrainer):
+    """`SFTTrainer` whose training loss is `SelfishTrainer`'s, in one forward pass per step.
+
+    Arguments are `SFTTrainer`'s (``args`` a `SelfishSFTConfig`, default ``SelfishSFTConfig("tmp_trainer")``)
+    plus ``token_counts`` (for rival losses that need the train split's counts). ``compute_loss_func`` is
+    refused: the loss is the selfish one.
+    """
+
+    def __init__(self, model, args: SelfishSFTConfig | None = None, *pos, token_counts=None, **kwargs):
+        if kwargs.get("compute_loss_func") is not None:
+            raise ValueError(
+                "SelfishSFTTrainer computes the selfish loss itself; drop compute_loss_func (TRL deprecates it "
+                "and it costs a second forward pass per step)"
+            )
+        args = SelfishSFTConfig("tmp_trainer") if args is None else args
+        if not isinstance(args, SelfishSFTConfig):
+            raise ValueError(
+                f"SelfishSFTTrainer needs SelfishSFTConfig, got {type(args).__name__}; build the arguments with "
+                "hf_selfish.integrations.trl.SelfishSFTConfig(...)"
+            )
+        with _without_trl_fused_head():
+            super().__init__(model, args, *pos, token_counts=token_counts, **kwargs)
+        self._total_train_tokens = getattr(self, "_total_train_tokens", 0)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """`SelfishTrainer.compute_loss` (one forward), plus TRL's ``num_tokens`` count while training."""
+        inputs = {**inputs, "use_cache": False}  # as SFTTrainer: no KV cache in a loss forward
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if model.training:
+            self._count_train_tokens(inputs)
+        return result
+
+    def _count_train_tokens(self, inputs) -> None:
+        """TRL's ``num_tokens`` metric: input tokens seen so far over all processes (padding excluded)."""
+        if "attention_mask" in inputs:
+            local = inputs["attention_mask"].sum()
+        else:  # padding-free batches: one packed row
+            local = inputs["input_ids"].new_tensor(inputs["input_ids"].numel())
+        self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+
+@contextlib.contextmanager
+def _without_trl_fused_head():
+    """``SFTTrainer.__init__`` without ``add_fused_lm_head``: the model's forward stays unpatched by TRL.
+
+    TRL calls it by the name it imported into ``trl.trainer.sft_trainer``; that name is swapped for a
+    no-op while the trainer is built (our ``compute_loss`` never asks for ``fused_lm_head=True``).
+    """
+    original = _sft_trainer.add_fused_lm_head
+    _sft_trainer.add_fused_lm_head = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        _sft_trainer.add_fused_lm_head = original
