@@ -175,3 +175,46 @@ def test_the_config_refuses_what_would_bypass_the_selfish_loss(tmp_path):
         SelfishSFTTrainer(sft_model(tokenizer), args=args, train_dataset=dataset, compute_loss_func=lambda *a: 0)
     with pytest.raises(ValueError, match="needs SelfishSFTConfig"):
         SelfishSFTTrainer(sft_model(tokenizer), args=trl.SFTConfig(output_dir=str(tmp_path), use_cpu=True))
+
+
+def test_selfish_sft_with_peft_config_trains_only_the_adapters(tmp_path, one_thread):
+    peft = pytest.importorskip("peft")
+    tokenizer = char_tokenizer()
+    model = sft_model(tokenizer)
+    counter = ForwardCounter(model)
+    initial = {name: p.detach().clone() for name, p in model.named_parameters()}
+    args = SelfishSFTConfig(
+        output_dir=str(tmp_path),
+        selfish_margin=MARGIN,
+        selfish_fused=True,
+        max_steps=1,
+        per_device_train_batch_size=len(TEXTS),
+        learning_rate=0.1,
+        gradient_checkpointing=False,
+        bf16=False,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+    )
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])  # B = 0: the base model at first
+    trainer = SelfishSFTTrainer(
+        model,
+        args=args,
+        train_dataset=datasets.Dataset.from_dict({"text": TEXTS}),
+        processing_class=tokenizer,
+        peft_config=lora,
+    )
+    trainer.train()
+    (step,) = [call for call in counter.calls if call["training"]]  # one forward through PEFT's wrappers
+    with torch.no_grad():
+        batch = step["batch"]
+        logits = sft_model(tokenizer)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss, _ = hand_selfish_loss(logits, batch["labels"], MARGIN)
+    torch.testing.assert_close(step["loss"], loss, rtol=1e-5, atol=1e-6)
+    for name, param in trainer.model.named_parameters():
+        if "lora_B" in name:
+            assert not torch.equal(param, torch.zeros_like(param)), name
+        elif "lora_" not in name:
+            base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
+            assert torch.equal(param.detach(), initial[base_name]), name  # the base model is frozen
