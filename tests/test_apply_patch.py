@@ -26,10 +26,21 @@ from transformers import (
     Phi3Config,
     Qwen2Config,
     Qwen3Config,
+    Trainer,
+    TrainingArguments,
 )
 
-from hf_selfish import apply_selfish_loss, remove_selfish_loss, selfish_causal_lm_loss
+from hf_selfish import (
+    SelfishTrainer,
+    SelfishTrainingArguments,
+    apply_selfish_loss,
+    remove_selfish_loss,
+    selfish_causal_lm_loss,
+    selfish_loss_func,
+)
 from hf_selfish.loss_patch import selfish_loss_settings
+
+from .test_trainer import padded_dataset
 
 VOCAB = 128
 MARGIN = 2.0
@@ -312,3 +323,79 @@ def test_a_head_the_config_does_not_announce_is_caught_on_the_first_step():
     model.get_output_embeddings().register_forward_hook(lambda module, args, output: output * 2.0)
     with pytest.raises(ValueError, match="LlamaForCausalLM's logits differ"):
         model(**micro_batches()[0][0])
+
+
+# ---- with the Trainer ----
+
+
+def train_args(tmp_path, cls=TrainingArguments, **overrides):
+    """One SGD step (lr 1) over two accumulated micro-batches of 2 rows."""
+    base = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=1,
+        optim="sgd",
+        learning_rate=1.0,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+    )
+    base.update(overrides)
+    return cls(**base)
+
+
+def parameters(model):
+    return {name: p.detach().clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["llama", "gemma2"])
+def test_stock_trainer_trains_a_patched_model_with_the_selfish_loss(tmp_path, name):
+    """No compute_loss_func: the patched forward's loss; the reference is selfish_loss_func on the logits."""
+    data = padded_dataset(4, seed=3)
+    reference = tiny(name)
+    patched = apply_selfish_loss(copy.deepcopy(reference), MARGIN, chunk_size=5)
+    Trainer(
+        model=reference,
+        args=train_args(tmp_path / "ref"),
+        train_dataset=data,
+        compute_loss_func=selfish_loss_func(MARGIN),
+    ).train()
+    trainer = Trainer(model=patched, args=train_args(tmp_path / "patched"), train_dataset=data)
+    trainer.train()
+    want, got = parameters(reference), parameters(patched)
+    for param, value in got.items():
+        torch.testing.assert_close(value, want[param], rtol=1e-5, atol=1e-6, msg=lambda m, p=param: f"{p}: {m}")
+    assert vars(patched)["forward"].verified  # the fused path ran
+
+
+@pytest.mark.parametrize("name", ["gemma2", "cohere"])
+def test_selfish_trainer_fused_equals_unfused_on_transformed_logits(tmp_path, name):
+    """SelfishTrainer's fused path is the patch: same update, loss and masked fraction as the unfused path."""
+    data = padded_dataset(4, seed=5)
+    results = {}
+    for fused in (True, False):
+        model = tiny(name)
+        args = train_args(
+            tmp_path / str(fused),
+            cls=SelfishTrainingArguments,
+            selfish_margin=MARGIN,
+            selfish_fused=fused,
+            selfish_fused_chunk_size=3,
+        )
+        trainer = SelfishTrainer(model=model, args=args, train_dataset=data, eval_dataset=data)
+        trainer.train()
+        assert ("forward" in vars(model)) == fused  # only the fused path patches the model
+        results[fused] = parameters(model), trainer.state.log_history[0], trainer.evaluate()["eval_loss"]
+    (fused_params, fused_log, fused_eval), (plain_params, plain_log, plain_eval) = results[True], results[False]
+    for param, value in fused_params.items():
+        torch.testing.assert_close(value, plain_params[param], rtol=1e-5, atol=1e-6)
+    assert fused_log["loss"] == pytest.approx(plain_log["loss"], rel=1e-5)
+    assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], abs=1e-6)
+    assert fused_log["selfish_masked_fraction"] > 0.1
+    assert fused_eval == pytest.approx(plain_eval, rel=1e-6)  # evaluation: the original forward, plain CE
