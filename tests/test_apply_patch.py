@@ -399,3 +399,31 @@ def test_selfish_trainer_fused_equals_unfused_on_transformed_logits(tmp_path, na
     assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], abs=1e-6)
     assert fused_log["selfish_masked_fraction"] > 0.1
     assert fused_eval == pytest.approx(plain_eval, rel=1e-6)  # evaluation: the original forward, plain CE
+
+
+def test_moe_router_loss_refused_fused_and_kept_unfused():
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(**COMMON, num_local_experts=2, num_experts_per_tok=1, output_router_logits=True)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).train()
+    with pytest.raises(ValueError, match="MixtralForCausalLM adds a router load-balancing loss"):
+        apply_selfish_loss(model, MARGIN)
+    batch = micro_batches()[0][0]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    own = model(**inputs)  # logits and the router loss, without the model's cross-entropy
+    want = selfish_causal_lm_loss(own.logits, batch["labels"], MARGIN) + model.router_aux_loss_coef * own.aux_loss
+    apply_selfish_loss(model, MARGIN, fused=False)
+    torch.testing.assert_close(model(**batch).loss, want, rtol=1e-6, atol=1e-7)
+
+
+def test_gradient_checkpointing():
+    reference = tiny("llama")
+    patched = apply_selfish_loss(copy.deepcopy(reference), MARGIN)
+    patched.activation_checkpointing_enable()
+    batches, num_items = micro_batches()
+    want_losses, want_updates = sgd_step(reference, batches, num_items, unfused_loss)
+    got_losses, got_updates = sgd_step(patched, batches, num_items, patched_loss)
+    torch.testing.assert_close(got_losses, want_losses, rtol=1e-5, atol=1e-6)
+    for param, update in got_updates.items():
+        torch.testing.assert_close(update, want_updates[param], rtol=1e-5, atol=1e-6)
