@@ -134,6 +134,12 @@ def _check_reachable(model: torch.nn.Module) -> None:
             "cannot run it without the head; apply_selfish_loss(model, fused=False) works from the logits instead"
         )
     logit_transform_of(model)  # raises on transforms the fused loss does not reproduce
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    if getattr(config, "output_router_logits", False):
+        raise ValueError(
+            f"{name} adds a router load-balancing loss (config.output_router_logits=True) that the fused selfish "
+            "loss does not compute; apply_selfish_loss(model, fused=False) keeps it"
+        )
 
 
 def _decoder_of(model: torch.nn.Module) -> torch.nn.Module | None:
@@ -193,6 +199,9 @@ class _SelfishForward:
             shift_labels=loss_kwargs["shift_labels"],
             return_masked_fraction=True,
         )
+        aux_loss = getattr(outputs, "aux_loss", None)  # MoE: the model adds it to its own loss, so do we
+        if aux_loss is not None:
+            loss = loss + self.model.router_aux_loss_coef * aux_loss.to(loss.device)
         return SelfishCausalLMOutput(
             loss=loss,
             logits=outputs.logits,

@@ -306,3 +306,65 @@ def test_default_chunk_size():
     assert default_chunk_size(128256, 8192) == 523  # 256 MiB of float32 logits
     assert default_chunk_size(32000, 8192) == 2097
     assert default_chunk_size(65, 100) == 100  # never more than N
+
+
+# ---- logit scaling and soft-capping inside the chunks ----
+
+
+def transformed_reference(hidden, weight, labels, margin, bias, scale, softcap):
+    """linear -> * scale -> softcap * tanh(. / softcap) -> explicit selfish mask on that -> F.cross_entropy."""
+    logits = hidden @ weight.T + bias  # [N, V]
+    if scale is not None:
+        logits = logits * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    if margin is not None:
+        safe = torch.where(labels == IGNORE, 0, labels)
+        threshold = logits.gather(1, safe.unsqueeze(1)) - margin  # the transformed target's logit
+        logits = logits.masked_fill(logits < threshold, float("-inf"))
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+@pytest.mark.parametrize("chunk_size", [4, None])
+@pytest.mark.parametrize("margin", [2.0, None])
+@pytest.mark.parametrize("scale, softcap", [(None, 3.0), (0.0625, None), (4.0, None), (0.5, 2.0)])
+def test_logit_transform_matches_reference(scale, softcap, margin, chunk_size, sparse):
+    hidden, weight, labels, bias = make_inputs(ignore_every=5, bias=True)
+    with torch.no_grad():
+        weight.mul_(4.0)  # logits ~ N(0, 64): the cap's tanh is far from linear
+    params = (hidden, weight, bias)
+    ref = loss_and_grads(lambda: transformed_reference(hidden, weight, labels, margin, bias, scale, softcap), *params)
+    got = loss_and_grads(
+        lambda: linear_selfish_cross_entropy(
+            hidden,
+            weight,
+            labels,
+            margin,
+            bias=bias,
+            chunk_size=chunk_size,
+            sparse_backward=sparse,
+            logit_scale=scale,
+            softcap=softcap,
+        ),
+        *params,
+    )
+    assert_close_with_grads(got, ref, f"scale={scale}, softcap={softcap}")
+    untransformed = transformed_reference(hidden, weight, labels, margin, bias, None, None)
+    assert (got[0] - untransformed).abs() > 1e-2  # the transform changes the loss: the test can fail
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(softcap=0.0), "softcap"),
+        (dict(softcap=-1.0), "softcap"),
+        (dict(softcap=float("nan")), "softcap"),
+        (dict(logit_scale=0.0), "logit_scale"),
+        (dict(logit_scale=float("inf")), "logit_scale"),
+    ],
+)
+def test_bad_logit_transform_is_refused(kwargs, name):
+    hidden, weight, labels, _ = make_inputs()
+    with pytest.raises(ValueError, match=name):
+        linear_selfish_cross_entropy(hidden, weight, labels, 2.0, **kwargs)
