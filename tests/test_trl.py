@@ -218,3 +218,23 @@ def test_selfish_sft_with_peft_config_trains_only_the_adapters(tmp_path, one_thr
         elif "lora_" not in name:
             base_name = name.replace("base_model.model.", "").replace(".base_layer", "")
             assert torch.equal(param.detach(), initial[base_name]), name  # the base model is frozen
+
+
+def test_rank_bucket_eval_through_selfish_sft(trained):
+    from hf_selfish.callbacks import attach_rank_bucket_eval
+
+    trainer, counter, tokenizer = trained
+    groups = {"low_ids": list(range(15)), "high_ids": list(range(15, len(tokenizer)))}
+    attach_rank_bucket_eval(trainer, groups, len(tokenizer))
+    before = len(counter.calls)
+    metrics = trainer.evaluate()
+    assert len(counter.calls) - before == 1  # the bucket statistics come from the same one forward
+    batch = next(iter(trainer.get_eval_dataloader()))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    ce, _ = hand_selfish_loss(logits, batch["labels"], float("inf"))
+    counted = int((batch["labels"][:, 1:] != -100).sum())
+    tokens = {g: metrics[f"eval_{g}_tokens"] for g in groups}
+    assert sum(tokens.values()) == counted
+    nll_sum = sum(metrics[f"eval_{g}_nll_weighted"] * n for g, n in tokens.items() if n)
+    assert nll_sum == pytest.approx(ce.item() * counted, rel=1e-5)
