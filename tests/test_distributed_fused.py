@@ -56,3 +56,14 @@ def test_two_process_fused_step_equals_one_process_unfused_step(two_process_step
     for name, expected in params.items():
         assert not torch.equal(expected, initial[name]), f"{name} did not move: the test would not see a wrong step"
         torch.testing.assert_close(result["params"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_zero3_partitioned_head_is_refused_and_a_whole_one_passes_through():
+    from hf_selfish.distributed import whole_head_parameters
+
+    head = torch.nn.Linear(4, 6, bias=True)
+    weight, bias = whole_head_parameters(head)
+    assert weight is head.weight and bias is head.bias  # whole (one process, DDP): the parameters themselves
+    head.weight.ds_id = 7  # what DeepSpeed ZeRO-3 attaches to the parameters it partitions
+    with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3 .* untested"):
+        whole_head_parameters(head)
