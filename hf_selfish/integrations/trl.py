@@ -99,7 +99,10 @@ def _without_trl_fused_head():
     TRL calls it by the name it imported into ``trl.trainer.sft_trainer``; that name is swapped for a
     no-op while the trainer is built (our ``compute_loss`` never asks for ``fused_lm_head=True``).
     """
-    original = _sft_trainer.add_fused_lm_head
+    original = getattr(_sft_trainer, "add_fused_lm_head", None)
+    if original is None:  # a TRL version without it: nothing of TRL to keep out of the forward
+        yield
+        return
     _sft_trainer.add_fused_lm_head = lambda *args, **kwargs: None
     try:
         yield
