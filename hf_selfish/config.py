@@ -58,8 +58,8 @@ class SelfishTrainingArguments(TrainingArguments):
     selfish_fused: bool = field(
         default=False,
         metadata={
-            "help": "Train with the fused linear + selfish loss: no [tokens, vocab] logits (evaluation "
-            "keeps the full logits)."
+            "help": "Train with the fused linear + selfish loss inside the model's forward "
+            "(hf_selfish.apply_selfish_loss): no [tokens, vocab] logits (evaluation keeps the full logits)."
         },
     )
     selfish_fused_chunk_size: int | None = field(

@@ -70,6 +70,9 @@ class SelfishTrainer(Trainer):
     loss). Gradient accumulation is exact: the Trainer counts the labelled tokens of the whole
     accumulated batch (``num_items_in_batch``) and the loss is divided by that count.
 
+    With ``selfish_fused`` the model is patched (:func:`hf_selfish.apply_selfish_loss`): while training,
+    its own forward returns the fused selfish loss (at the scheduled margin) and no logits.
+
     ``args.loss_name`` picks the training loss (default ``"selfish"``, with ``selfish_margin``);
     ``args.loss_kwargs`` its parameters. ``token_counts`` (keyword argument) are the train split's
     count of every token id, needed by ``tlat``, ``logit_adjustment`` and ``agg``. ``agg`` reads the

@@ -119,6 +119,8 @@ def test_public_api():
         "RankBucketEvalCallback",
         "GradientScenarioCallback",
         "TokenFrequency",
+        "apply_selfish_loss",
+        "remove_selfish_loss",
     }
     assert names <= set(hf_selfish.__all__)
     assert hf_selfish.selfish_cross_entropy is selfish_cross_entropy
