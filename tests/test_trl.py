@@ -8,6 +8,8 @@ loss and parameters, run its model once per step, and log `SelfishTrainer`'s met
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -74,18 +76,21 @@ class ForwardCounter:
         self.calls[-1].update(loss=loss, decoder_calls=self.decoder_calls - self._start)
 
 
-@pytest.fixture
-def trained(tmp_path, one_thread):
-    """A SelfishSFTTrainer after STEPS SGD steps on the 4 texts (one batch of 4 per step)."""
+def sft_trainer(output_dir, batch_size: int = len(TEXTS), steps: int = STEPS, counter: list | None = None):
+    """A SelfishSFTTrainer of the tiny Llama on the 4 texts: fused selfish loss, plain SGD, no clipping.
+
+    ``counter`` (a list) receives the `ForwardCounter` of the model.
+    """
     tokenizer = char_tokenizer()
     model = sft_model(tokenizer)
-    counter = ForwardCounter(model)
+    if counter is not None:
+        counter.append(ForwardCounter(model))
     args = SelfishSFTConfig(
-        output_dir=str(tmp_path),
+        output_dir=str(output_dir),
         selfish_margin=MARGIN,
         selfish_fused=True,
-        max_steps=STEPS,
-        per_device_train_batch_size=len(TEXTS),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
         per_device_eval_batch_size=len(TEXTS),
         lr_scheduler_type="constant",
         max_grad_norm=0.0,  # no clipping: the reference takes plain SGD steps
@@ -99,17 +104,23 @@ def trained(tmp_path, one_thread):
         seed=0,
     )
     dataset = datasets.Dataset.from_dict({"text": TEXTS})
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR)
-    trainer = SelfishSFTTrainer(
+    return SelfishSFTTrainer(
         model,
         args=args,
         train_dataset=dataset,
         eval_dataset=dataset,
         processing_class=tokenizer,
-        optimizers=(optimizer, None),
+        optimizers=(torch.optim.SGD(model.parameters(), lr=LR), None),
     )
+
+
+@pytest.fixture
+def trained(tmp_path, one_thread):
+    """A SelfishSFTTrainer after STEPS SGD steps on the 4 texts (one batch of 4 per step)."""
+    counters = []
+    trainer = sft_trainer(tmp_path, counter=counters)
     trainer.train()
-    return trainer, counter, tokenizer
+    return trainer, counters[0], trainer.processing_class
 
 
 def test_selfish_sft_steps_equal_masked_cross_entropy_by_hand(trained):
@@ -238,3 +249,19 @@ def test_rank_bucket_eval_through_selfish_sft(trained):
     assert sum(tokens.values()) == counted
     nll_sum = sum(metrics[f"eval_{g}_nll_weighted"] * n for g, n in tokens.items() if n)
     assert nll_sum == pytest.approx(ce.item() * counted, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_two_process_ddp_step_equals_one_process_step(tmp_path, one_thread):
+    from .torchrun import run_two_processes
+
+    run_two_processes(Path(__file__).with_name("sft_ddp_worker.py"), tmp_path)
+    ddp = torch.load(tmp_path / "ddp.pt")
+    single = sft_trainer(tmp_path / "single", steps=1)
+    initial = {name: p.detach().clone() for name, p in single.model.named_parameters()}
+    single.train()
+    (log,) = [entry for entry in single.state.log_history if "loss" in entry]
+    assert ddp["logs"][0]["loss"] == pytest.approx(log["loss"], rel=1e-5)  # the mean over both processes
+    for name, param in single.model.named_parameters():
+        assert not torch.equal(param, initial[name]), name
+        torch.testing.assert_close(ddp["params"][name], param.detach(), rtol=1e-5, atol=1e-5, msg=name)
