@@ -53,8 +53,8 @@ def whole_parameter(param: torch.Tensor | None, name: str = "weight") -> torch.T
     if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 tags its partitioned parameters with ds_id
         raise ValueError(
             f"the LM head's {name} is partitioned by DeepSpeed ZeRO-3 (shape {tuple(param.shape)} outside its "
-            "module's forward); the fused selfish loss is untested with ZeRO-3. Use ZeRO-1/2, FSDP2, or train "
-            "unfused (selfish_fused=False)."
+            "module's forward); the fused selfish loss is untested with DeepSpeed. Use FSDP2, or train unfused "
+            "(apply_selfish_loss(model, fused=False), selfish_fused=False)."
         )
     if _is_dtensor(param):
         return _GatherShards.apply(param)
