@@ -43,11 +43,18 @@ def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
 def whole_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight [V, d], bias [V] or None)`` of ``head`` as whole tensors whose gradients reach the parameters."""
     refuse_adapted_head(head, "the model")
-    return whole_parameter(head.weight, "weight"), whole_parameter(getattr(head, "bias", None), "bias")
+    dtype = _fsdp_param_dtype(head)
+    return whole_parameter(head.weight, "weight", dtype), whole_parameter(getattr(head, "bias", None), "bias", dtype)
 
 
-def whole_parameter(param: torch.Tensor | None, name: str = "weight") -> torch.Tensor | None:
-    """``param`` itself when whole; the all-gathered tensor of an FSDP2 ``DTensor`` shard; ZeRO-3 refused."""
+def whole_parameter(
+    param: torch.Tensor | None, name: str = "weight", dtype: torch.dtype | None = None
+) -> torch.Tensor | None:
+    """``param`` itself when whole; the all-gathered tensor of an FSDP2 ``DTensor`` shard; ZeRO-3 refused.
+
+    ``dtype``: the compute dtype of an FSDP2 ``MixedPrecisionPolicy`` (its ``param_dtype``), which FSDP2
+    would have cast the unsharded parameter to; the shard itself keeps the storage dtype.
+    """
     if param is None:
         return None
     if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 tags its partitioned parameters with ds_id
@@ -57,8 +64,16 @@ def whole_parameter(param: torch.Tensor | None, name: str = "weight") -> torch.T
             "(apply_selfish_loss(model, fused=False), selfish_fused=False)."
         )
     if _is_dtensor(param):
-        return _GatherShards.apply(param)
+        whole = _GatherShards.apply(param)
+        return whole if dtype is None else whole.to(dtype)  # the cast's backward returns the gradient in fp32
     return param
+
+
+def _fsdp_param_dtype(module: nn.Module) -> torch.dtype | None:
+    """``param_dtype`` of the FSDP2 mixed-precision policy of ``module``'s own unit (None: none, or not a unit)."""
+    get_state = getattr(module, "_get_fsdp_state", None)  # FSDPModule's (private) accessor, torch >= 2.6
+    policy = getattr(get_state(), "_mp_policy", None) if callable(get_state) else None
+    return getattr(policy, "param_dtype", None)
 
 
 def _is_dtensor(tensor: torch.Tensor) -> bool:

@@ -52,8 +52,10 @@ def shard(model: torch.nn.Module, mode: str, layout: str) -> torch.nn.Module:
     """Wrap ``model`` for ``mode``; ``layout`` picks the FSDP2 units of the embedding, final norm and head."""
     if mode == "ddp":
         return torch.nn.parallel.DistributedDataParallel(model)
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+    if layout == "head_bf16":  # the same units, computing in bf16 (the sharded parameters stay float32)
+        fully_shard = _with_policy(fully_shard, MixedPrecisionPolicy(param_dtype=torch.bfloat16))
     for layer in model.model.layers:
         fully_shard(layer)
     if layout == "tail":  # accelerate's FSDP2 preparation: [final norm, head] kept unsharded after forward
@@ -61,10 +63,17 @@ def shard(model: torch.nn.Module, mode: str, layout: str) -> torch.nn.Module:
         fully_shard([model.model.norm, model.lm_head], reshard_after_forward=False)
     elif layout == "tied":  # accelerate with tied embeddings: the shared weight in one unit
         fully_shard([model.model.norm, model.model.embed_tokens, model.lm_head], reshard_after_forward=False)
-    elif layout == "head":  # the head alone, resharded after its forward: a DTensor shard in the loss
+    elif layout in ("head", "head_bf16"):  # the head alone, resharded after its forward: a DTensor shard in the loss
         fully_shard(model.lm_head, reshard_after_forward=True)
     fully_shard(model)  # "root": the head is in the root unit
     return model
+
+
+def _with_policy(fully_shard, policy):
+    def shard_with_policy(module, **kwargs):
+        return fully_shard(module, mp_policy=policy, **kwargs)
+
+    return shard_with_policy
 
 
 def whole(param: torch.Tensor) -> torch.Tensor:

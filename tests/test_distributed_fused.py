@@ -19,7 +19,8 @@ from .fused_steps_worker import LR, MARGIN, step_batch, step_model
 from .torchrun import run_two_processes
 
 WORKER = Path(__file__).with_name("fused_steps_worker.py")
-FSDP2_LAYOUTS = ("root", "tail", "tied", "head")
+FSDP2_LAYOUTS = ("root", "tail", "tied", "head", "head_bf16")
+TOLERANCE = {"head_bf16": 3e-2}  # bf16 compute against the float32 reference; a wrong gradient is off by ~100%
 
 
 def reference_step(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -50,12 +51,13 @@ def two_process_steps(tmp_path_factory) -> Path:
 def test_two_process_fused_step_equals_one_process_unfused_step(two_process_steps, mode, layout, one_thread):
     result = torch.load(two_process_steps / f"{mode}_{layout}.pt")
     loss, params = reference_step(layout)
-    torch.testing.assert_close(result["loss"], loss, rtol=1e-5, atol=1e-5)
+    tol = TOLERANCE.get(layout, 1e-5)
+    torch.testing.assert_close(result["loss"], loss, rtol=tol, atol=tol)
     initial = dict(step_model(layout).named_parameters())
     assert set(result["params"]) == set(params)
     for name, expected in params.items():
         assert not torch.equal(expected, initial[name]), f"{name} did not move: the test would not see a wrong step"
-        torch.testing.assert_close(result["params"][name], expected, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(result["params"][name], expected, rtol=tol, atol=tol, msg=name)
 
 
 def test_a_zero3_partitioned_head_is_refused_and_a_whole_one_passes_through():
