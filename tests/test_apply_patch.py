@@ -255,8 +255,9 @@ def test_masked_fraction_and_no_logits():
     torch.testing.assert_close(out.masked_fraction, want, rtol=1e-6, atol=1e-7)
 
 
-def test_under_bf16_autocast():
-    model = apply_selfish_loss(tiny("llama"), MARGIN)
+@pytest.mark.parametrize("name", ["llama", "gemma2"])
+def test_under_bf16_autocast(name):
+    model = apply_selfish_loss(tiny(name), MARGIN)
     batch = micro_batches()[0][0]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     with torch.autocast("cpu", dtype=torch.bfloat16):

@@ -2,6 +2,7 @@
 
 - `loss`: `selfish_cross_entropy` (aligned logits/labels) and `selfish_causal_lm_loss` (shifted).
 - `fused`: `linear_selfish_cross_entropy`, hidden x weight -> loss without the ``[N, V]`` logits.
+- `logit_transform`: logit scaling and soft-capping inside the fused loss, with their chain rule.
 - `margin`: margin validation, the ``auto`` rule and schedules.
 - `rivals`, `agg`: the rival rare-token losses (focal, TLAT, logit adjustment, unlikelihood, AGG, ...),
   by name in `registry.LOSSES`; `params`: their parameter rules and token counts.

@@ -19,6 +19,9 @@ The mask is a comparison, so it carries no gradient: the gradient of a row is th
 kept entries minus the target's one-hot, exactly as autograd gives for the unfused
 ``masked_fill`` + ``F.cross_entropy``.
 
+``logit_scale`` and ``softcap`` transform each chunk's logits before the mask, as Cohere and Gemma 2/3
+do after their head (:mod:`hf_selfish.ops.logit_transform`).
+
 Design notes and measurements: ``docs/design.md``. Limitations: ``backward`` runs once per forward
 (the gradients are handed to autograd, not kept); higher-order gradients are not supported.
 """
