@@ -428,3 +428,13 @@ def test_gradient_checkpointing():
     torch.testing.assert_close(got_losses, want_losses, rtol=1e-5, atol=1e-6)
     for param, update in got_updates.items():
         torch.testing.assert_close(update, want_updates[param], rtol=1e-5, atol=1e-6)
+
+
+def test_a_micro_batch_without_labelled_tokens_gives_zero_loss_and_gradients():
+    model = apply_selfish_loss(tiny("llama"), MARGIN)
+    batch = dict(micro_batches()[0][0])
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE)
+    loss = model(**batch, num_items_in_batch=torch.tensor(0)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
