@@ -186,7 +186,8 @@ def test_remove_restores_the_original_forward_exactly():
     model = tiny("llama")
     original = type(model).forward
     apply_selfish_loss(model, MARGIN)
-    assert model.forward.__call__ is not None and "forward" in vars(model)
+    assert selfish_loss_settings(model) is not None and "forward" in vars(model)  # the instance's, not the class's
+    assert type(model).forward is original
     remove_selfish_loss(model)
     assert "forward" not in vars(model) and model.forward.__func__ is original
     batch = micro_batches()[0][0]
@@ -428,3 +429,13 @@ def test_gradient_checkpointing():
     torch.testing.assert_close(got_losses, want_losses, rtol=1e-5, atol=1e-6)
     for param, update in got_updates.items():
         torch.testing.assert_close(update, want_updates[param], rtol=1e-5, atol=1e-6)
+
+
+def test_a_micro_batch_without_labelled_tokens_gives_zero_loss_and_gradients():
+    model = apply_selfish_loss(tiny("llama"), MARGIN)
+    batch = dict(micro_batches()[0][0])
+    batch["labels"] = torch.full_like(batch["labels"], IGNORE)
+    loss = model(**batch, num_items_in_batch=torch.tensor(0)).loss
+    loss.backward()
+    assert loss.item() == 0.0
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
