@@ -19,6 +19,9 @@ gradients included):
   tracemalloc). glibc's ``malloc_trim`` runs first, so memory freed by the previous call is not
   silently reused (which would hide part of this call's peak).
 
+Real hidden states and LM heads (SmolLM2-135M, gemma-3-270m) instead of random ones, with the sparse
+backward and Cut Cross-Entropy: ``benchmarks/bench_fused_real.py``.
+
 Usage::
 
     python benchmarks/bench_fused.py                          # N=8192, d=1024, V in {32000, 128256}
@@ -42,8 +45,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from hf_selfish.fused import default_chunk_size, linear_selfish_cross_entropy
-from hf_selfish.loss import selfish_cross_entropy
+from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.ops.loss import selfish_cross_entropy
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
