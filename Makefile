@@ -8,9 +8,13 @@ PYTHON ?= python3
 VENV ?= .venv
 RECIPE ?= recipes/tinyshakespeare_cpu.yaml
 SHARED_TEXT := $(abspath ../shared/data/tinyshakespeare.txt)
-# Offline machines: point the loader at the shared copy when it exists (else it downloads).
+SHARED_BIBLE := $(abspath ../shared/data/bible)
+# Offline machines: point the loaders at the shared copies when they exist (else tinyshakespeare downloads).
 ifneq ($(wildcard $(SHARED_TEXT)),)
 export HF_SELFISH_TINYSHAKESPEARE ?= $(SHARED_TEXT)
+endif
+ifneq ($(wildcard $(SHARED_BIBLE)),)
+export HF_SELFISH_BIBLE_DIR ?= $(SHARED_BIBLE)
 endif
 
 .PHONY: install test test-fast lint format compare

@@ -19,14 +19,21 @@ gradients included):
   tracemalloc). glibc's ``malloc_trim`` runs first, so memory freed by the previous call is not
   silently reused (which would hide part of this call's peak).
 
-Real hidden states and LM heads (SmolLM2-135M, gemma-3-270m) instead of random ones, with the sparse
-backward and Cut Cross-Entropy: ``benchmarks/bench_fused_real.py``.
+``--realistic`` compares the fused loss's dense and sparse backward (issue 17) on random inputs that
+mask like a trained model's (``realistic_masking.py``: 98-99% of the entries masked at margin 2, labels
+drawn from the model's own softmax), by default at N=4096, d=576, V=49152 (SmolLM2-135M) and N=2048,
+d=640, V=262144 (Gemma 3), and prints the masked fraction and what the sparse backward skips.
+
+Real hidden states and LM heads (SmolLM2-135M, gemma-3-270m) instead of random ones, with Cut
+Cross-Entropy beside: ``benchmarks/bench_fused_real.py``.
 
 Usage::
 
     python benchmarks/bench_fused.py                          # N=8192, d=1024, V in {32000, 128256}
     python benchmarks/bench_fused.py --n 1024 --vocab 32000 --repeats 2   # a quick run
     python benchmarks/bench_fused.py --device cuda --dtype bfloat16
+    python benchmarks/bench_fused.py --realistic              # dense vs sparse backward
+    python benchmarks/bench_fused.py --realistic --shapes 1024x576x49152 --repeats 2
 """
 
 from __future__ import annotations
@@ -37,16 +44,21 @@ import gc
 import os
 import re
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
-from hf_selfish.ops.loss import selfish_cross_entropy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realistic_masking import masking_stats, realistic_inputs  # noqa: E402
+
+from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy  # noqa: E402
+from hf_selfish.ops.loss import selfish_cross_entropy  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -61,6 +73,8 @@ class BenchConfig:
     dtype: torch.dtype
     chunk_size: int | None
     seed: int = 0
+    realistic: bool = False  # inputs from realistic_masking.realistic_inputs
+    prior: float = 1.0  # weight of its Zipf unigram prior
 
 
 @dataclass
@@ -104,13 +118,23 @@ def linear_selfish_fused(hidden, weight, labels, config: BenchConfig) -> torch.T
     return linear_selfish_cross_entropy(hidden, weight, labels, config.margin, chunk_size=config.chunk_size)
 
 
+def linear_selfish_fused_dense(hidden, weight, labels, config: BenchConfig) -> torch.Tensor:
+    return linear_selfish_cross_entropy(
+        hidden, weight, labels, config.margin, chunk_size=config.chunk_size, sparse_backward=False
+    )
+
+
 METHODS: dict[str, Callable] = {
     "linear + F.cross_entropy": linear_cross_entropy,
     "linear + selfish (unfused)": linear_selfish_unfused,
     "linear + selfish_cross_entropy": linear_selfish_loss_py,
-    "fused selfish": linear_selfish_fused,
+    "fused selfish": linear_selfish_fused,  # the default: sparse backward
+    "fused selfish, dense backward": linear_selfish_fused_dense,
 }
-REFERENCE = "linear + selfish (unfused)"
+DEFAULT_METHODS = list(METHODS)[:4]
+REALISTIC_METHODS = ["fused selfish, dense backward", "fused selfish"]
+REALISTIC_SHAPES = ["4096x576x49152", "2048x640x262144"]
+REFERENCE = "linear + selfish (unfused)"  # the ratio baseline; else the first method
 
 
 # ---- peak memory ----
@@ -203,6 +227,12 @@ class CudaPeakMemory:
 
 
 def make_inputs(config: BenchConfig):
+    if config.realistic:
+        hidden, weight, labels, _ = realistic_inputs(
+            config.n, config.d, config.vocab, config.margin, seed=config.seed, prior=config.prior
+        )
+        to = dict(device=config.device, dtype=config.dtype)
+        return (hidden.to(**to).requires_grad_(), weight.to(**to).requires_grad_(), labels.to(config.device))
     generator = torch.Generator().manual_seed(config.seed)
     hidden = torch.randn(config.n, config.d, generator=generator) / config.d**0.25  # logits ~ N(0, 1)
     weight = torch.randn(config.vocab, config.d, generator=generator) / config.d**0.25
@@ -232,6 +262,10 @@ def run_once(method: Callable, hidden, weight, labels, config: BenchConfig) -> t
 
 def bench(config: BenchConfig, repeats: int, warmup: int, methods: list[str]) -> list[Measurement]:
     hidden, weight, labels = make_inputs(config)
+    if config.realistic:
+        print(
+            f"N={config.n} d={config.d} V={config.vocab}: {masking_stats(hidden, weight, labels, config.margin, config.chunk_size)}"
+        )
     results = {name: Measurement(name, [], [], float("nan")) for name in methods}
     for step in range(warmup + repeats):
         for name in methods:  # interleaved: a busy machine slows every method alike
@@ -245,21 +279,22 @@ def bench(config: BenchConfig, repeats: int, warmup: int, methods: list[str]) ->
 
 def markdown_table(rows: list[tuple[BenchConfig, list[Measurement]]]) -> str:
     header = (
-        "| N | d | V | method | loss | median time (s) | peak extra memory (MiB) "
-        "| time / unfused selfish | memory / unfused selfish |"
+        "| N | d | V | method | loss | min time (s) | median time (s) | peak extra memory (MiB) "
+        "| time / ref | memory / ref |"
     )
-    lines = [header, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [header, "|---|---|---|---|---|---|---|---|---|---|"]
     for config, measurements in rows:
         by_name = {m.method: m for m in measurements}
-        ref = by_name.get(REFERENCE)
+        ref = by_name.get(REFERENCE, measurements[0])
         for m in measurements:
-            time_ratio = f"{m.time_s / ref.time_s:.2f}" if ref else "-"
-            mem_ratio = f"{m.peak / ref.peak:.2f}" if ref and ref.peak > 0 else "-"
+            time_ratio = f"{m.time_s / ref.time_s:.2f}"
+            mem_ratio = f"{m.peak / ref.peak:.2f}" if ref.peak > 0 else "-"
             lines.append(
-                f"| {config.n} | {config.d} | {config.vocab} | {m.method} | {m.loss:.5f} | {m.time_s:.2f} "
-                f"| {m.peak / 2**20:.0f} | {time_ratio} | {mem_ratio} |"
+                f"| {config.n} | {config.d} | {config.vocab} | {m.method} | {m.loss:.5f} | {min(m.times_s):.2f} "
+                f"| {m.time_s:.2f} | {m.peak / 2**20:.0f} | {time_ratio} | {mem_ratio} |"
             )
-    return "\n".join(lines)
+    refs = {by.method for by in (next((m for m in ms if m.method == REFERENCE), ms[0]) for _, ms in rows)}
+    return "\n".join(lines) + f"\n\nref (ratios of the median times and of the peaks): {', '.join(sorted(refs))}"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -274,8 +309,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    return parser.parse_args(argv)
+    parser.add_argument("--methods", nargs="+", choices=list(METHODS), default=None)
+    parser.add_argument("--realistic", action="store_true", help="dense vs sparse backward on realistic masking")
+    parser.add_argument("--shapes", nargs="+", default=None, help="NxDxV cases (instead of --n/--d/--vocab)")
+    parser.add_argument("--prior", type=float, default=1.0, help="--realistic: weight of the Zipf unigram prior")
+    args = parser.parse_args(argv)
+    if args.methods is None:
+        args.methods = REALISTIC_METHODS if args.realistic else DEFAULT_METHODS
+    if args.shapes is None:
+        args.shapes = REALISTIC_SHAPES if args.realistic else [f"{args.n}x{args.d}x{v}" for v in args.vocab]
+    return args
 
 
 def main(argv=None) -> None:
@@ -283,10 +326,13 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = []
-    for vocab in args.vocab:
-        config = BenchConfig(args.n, args.d, vocab, args.margin, args.device, DTYPES[args.dtype], args.chunk_size)
+    shapes = [tuple(int(x) for x in shape.lower().split("x")) for shape in args.shapes]
+    for n, d, vocab in shapes:
+        config = BenchConfig(
+            n, d, vocab, args.margin, args.device, DTYPES[args.dtype], args.chunk_size, 0, args.realistic, args.prior
+        )
         rows.append((config, bench(config, args.repeats, args.warmup, args.methods)))
-    chunk = args.chunk_size or ", ".join(f"{default_chunk_size(v, args.n)} (V={v})" for v in args.vocab)
+    chunk = args.chunk_size or ", ".join(f"{default_chunk_size(v, n)} (V={v})" for n, _, v in shapes)
     memory = (
         "torch.cuda.max_memory_allocated"
         if args.device.startswith("cuda")

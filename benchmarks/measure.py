@@ -20,6 +20,7 @@ import torch
 
 @dataclass
 class Measurement:
+    min_s: float
     median_s: float
     peak_bytes: int
 
@@ -75,18 +76,26 @@ def peak_memory(fn: Callable[[], None], device: torch.device) -> int:
     return max(0, sampler.peak - before)
 
 
-def measure(fn: Callable[[], None], device: torch.device, repeats: int = 5, warmup: int = 1) -> Measurement:
-    """Median wall time over ``repeats`` calls (after ``warmup``), and the peak memory of one call."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return Measurement(statistics.median(times), peak_memory(fn, device))
+def measure_interleaved(
+    fns: dict[str, Callable[[], None]], device: torch.device, repeats: int = 5, warmup: int = 1
+) -> dict[str, Measurement]:
+    """Min and median wall time of each function over ``repeats`` rounds (after ``warmup``), and its peak memory.
+
+    Within a round the functions run in turn, so a busy machine slows them alike.
+    """
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for step in range(warmup + repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            if step >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {
+        name: Measurement(min(times[name]), statistics.median(times[name]), peak_memory(fn, device))
+        for name, fn in fns.items()
+    }
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -1,5 +1,7 @@
 """Trainer callbacks: thin hooks into Trainer events; the math lives in `evaluation` and `scenarios`.
 
+`GradientScenarioCallback` lives beside its recorder in `scenario_recorder` and is re-exported here.
+
 - `RankBucketEvalCallback`: per-group eval metrics through the Trainer's metric hooks.
 - `GradientScenarioCallback`: per-token gradient norms of the three scenarios during training.
 - `CompactProgressCallback`: the Trainer's progress bars with one short line per log instead of its raw dict.
@@ -13,15 +15,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from transformers import Trainer, TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import ExportableState, ProgressCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_callback import ProgressCallback
 
 from .evaluation import IGNORE_INDEX
 from .files import atomic_write_json
 from .metric_names import (
-    SCENARIOS_FILE,
+    EVAL_PREFIX,
     describe_group,
     group_label,
     groups_in_metrics,
@@ -29,11 +29,10 @@ from .metric_names import (
     metric_key_prefix,
     metric_value,
     rank_buckets_file,
-    scenario_share_key,
+    subset_prefix,
 )
 from .rank_buckets import RankBucketMetrics
-from .scenario_recorder import GradientScenarioRecorder
-from .scenarios import ScenarioNorms, non_target_share, save_scenario_norms
+from .scenario_recorder import GradientScenarioCallback
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +40,7 @@ __all__ = [
     "CompactProgressCallback",
     "GradientScenarioCallback",
     "StopOnNonFiniteLossCallback",
+    "SubsetEvalCallback",
     "TrainingDivergedError",
     "RankBucketEvalCallback",
     "attach_rank_bucket_eval",
@@ -168,147 +168,35 @@ def attach_rank_bucket_eval(
     return callback
 
 
-# ------------------------------------------------------------------------------------------------ gradient scenarios
+# -------------------------------------------------------------------------------------- eval subsets
 
 
-class GradientScenarioCallback(TrainerCallback, ExportableState):
-    """Accumulate per-token gradient norms of scenarios 1 / 2.1 / 2.2 every `every_k_steps` optimizer steps.
+class SubsetEvalCallback(TrainerCallback):
+    """After every evaluation of the eval set, evaluate named subsets too (e.g. one per language).
 
-    Args:
-        every_k_steps: record the optimizer steps whose 0-based index is a multiple of this.
-        groups: optional ordered `{name: token ids}` (e.g. frequency-rank buckets); when given, the share of
-            scenario 2.2 per group is logged.
-
-    Attributes:
-        norms: `ScenarioNorms` of `[V]` float64 tensors summed over the recorded steps (None before any).
-        recorded_steps: how many optimizer steps were recorded.
+    Each subset is evaluated by the Trainer itself with ``metric_key_prefix="eval_{name}"``, so its metrics
+    (``eval_{name}_loss``, ``eval_{name}_{group}_{stat}``, ``rank_buckets_{name}.json``) go through the Trainer's
+    log like ``eval_loss`` does. Bind it to its trainer once built: ``trainer.add_callback(callback.bind(trainer))``.
     """
 
-    def __init__(self, every_k_steps: int = 1, groups: Mapping[str, Sequence[int]] | None = None):
-        if isinstance(every_k_steps, bool) or not isinstance(every_k_steps, int) or every_k_steps < 1:
-            raise ValueError(f"every_k_steps must be an integer >= 1, got {every_k_steps!r}")
-        self.every_k_steps = every_k_steps
-        self.groups = {name: [int(i) for i in ids] for name, ids in (groups or {}).items()}
-        self.recorded_steps = 0
-        self._sums: torch.Tensor | None = None  # [3, V] float64, cpu, summed over recorded steps
-        self._window: torch.Tensor | None = None  # [3, V] float64, since the last training log
-        self._recorder: GradientScenarioRecorder | None = None
+    def __init__(self, subsets: Mapping[str, Any]):
+        self.subsets = dict(subsets)
+        self.trainer: Trainer | None = None
+        self._running = False
 
-    @property
-    def norms(self) -> ScenarioNorms | None:
-        return None if self._sums is None else ScenarioNorms.from_stacked(self._sums)
+    def bind(self, trainer: Trainer) -> SubsetEvalCallback:
+        self.trainer = trainer
+        return self
 
-    # ---- Trainer events ------------------------------------------------------------------------------
-
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if args.label_smoothing_factor > 0:
-            raise ValueError(
-                f"label_smoothing_factor={args.label_smoothing_factor}: gradient scenarios need a loss whose "
-                "logit gradient is `softmax - onehot`; set it to 0 or drop GradientScenarioCallback"
-            )
-        self._recorder = GradientScenarioRecorder(kwargs["model"])
-        self._restore(state)
-
-    def on_step_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self._recorder is not None and state.global_step % self.every_k_steps == 0:
-            self._recorder.attach()
-
-    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self._recorder is None or not self._recorder.attached:
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if self._running or self.trainer is None or metric_key_prefix(metrics or {}) != EVAL_PREFIX:
             return
-        self._recorder.detach()
-        vectors = self._recorder.pop_vectors()
-        if vectors is None:  # nothing reached the embeddings (e.g. frozen model)
-            return
-        stacked = _mean_across_processes(vectors.stacked())  # [3, V, d]
-        norms = stacked.double().norm(dim=-1).cpu()  # [3, V]
-        self._sums = norms if self._sums is None else self._sums + norms
-        self._window = norms if self._window is None else self._window + norms
-        self.recorded_steps += 1
-
-    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs=None, **kwargs):
-        if logs is None or "loss" not in logs:  # training logs only
-            return
-        metrics = self.pop_log_metrics()
-        if not metrics:
-            return
-        record = state.log_history[-1] if state.log_history else None
-        logs.update(metrics)
-        # Trainer.log appended `{**logs, "step": ...}` before calling on_log: complete that record too
-        if record is not None and record.get("step") == state.global_step and record.get("loss") == logs["loss"]:
-            record.update(metrics)
-
-    def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        checkpoint_dir = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
-        if not os.path.isdir(checkpoint_dir):
-            logger.warning("No checkpoint folder %s: scenario norms not saved there", checkpoint_dir)
-            return
-        self._write(checkpoint_dir, state)
-
-    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs):
-        if self._recorder is not None:
-            self._recorder.detach()
-        self._write(args.output_dir, state)
-
-    # ---- Logging --------------------------------------------------------------------------------------
-
-    def pop_log_metrics(self) -> dict[str, float]:
-        """`{scenario_{group}_non_target_share: float}` over the steps recorded since the last call."""
-        window, self._window = self._window, None
-        if window is None or not self.groups:
-            return {}
-        shares = non_target_share(ScenarioNorms.from_stacked(window), self.groups)
-        return {scenario_share_key(group): share for group, share in shares.items()}
-
-    # ---- Saving and resuming --------------------------------------------------------------------------
-
-    def state(self) -> dict:
-        """`ExportableState`: constructor args plus the sums, stored in `trainer_state.json` at each save."""
-        return {
-            "args": {"every_k_steps": self.every_k_steps, "groups": self.groups},
-            "attributes": {},
-            "scenario_sums": {
-                "recorded_steps": self.recorded_steps,
-                "norms": None if self._sums is None else self._sums.tolist(),
-            },
-        }
-
-    def _restore(self, state: TrainerState) -> None:
-        """Take the sums from the (possibly resumed) `TrainerState`; a fresh run finds its own, unchanged."""
-        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
-        if isinstance(saved, list):  # several instances were saved; this one is the first
-            saved = saved[0]
-        if not isinstance(saved, dict) or "scenario_sums" not in saved:
-            return
-        sums = saved["scenario_sums"]
-        self.recorded_steps = int(sums["recorded_steps"])
-        self._sums = None if sums["norms"] is None else torch.tensor(sums["norms"], dtype=torch.float64)
-        if self._sums is not None and self._sums.shape[-1] != self._recorder.vocab_size:
-            raise ValueError(
-                f"the resumed checkpoint holds scenario norms for {self._sums.shape[-1]} tokens but the model has "
-                f"{self._recorder.vocab_size}; resume with the same vocabulary"
-            )
-
-    def _write(self, folder: str, state: TrainerState) -> None:
-        if not state.is_world_process_zero or self._sums is None:
-            return
-        metadata = {
-            "recorded_steps": str(self.recorded_steps),
-            "every_k_steps": str(self.every_k_steps),
-            "global_step": str(state.global_step),
-        }
-        save_scenario_norms(self.norms, os.path.join(folder, SCENARIOS_FILE), metadata)
-
-
-def _mean_across_processes(tensor: torch.Tensor) -> torch.Tensor:
-    """Average over ranks when `torch.distributed` runs with several processes, as DDP averages gradients."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return tensor
-    world_size = torch.distributed.get_world_size()
-    if world_size == 1:
-        return tensor
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
-    return tensor / world_size
+        self._running = True  # the subsets' own evaluations come back here
+        try:
+            for name, dataset in self.subsets.items():
+                self.trainer.evaluate(eval_dataset=dataset, metric_key_prefix=subset_prefix(name))
+        finally:
+            self._running = False
 
 
 # ------------------------------------------------------------------------------------------- divergence
@@ -360,7 +248,7 @@ def compact_log_line(logs: Mapping[str, Any], step: int, elapsed: float | None =
         groups = [g for g in groups_in_metrics(logs) if metric_value(logs, metric_key(g, "nll")) is not None]
         ranks = [g for g in groups if describe_group(g).kind == "rank"]
         shown = ranks[:1] + ranks[-1:] if len(ranks) > 1 else ranks
-        shown += [g for g in groups if describe_group(g).kind == "language"]
+        shown += [g for g in groups if describe_group(g).kind in ("language", "language_only")]
         parts += [f"{group_label(g)} NLL {logs[metric_key(g, 'nll')]:.3f}" for g in shown]
         return " | ".join(parts) + took
     if "loss" in logs:

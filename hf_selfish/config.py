@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .ops.margin import SCHEDULES, check_schedule, check_top_p, parse_margin
+from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin
+from .ops.registry import LOSSES, check_loss_params, needs_hidden
 
 __all__ = ["SelfishTrainingArguments", "check_training_numbers"]
 
 
 @dataclass
 class SelfishTrainingArguments(TrainingArguments):
-    """`TrainingArguments` plus the selfish-loss settings."""
+    """`TrainingArguments` plus the selfish-loss settings and the choice of training loss."""
 
+    loss_name: str = field(
+        default="selfish",
+        metadata={
+            "help": f"Training loss, one of {', '.join(LOSSES)} (hf_selfish.ops.registry); evaluation is plain "
+            "cross-entropy for every loss. 'selfish' takes its margin from selfish_margin."
+        },
+    )
+    loss_kwargs: dict | str | None = field(
+        default=None,
+        metadata={
+            "help": "Parameters of the training loss, e.g. '{\"gamma\": 1.0}' for focal (a JSON string on the "
+            "command line); unset parameters take the paper's defaults."
+        },
+    )
     selfish_margin: float | str | None = field(
         default=2.0,
         metadata={
@@ -49,8 +65,16 @@ class SelfishTrainingArguments(TrainingArguments):
     selfish_fused_chunk_size: int | None = field(
         default=None, metadata={"help": "Rows per chunk of the fused loss (default: sized from the vocabulary)."}
     )
+    selfish_fused_sparse: bool = field(
+        default=True,
+        metadata={
+            "help": "Fused loss: run the gradient matmuls over the vocabulary columns some token of the chunk "
+            "keeps only (the masked ones get exactly zero gradient); same result up to rounding."
+        },
+    )
 
     def __post_init__(self):
+        self.loss_kwargs = _check_loss(self.loss_name, self.loss_kwargs)
         self.selfish_margin = parse_margin(self.selfish_margin)
         self.selfish_margin_end = parse_margin(self.selfish_margin_end)
         check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
@@ -58,6 +82,16 @@ class SelfishTrainingArguments(TrainingArguments):
             raise ValueError(
                 "selfish_log_scenarios_every needs the full logits' gradient, which the fused loss never builds; "
                 "turn off selfish_fused for diagnostic runs"
+            )
+        if needs_hidden(self.loss_name) and self.selfish_log_scenarios_every:
+            raise ValueError(
+                f"selfish_log_scenarios_every needs the gradient of the model's logits, which {self.loss_name} "
+                "(computed from the hidden states) never builds; set selfish_log_scenarios_every=None for it"
+            )
+        if self.selfish_fused and self.loss_name != "selfish":
+            raise ValueError(
+                f"selfish_fused computes the selfish loss only, but loss_name is {self.loss_name!r}; "
+                "set selfish_fused=False to train another loss"
             )
         check_top_p(self.selfish_top_p)
         check_training_numbers(self)
@@ -85,3 +119,26 @@ def check_training_numbers(args: TrainingArguments) -> None:
     if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" and args.eval_steps is not None:
         if not args.eval_steps > 0:
             raise ValueError(f"eval_steps must be positive with eval_strategy=steps, got {args.eval_steps!r}")
+
+
+def _check_loss(name: str, kwargs: dict | str | None) -> dict:
+    """``loss_kwargs`` as a dict (a JSON string from the command line is parsed), checked for ``loss_name``."""
+    if name not in LOSSES:
+        raise ValueError(f"loss_name must be one of {', '.join(LOSSES)}, got {name!r}")
+    if isinstance(kwargs, str):
+        text = kwargs.strip()
+        kwargs = None if text in NULL_WORDS or text in ("", "none") else text
+        if kwargs is not None:
+            try:
+                kwargs = json.loads(text)
+            except json.JSONDecodeError:
+                pass  # not JSON: refused below
+    if kwargs is not None and not isinstance(kwargs, dict):
+        raise ValueError(
+            f"loss_kwargs must be a mapping of parameter names to values (on the command line a JSON object "
+            f"such as '{{\"gamma\": 1.0}}'), got {kwargs!r}"
+        )
+    kwargs = dict(kwargs or {})
+    if name == "selfish" and "margin" in kwargs:
+        raise ValueError("the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin")
+    return check_loss_params(name, kwargs)

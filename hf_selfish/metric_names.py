@@ -7,8 +7,8 @@
 
 Groups are named sets of token ids. Their names carry their kind, so a report can derive its columns
 from the names saved with a run (`describe_group`): frequency-rank buckets ``rank_{lo}-{hi}`` (linear or
-log-spaced alike), ``unseen`` (ids that never occur in training), languages ``lang_{code}``, and any
-other name (kind ``other``).
+log-spaced alike), ``unseen`` (ids that never occur in training), languages ``lang_{code}``, the tokens
+only one language's training text holds ``lang_{code}_only``, and any other name (kind ``other``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 __all__ = [
+    "ALL_GROUP",
     "ALL_STATS",
     "FREQUENCY_FILE",
     "PLOTS_DIR",
@@ -50,12 +51,15 @@ __all__ = [
     "group_metric_name",
     "groups_in_metrics",
     "language_group_name",
+    "language_only_group_name",
     "metric_key",
     "metric_key_prefix",
     "metric_value",
     "rank_group_name",
     "scenario_share_key",
     "split_metric_key",
+    "subset_prefix",
+    "is_eval_entry",
 ]
 
 # Files of a run directory. A Trainer output_dir holds the Trainer's own files plus RANK_BUCKETS_FILE,
@@ -74,7 +78,9 @@ LOCK_FILE = ".hf_selfish.lock"
 
 EVAL_PREFIX = "eval"
 UNSEEN_GROUP = "unseen"
+ALL_GROUP = "all"  # every token id: a subset's overall per-token statistics
 LANGUAGE_PREFIX = "lang_"
+ONLY_SUFFIX = "_only"
 
 # Per-group statistics of an evaluation (see hf_selfish.evaluation for their definitions).
 MAIN_STAT = "nll"
@@ -121,6 +127,11 @@ def language_group_name(language: str) -> str:
     return f"{LANGUAGE_PREFIX}{language}"
 
 
+def language_only_group_name(language: str) -> str:
+    """Name of the tokens that occur in a language's training text and in no other: ``lang_{language}_only``."""
+    return f"{LANGUAGE_PREFIX}{language}{ONLY_SUFFIX}"
+
+
 @dataclass(frozen=True)
 class GroupInfo:
     """What a group name says: its kind (``rank``, ``unseen``, ``language``, ``other``) and details."""
@@ -142,6 +153,14 @@ def describe_group(name: str) -> GroupInfo:
         return GroupInfo(name, "rank", rank_lo=int(match.group(1)), rank_hi=int(match.group(2)))
     if name == UNSEEN_GROUP:
         return GroupInfo(name, "unseen")
+    if name == ALL_GROUP:
+        return GroupInfo(name, "all")
+    if (
+        name.startswith(LANGUAGE_PREFIX)
+        and name.endswith(ONLY_SUFFIX)
+        and len(name) > len(LANGUAGE_PREFIX + ONLY_SUFFIX)
+    ):
+        return GroupInfo(name, "language_only", language=name[len(LANGUAGE_PREFIX) : -len(ONLY_SUFFIX)])
     if name.startswith(LANGUAGE_PREFIX) and len(name) > len(LANGUAGE_PREFIX):
         return GroupInfo(name, "language", language=name[len(LANGUAGE_PREFIX) :])
     return GroupInfo(name, "other")
@@ -212,6 +231,16 @@ def metric_key_prefix(metrics: Mapping[str, Any]) -> str:
         if key.endswith("_runtime"):
             return key[: -len("_runtime")]
     return EVAL_PREFIX
+
+
+def subset_prefix(subset: str) -> str:
+    """The metric prefix of an eval subset (e.g. a language): ``eval_{subset}``."""
+    return f"{EVAL_PREFIX}_{subset}"
+
+
+def is_eval_entry(entry: Mapping[str, Any]) -> bool:
+    """Whether a log entry is an evaluation's: it holds ``eval_loss`` or an eval subset's ``eval_{name}_loss``."""
+    return any(key.startswith(EVAL_PREFIX + "_") and key.endswith("_loss") for key in entry)
 
 
 def scenario_share_key(group: str) -> str:

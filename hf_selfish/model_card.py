@@ -96,6 +96,14 @@ def _card_data(
     )
 
 
+def _rival_section(loss_name: str | None, loss_kwargs: Mapping[str, Any] | None) -> str | None:
+    """The training-loss sentence of a rival loss (None for the selfish loss, the default)."""
+    if loss_name in (None, "selfish"):
+        return None
+    params = ", ".join(f"{k}={v!r}" for k, v in (loss_kwargs or {}).items()) or "the paper's defaults"
+    return f"Training loss: **{loss_name}** (`hf_selfish.ops.registry.LOSSES`), parameters: {params}."
+
+
 def _loss_section(setting: Any, resolved: float | None, schedule: str | None = None) -> str:
     if setting is None and resolved is None:
         return "Training loss: **plain cross-entropy** (the baseline arm of hf_selfish):\n\n" + CE_FORMULA
@@ -177,7 +185,8 @@ def render_run_card(
         "",
         "## Training",
         "",
-        _loss_section(
+        _rival_section(settings.get("loss_name"), settings.get("loss_kwargs"))
+        or _loss_section(
             settings.get("selfish_margin"),
             settings.get("selfish_margin_value"),
             settings.get("selfish_margin_schedule"),

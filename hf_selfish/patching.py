@@ -18,7 +18,15 @@ import torch
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.loss import resolve_shift_labels
 
-__all__ = ["LOGIT_TRANSFORM_ATTRIBUTES", "check_fusable", "fused_causal_lm_loss", "unwrap_model"]
+__all__ = [
+    "LOGIT_TRANSFORM_ATTRIBUTES",
+    "causal_lm_head_inputs",
+    "check_fusable",
+    "fused_causal_lm_loss",
+    "unwrap_model",
+]
+
+FUSED = ("the fused selfish loss", "Train it unfused (selfish_fused=False).")  # (what needs the head, the remedy)
 
 # Config attributes of models whose forward transforms the logits after the output embedding, with
 # the values that mean "no transform". A model with any other value is refused: the fused loss
@@ -44,13 +52,15 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
         model = inner
 
 
-def check_fusable(model: torch.nn.Module) -> torch.nn.Linear:
-    """The model's output embedding, if the fused loss reproduces its logits; else a ``ValueError``.
+def check_fusable(model: torch.nn.Module, user: tuple[str, str] = FUSED) -> torch.nn.Linear:
+    """The model's output embedding, if ``hidden @ weight.T + bias`` reproduces its logits; else a ``ValueError``.
 
     Refused: models whose config transforms logits after the head (see
     :data:`LOGIT_TRANSFORM_ATTRIBUTES`, named in the error), models whose output embedding is not a
-    plain ``nn.Linear``, and models whose ``forward`` has no ``logits_to_keep`` argument.
+    plain ``nn.Linear``, and models whose ``forward`` has no ``logits_to_keep`` argument. ``user`` names
+    the loss that needs the head and what to do instead, for the error.
     """
+    what, remedy = user
     model = unwrap_model(model)
     name = type(model).__name__
     configs = [model.config]
@@ -62,18 +72,18 @@ def check_fusable(model: torch.nn.Module) -> torch.nn.Linear:
             if value not in neutral:
                 raise ValueError(
                     f"{name} transforms its logits after the output embedding (config.{attribute}={value!r}); "
-                    "the fused selfish loss computes hidden @ weight.T only. Train it unfused (selfish_fused=False)."
+                    f"{what} computes hidden @ weight.T only. {remedy}"
                 )
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if not isinstance(head, torch.nn.Linear):
         raise ValueError(
             f"{name}.get_output_embeddings() is {type(head).__name__}, not an nn.Linear; "
-            "the fused selfish loss needs a linear LM head. Train it unfused (selfish_fused=False)."
+            f"{what} needs a linear LM head. {remedy}"
         )
     if "logits_to_keep" not in inspect.signature(model.forward).parameters:
         raise ValueError(
-            f"{name}.forward takes no `logits_to_keep`, so it would compute the full logits anyway; "
-            "train it unfused (selfish_fused=False)."
+            f"{name}.forward takes no `logits_to_keep`, so it would compute the full logits anyway "
+            f"({what} needs its last hidden state). {remedy}"
         )
     return head
 
@@ -89,6 +99,7 @@ def fused_causal_lm_loss(
     shift_labels: torch.Tensor | None = None,
     chunk_size: int | None = None,
     return_masked_fraction: bool = False,
+    sparse_backward: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish causal-LM loss of ``model`` on ``inputs`` without its ``[B, T, V]`` logits.
 
@@ -106,17 +117,11 @@ def fused_causal_lm_loss(
         inputs: the batch without labels (``input_ids``, ``attention_mask``, ...).
         labels: ``[B, T]`` unshifted labels, shifted here like ``ForCausalLMLoss``; or pass
             ``shift_labels`` already aligned with the positions.
-        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction: as in
-            :func:`linear_selfish_cross_entropy`.
+        margin, num_items_in_batch, ignore_index, chunk_size, return_masked_fraction, sparse_backward:
+            as in :func:`linear_selfish_cross_entropy`.
     """
-    head = check_fusable(model)
     shift_labels = resolve_shift_labels(labels, shift_labels, ignore_index, "fused_causal_lm_loss")
-    inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
-    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
-    hidden = outputs.hidden_states[-1]  # [B, T, d]
-    weight, bias = head.weight, head.bias  # [V, d], [V] or None
-    _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias)
-    hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+    hidden, weight, bias = causal_lm_head_inputs(model, inputs)
     with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
         labels = shift_labels.to(hidden.device)  # [B, T]
         return linear_selfish_cross_entropy(
@@ -129,16 +134,36 @@ def fused_causal_lm_loss(
             num_items_in_batch=num_items_in_batch,
             chunk_size=chunk_size,
             return_masked_fraction=return_masked_fraction,
+            sparse_backward=sparse_backward,
         )
 
 
-def _check_head_reproduces_logits(model, logits, hidden, weight, bias) -> None:
+def causal_lm_head_inputs(
+    model: torch.nn.Module, inputs: dict[str, Any], user: tuple[str, str] = FUSED
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The last hidden state ``[B, T, d]`` and the output embedding's ``weight [V, d]`` and ``bias``.
+
+    The model runs its own ``forward`` (``logits_to_keep=1``, ``output_hidden_states=True``) on ``inputs``
+    (``labels`` dropped); ``F.linear(hidden, weight, bias)`` is checked against its last-position logits.
+    Under autocast the three come in the autocast dtype, as the model's ``lm_head`` would run.
+    """
+    head = check_fusable(model, user)
+    inputs = {k: v for k, v in inputs.items() if k not in ("labels", "shift_labels")}
+    outputs = model(**inputs, logits_to_keep=1, output_hidden_states=True)
+    hidden = outputs.hidden_states[-1]  # [B, T, d]
+    weight, bias = head.weight, head.bias  # [V, d], [V] or None
+    _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias, user)
+    return _autocast_inputs(hidden, weight, bias)
+
+
+def _check_head_reproduces_logits(model, logits, hidden, weight, bias, user: tuple[str, str] = FUSED) -> None:
     """Raise a ``ValueError`` if the model's last-position logits are not ``F.linear(hidden, weight, bias)``."""
+    what, remedy = user
     with torch.no_grad():
         if logits.shape[-2] != 1:
             raise ValueError(
                 f"{type(unwrap_model(model)).__name__} ignored logits_to_keep=1 and computed logits {tuple(logits.shape)}; "
-                "the fused loss would save nothing. Train it unfused (selfish_fused=False)."
+                f"{what} would save nothing. {remedy}"
             )
         expected = torch.nn.functional.linear(hidden[:, -1:], weight, bias).float()  # [B, 1, V]
         got = logits.float()
@@ -147,8 +172,7 @@ def _check_head_reproduces_logits(model, logits, hidden, weight, bias) -> None:
             error = (got - expected).abs().max().item()
             raise ValueError(
                 f"{type(unwrap_model(model)).__name__}'s logits differ from output_embeddings(last hidden state) by up to "
-                f"{error:.3g}: the model transforms its logits after the head, which the fused selfish loss cannot "
-                "reproduce. Train it unfused (selfish_fused=False)."
+                f"{error:.3g}: the model transforms its logits after the head, which {what} cannot reproduce. {remedy}"
             )
 
 

@@ -1,8 +1,9 @@
-"""`SelfishTrainer`: a drop-in `transformers.Trainer` whose training loss is the selfish loss.
+"""`SelfishTrainer`: a drop-in `transformers.Trainer` whose training loss is the selfish loss (or a rival).
 
-One class serves both arms of an experiment: ``selfish_margin=None`` trains with plain
-cross-entropy through the very same code path. Evaluation always uses plain cross-entropy over
-the full vocabulary, so the ``eval_loss`` of both arms is the same metric.
+One class serves every arm of an experiment: ``selfish_margin=None`` trains with plain
+cross-entropy through the very same code path, and ``loss_name`` picks a rival loss from
+:mod:`hf_selfish.ops.registry`. Evaluation always uses plain cross-entropy over the full
+vocabulary, so the ``eval_loss`` of every arm is the same metric.
 """
 
 from __future__ import annotations
@@ -15,11 +16,15 @@ from torch import nn
 from transformers import Trainer
 
 from .config import SelfishTrainingArguments
-from .ops.loss import selfish_causal_lm_loss, validate_margin
+from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
-from .patching import check_fusable, fused_causal_lm_loss
+from .ops.registry import get_loss, needs_hidden, needs_token_counts
+from .patching import causal_lm_head_inputs, check_fusable, fused_causal_lm_loss
 
 logger = logging.getLogger(__name__)
+
+# for errors about models whose head AGG cannot read: (what needs the head, what to do instead)
+AGG_USER = ("agg (adaptive gradient gating)", "Train this model with another loss_name.")
 
 __all__ = ["SelfishTrainer", "SelfishTrainingArguments", "output_vocab_size", "selfish_loss_func"]
 
@@ -58,16 +63,22 @@ def selfish_loss_func(margin: float | None = 2.0, *, ignore_index: int = -100) -
 
 
 class SelfishTrainer(Trainer):
-    """`Trainer` that computes the causal-LM loss itself: selfish while training, plain CE in eval.
+    """`Trainer` that computes the causal-LM loss itself: the arm's loss while training, plain CE in eval.
 
     The model is run without ``labels`` so it never computes its own cross-entropy (no double
     loss). Gradient accumulation is exact: the Trainer counts the labelled tokens of the whole
     accumulated batch (``num_items_in_batch``) and the loss is divided by that count.
+
+    ``args.loss_name`` picks the training loss (default ``"selfish"``, with ``selfish_margin``);
+    ``args.loss_kwargs`` its parameters. ``token_counts`` (keyword argument) are the train split's
+    count of every token id, needed by ``tlat``, ``logit_adjustment`` and ``agg``. ``agg`` reads the
+    last hidden state (``output_hidden_states=True``, ``logits_to_keep=1``) and the weight of
+    ``model.get_output_embeddings()``.
     """
 
     args: SelfishTrainingArguments
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, token_counts=None, **kwargs):
         super().__init__(*args, **kwargs)
         if not isinstance(self.args, SelfishTrainingArguments):
             raise ValueError(
@@ -92,6 +103,16 @@ class SelfishTrainer(Trainer):
                     "selfish_fused reads the LM head's weight outside the model's forward, which FSDP and "
                     "DeepSpeed shard; train these with selfish_fused=False"
                 )
+        loss_name = self.args.loss_name
+        if needs_token_counts(loss_name) and token_counts is None:
+            raise ValueError(
+                f"loss_name={loss_name!r} needs token_counts, the train split's count of every token id: "
+                "SelfishTrainer(..., token_counts=TokenFrequency.from_dataset(train, vocab_size).counts)"
+            )
+        self.token_counts = None if token_counts is None else torch.as_tensor(token_counts, dtype=torch.float64)
+        self._counts_on_device: dict[torch.device, torch.Tensor] = {}
+        if needs_hidden(loss_name):
+            check_fusable(self.model, AGG_USER)  # refuse models whose head it cannot read, before training
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
@@ -129,6 +150,10 @@ class SelfishTrainer(Trainer):
                 f"SelfishTrainer needs `labels` in every batch; got keys {sorted(inputs)}. "
                 "Use a causal-LM collator (DataCollatorForLanguageModeling(mlm=False)) or add labels."
             )
+        if model.training and self.args.loss_name != "selfish":
+            loss, outputs = self._rival_loss(model, inputs, labels, shift_labels, num_items_in_batch)
+            loss = self._scale_for_token_averaging(loss, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
         margin = self.training_margin() if model.training else None
         if self.args.selfish_fused and model.training and not return_outputs:
             outputs = None  # the fused loss never builds the [B, T, V] logits
@@ -141,6 +166,7 @@ class SelfishTrainer(Trainer):
                 shift_labels=shift_labels,
                 chunk_size=self.args.selfish_fused_chunk_size,
                 return_masked_fraction=True,
+                sparse_backward=self.args.selfish_fused_sparse,
             )
         else:
             outputs = model(**inputs)
@@ -160,6 +186,43 @@ class SelfishTrainer(Trainer):
             self._masked_fraction_count += 1
         loss = self._scale_for_token_averaging(loss, num_items_in_batch)
         return (loss, outputs) if return_outputs else loss
+
+    def _rival_loss(self, model, inputs, labels, shift_labels, num_items_in_batch):
+        """``(loss, outputs)`` of the registry's ``args.loss_name`` on causally shifted labels."""
+        name = self.args.loss_name
+        loss_fn = get_loss(name)
+        shift_labels = resolve_shift_labels(labels, shift_labels, -100, "SelfishTrainer")
+        if needs_hidden(name):
+            hidden, weight, bias = causal_lm_head_inputs(model, inputs, AGG_USER)  # [B, T, d], [V, d], [V]
+            with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
+                loss = loss_fn(
+                    hidden,
+                    weight,
+                    shift_labels.to(hidden.device),
+                    bias=bias,
+                    num_items_in_batch=num_items_in_batch,
+                    token_counts=self._token_counts(hidden.device),
+                    **(self.args.loss_kwargs or {}),
+                )
+            return loss, None
+        outputs = model(**inputs)
+        logits = _logits_of(outputs)  # [B, T, V]
+        loss = loss_fn(
+            logits,
+            shift_labels.to(logits.device),
+            num_items_in_batch=num_items_in_batch,
+            token_counts=self._token_counts(logits.device),
+            **(self.args.loss_kwargs or {}),
+        )
+        return loss, outputs
+
+    def _token_counts(self, device: torch.device) -> torch.Tensor | None:
+        """The train-split counts on ``device`` (copied there once)."""
+        if self.token_counts is None:
+            return None
+        if device not in self._counts_on_device:
+            self._counts_on_device[device] = self.token_counts.to(device)
+        return self._counts_on_device[device]
 
     def create_model_card(self, **kwargs) -> None:
         """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.model_card.write_run_card`.

@@ -1,9 +1,11 @@
 """`linear_selfish_cross_entropy` and `fused_causal_lm_loss` against the unfused loss.
 
 The reference materialises the logits, masks them explicitly with ``masked_fill`` and takes
-``F.cross_entropy``; autograd gives its gradients. The fused loss must match value and gradients.
-On tiny GPT-2 (tied embeddings) and Llama (untied) models, the reference is
-``selfish_causal_lm_loss(model(**inputs).logits, ...)`` and every parameter's gradient must match.
+``F.cross_entropy``; autograd gives its gradients. The fused loss must match value and gradients,
+with the sparse backward (the default: gradient matmuls over the kept columns only) and the dense
+one, and the two must match each other. On tiny GPT-2 (tied embeddings) and Llama (untied) models,
+the reference is ``selfish_causal_lm_loss(model(**inputs).logits, ...)`` and every parameter's
+gradient must match.
 """
 
 from __future__ import annotations
@@ -15,14 +17,33 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config
 
+from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
 from hf_selfish.ops.loss import selfish_causal_lm_loss
+from hf_selfish.ops.sparse_backward import SparsePlan
 from hf_selfish.patching import check_fusable, fused_causal_lm_loss
 
 from .tiny_models import tiny_model
 
 N, D, V = 37, 16, 50  # N prime: no chunk size above 1 divides it
 IGNORE = -100
+
+
+def split_plan(masked_logits, n_masked):
+    """Every chunk split: even rows over the columns they keep, odd rows densely (both code paths, any shape)."""
+    rows = torch.arange(masked_logits.shape[0])
+    narrow, wide = rows[0::2], rows[1::2]
+    columns = (masked_logits[narrow] != float("-inf")).any(dim=0).nonzero().squeeze(1)
+    return SparsePlan(narrow, columns, wide)
+
+
+@pytest.fixture(autouse=True)
+def every_chunk_split(monkeypatch):
+    """The sparse backward on every chunk, whatever it keeps, with narrow and wide rows.
+
+    (The planner that picks the split, or dense, has its own tests in test_sparse_backward.py.)
+    """
+    monkeypatch.setattr(fused_module, "plan_sparse_backward", split_plan)
 
 
 def reference_loss(hidden, weight, labels, margin, bias=None, num_items_in_batch=None):
@@ -59,22 +80,31 @@ def loss_and_grads(loss_fn, hidden, weight, bias):
     return loss.detach(), grads
 
 
+def assert_close_with_grads(got, want, what):
+    """``(loss, grads)`` pairs equal at the tests' tolerance (rtol 1e-5, atol 1e-6), naming what differs."""
+    torch.testing.assert_close(got[0], want[0], rtol=1e-5, atol=1e-6, msg=lambda m: f"{what}, loss: {m}")
+    for name, g, w in zip(("hidden", "weight", "bias"), got[1], want[1]):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{what}, grad {name}: {m}")
+
+
 def assert_matches_reference(hidden, weight, labels, margin, bias=None, chunk_size=None, **kwargs):
-    fused, fused_grads = loss_and_grads(
-        lambda: linear_selfish_cross_entropy(
-            hidden, weight, labels, margin, bias=bias, chunk_size=chunk_size, **kwargs
-        ),
-        hidden,
-        weight,
-        bias,
-    )
-    ref, ref_grads = loss_and_grads(
+    """Sparse fused, dense fused and the unfused reference agree in value and every gradient."""
+    ref = loss_and_grads(
         lambda: reference_loss(hidden, weight, labels, margin, bias=bias, **kwargs), hidden, weight, bias
     )
-    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
-    for name, got, want in zip(("hidden", "weight", "bias"), fused_grads, ref_grads):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"grad {name}: {m}")
-    return fused
+    results = {}
+    for sparse in (True, False):
+        results[sparse] = loss_and_grads(
+            lambda sparse=sparse: linear_selfish_cross_entropy(
+                hidden, weight, labels, margin, bias=bias, chunk_size=chunk_size, sparse_backward=sparse, **kwargs
+            ),
+            hidden,
+            weight,
+            bias,
+        )
+        assert_close_with_grads(results[sparse], ref, f"sparse_backward={sparse} vs unfused")
+    assert_close_with_grads(results[True], results[False], "sparse vs dense")
+    return results[True][0]
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 10, 36, 37, 64, None])
@@ -164,10 +194,12 @@ def test_num_items_in_batch_divides_the_sum(num_items_in_batch):
     torch.testing.assert_close(fused, mean * n_valid / 57, rtol=1e-5, atol=0)
 
 
-def test_grad_output_scaling():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_grad_output_scaling(sparse):
     """The loss multiplied after the fact (GA scaling, loss weights) scales every gradient."""
     hidden, weight, labels, bias = make_inputs(bias=True)
-    (linear_selfish_cross_entropy(hidden, weight, labels, 2.0, bias=bias, chunk_size=8) * -2.5).backward()
+    loss = linear_selfish_cross_entropy(hidden, weight, labels, 2.0, bias=bias, chunk_size=8, sparse_backward=sparse)
+    (loss * -2.5).backward()
     fused = [p.grad.clone() for p in (hidden, weight, bias)]
     for p in (hidden, weight, bias):
         p.grad = None
@@ -183,10 +215,11 @@ def test_leading_dimensions_are_flattened():
     torch.testing.assert_close(batched, flat, rtol=1e-6, atol=0)
 
 
-def test_frozen_weight_and_no_grad():
+@pytest.mark.parametrize("sparse", [True, False])
+def test_frozen_weight_and_no_grad(sparse):
     hidden, weight, labels, _ = make_inputs()
     weight = weight.detach()
-    fused = linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=8)
+    fused = linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=8, sparse_backward=sparse)
     (grad_hidden,) = torch.autograd.grad(fused, [hidden])
     ref = reference_loss(hidden, weight, labels, 2.0)
     (ref_grad,) = torch.autograd.grad(ref, [hidden])
@@ -197,11 +230,12 @@ def test_frozen_weight_and_no_grad():
     torch.testing.assert_close(no_grad, ref.detach(), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_close_to_float32(dtype):
+def test_half_precision_close_to_float32(dtype, sparse):
     hidden, weight, labels, bias = make_inputs(ignore_every=6, bias=True)
     low = [t.detach().to(dtype).requires_grad_() for t in (hidden, weight, bias)]
-    loss = linear_selfish_cross_entropy(low[0], low[1], labels, 2.0, bias=low[2], chunk_size=8)
+    loss = linear_selfish_cross_entropy(low[0], low[1], labels, 2.0, bias=low[2], chunk_size=8, sparse_backward=sparse)
     loss.backward()
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     # Reference on the same (rounded) inputs, in float32.
@@ -298,15 +332,23 @@ def parameter_grads(model, loss):
     return dict(zip([n for n, p in model.named_parameters() if p.requires_grad], torch.autograd.grad(loss, params)))
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied output embeddings
 @pytest.mark.parametrize("margin, num_items_in_batch", [(2.0, None), (0.5, 40), (None, None)])
-def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_batch):
+def test_fused_causal_lm_loss_equals_unfused(model_type, margin, num_items_in_batch, sparse):
     model = tiny_model(model_type, vocab_size=TINY_VOCAB)
     with torch.no_grad():  # larger logits, so that the margin masks a good share of the vocabulary
         model.get_output_embeddings().weight.mul_(8.0)
     inputs, labels = causal_batch()
     fused, fraction = fused_causal_lm_loss(
-        model, inputs, labels, margin, num_items_in_batch=num_items_in_batch, chunk_size=7, return_masked_fraction=True
+        model,
+        inputs,
+        labels,
+        margin,
+        num_items_in_batch=num_items_in_batch,
+        chunk_size=7,
+        return_masked_fraction=True,
+        sparse_backward=sparse,
     )
     fused_grads = parameter_grads(model, fused)
     ref, ref_fraction = selfish_causal_lm_loss(

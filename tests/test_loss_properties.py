@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
@@ -167,3 +168,51 @@ def test_ties_with_the_target_are_kept_at_margin_zero():
             torch.testing.assert_close(loss, torch.log(torch.tensor(float(kept))), rtol=1e-6, atol=1e-6)
             expected = torch.tensor([[1 / kept - 1, 1 / kept, 1 / kept if kept == 3 else 0.0]])
             torch.testing.assert_close(grad.float(), expected, rtol=0, atol=EPS[dtype])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    exponent=st.floats(min_value=2.0, max_value=30.0),
+    seed=st.integers(min_value=0, max_value=2**16),
+    vocab=st.integers(min_value=2, max_value=300),
+    fused=st.booleans(),
+)
+def test_a_margin_too_large_to_mask_anything_is_cross_entropy(exponent, seed, vocab, fused):
+    """Issue 15 (3): margins from 100 to 1e30 (logit range < 40 here) give cross-entropy, values and gradients.
+
+    The shift by ``target - margin`` rounded every logit away in float32: margin 1e8 gave 9.49 for a 9.36 CE.
+    """
+    from hf_selfish.ops.fused import linear_selfish_cross_entropy
+
+    margin = 10.0**exponent
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(24, 8, generator=gen)
+    weight = torch.randn(vocab, 8, generator=gen)
+    labels = torch.randint(0, vocab, (24,), generator=gen)
+    logits = (hidden @ weight.T).clamp(-20, 20).detach().requires_grad_(True)  # range < 40 < margin
+    reference = logits.detach().clone().requires_grad_(True)
+    expected = F.cross_entropy(reference, labels)
+    expected.backward()
+    if fused:
+        h, w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        loss = linear_selfish_cross_entropy(h, w, labels, margin)
+        plain_h, plain_w = hidden.clone().requires_grad_(True), weight.clone().requires_grad_(True)
+        plain = F.cross_entropy(plain_h @ plain_w.T, labels)
+        plain.backward()
+        loss.backward()
+        assert torch.allclose(loss, plain, rtol=1e-6, atol=1e-6)
+        assert torch.allclose(h.grad, plain_h.grad, atol=1e-6) and torch.allclose(w.grad, plain_w.grad, atol=1e-6)
+        return
+    loss, masked = selfish_cross_entropy(logits, labels, margin, return_masked_fraction=True)
+    loss.backward()
+    assert float(masked) == 0.0
+    assert torch.allclose(loss, expected, rtol=1e-6, atol=1e-6)
+    assert torch.allclose(logits.grad, reference.grad, atol=1e-7)
+
+
+def test_the_issues_example_margin_1e8():
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(64, 10_000, generator=gen) * 3, torch.randint(0, 10_000, (64,), generator=gen)
+    assert selfish_cross_entropy(logits, labels, 1e8).item() == pytest.approx(
+        F.cross_entropy(logits, labels).item(), rel=1e-6
+    )

@@ -1,5 +1,7 @@
 """Recipes: YAML + command-line overrides -> argument dataclasses, arms, sweeps, key errors."""
 
+from pathlib import Path
+
 import pytest
 
 from hf_selfish.lab.recipe import load_recipe, parse_overrides
@@ -85,3 +87,49 @@ def test_parse_overrides_shapes():
     }
     with pytest.raises(ValueError, match="unexpected argument 'stray'"):
         parse_overrides(["stray"])
+
+
+def test_list_values_from_yaml_and_the_command_line(tmp_path):
+    recipe = load_recipe(write(tmp_path, "bible_small: [rus_synodal, nya_chichewa]\n"))
+    assert recipe.arguments().data.bible_small == ["rus_synodal", "nya_chichewa"]
+    overrides = parse_overrides(["--bible_small", "tgl_1905", "vie_1934"])
+    assert load_recipe(None, overrides).arguments().data.bible_small == ["tgl_1905", "vie_1934"]
+
+
+def test_loss_kwargs_read_as_a_mapping_from_yaml_and_as_json_from_the_command_line(tmp_path):
+    text = (
+        "loss_name: focal\n"
+        "arms:\n"
+        "  - {name: focal}\n"
+        "  - {name: z, loss_name: z_loss, loss_kwargs: {lam: 1.0e-3}}\n"
+        "  - {name: ls, loss_name: label_smoothing, loss_kwargs: '{\"eps\": 0.2}'}\n"
+    )
+    recipe = load_recipe(write(tmp_path, text), parse_overrides(["--max_steps", "3"]))
+    got = {
+        a.name: (recipe.arguments(a).training.loss_name, recipe.arguments(a).training.loss_kwargs) for a in recipe.arms
+    }
+    assert got == {"focal": ("focal", {}), "z": ("z_loss", {"lam": 1e-3}), "ls": ("label_smoothing", {"eps": 0.2})}
+    assert recipe.to_dict()["arms"][1]["loss_kwargs"] == {"lam": 1e-3}
+    # on the command line, a JSON object (the command line wins over the recipe, as for every key)
+    single = load_recipe(write(tmp_path, "loss_name: focal\n"), parse_overrides(["--loss_kwargs", '{"gamma": 1}']))
+    assert single.arguments().training.loss_kwargs == {"gamma": 1}
+
+
+def test_bad_loss_settings_in_a_recipe_are_named(tmp_path):
+    with pytest.raises(ValueError, match="loss 'focal' takes no parameter 'lam'"):
+        load_recipe(write(tmp_path, "arms: [{name: f, loss_name: focal, loss_kwargs: {lam: 1}}]\n"))
+    with pytest.raises(ValueError, match="loss_name must be one of"):
+        load_recipe(write(tmp_path, "max_steps: 1\n"), {"loss_name": "nope"})
+
+
+@pytest.mark.parametrize("name", ["rivals_cpu.yaml", "rivals_lowres_cpu.yaml"])
+def test_the_rival_recipes_have_one_arm_per_loss(name):
+    from hf_selfish.ops.registry import LOSSES
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
+    trained = {}
+    for arm in recipe.arms:
+        training = recipe.arguments(arm).training
+        loss = training.loss_name if training.loss_name != "selfish" or training.selfish_margin else "ce"
+        trained.setdefault(loss, []).append(arm.name)
+    assert set(trained) == set(LOSSES)

@@ -208,7 +208,7 @@ _DDP_SCRIPT = textwrap.dedent(
     import torch
     import torch.distributed as dist
     from tests.test_scenario_callback import dataset, tiny_gpt2
-    from hf_selfish.callbacks import _mean_across_processes
+    from hf_selfish.scenario_recorder import _mean_across_processes
     from hf_selfish.scenario_recorder import GradientScenarioRecorder
 
     dist.init_process_group("gloo")

@@ -5,7 +5,7 @@ import torch
 from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
-from hf_selfish import SelfishTrainer, SelfishTrainingArguments, selfish_loss_func
+from hf_selfish import SelfishTrainer, SelfishTrainingArguments, patching, selfish_loss_func
 
 from .test_loss import masked_reference
 from .tiny_models import tiny_model
@@ -173,8 +173,18 @@ def test_plain_training_arguments_refused(tmp_path):
         )
 
 
+@pytest.mark.parametrize("sparse", [True, False])
 @pytest.mark.parametrize("model_type", ["gpt2", "llama"])  # tied and untied embeddings
-def test_fused_training_step_equals_unfused(tmp_path, model_type):
+def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, sparse):
+    sparse_flags = []
+    op = patching.linear_selfish_cross_entropy
+
+    def spy(*args, **kwargs):
+        sparse_flags.append(kwargs["sparse_backward"])
+        return op(*args, **kwargs)
+
+    monkeypatch.setattr(patching, "linear_selfish_cross_entropy", spy)
+
     def update(fused):
         model = tiny_model(model_type, VOCAB, seed=4)
         args = make_args(
@@ -186,6 +196,7 @@ def test_fused_training_step_equals_unfused(tmp_path, model_type):
             lr_scheduler_type="constant",
             selfish_fused=fused,
             selfish_fused_chunk_size=7,
+            selfish_fused_sparse=sparse,
             gradient_accumulation_steps=2,
             per_device_train_batch_size=2,
         )
@@ -195,6 +206,7 @@ def test_fused_training_step_equals_unfused(tmp_path, model_type):
         return params, trainer.state.log_history[0]
 
     fused, fused_log = update(True)
+    assert sparse_flags and set(sparse_flags) == {sparse}  # selfish_fused_sparse reaches the op
     plain, plain_log = update(False)
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
     assert fused_log["loss"] == pytest.approx(plain_log["loss"], rel=1e-5)

@@ -82,6 +82,22 @@ class DataArguments:
         metadata={"help": "Frequency-rank bucket width; None: 10 for vocabularies <= 1000, log-spaced above."},
     )
     bucket_scheme: str = field(default="auto", metadata={"help": "'linear', 'log' or 'auto' (by vocabulary size)."})
+    bible_dir: str | None = field(
+        default=None,
+        metadata={"help": "dataset_name=bible: folder of <language>.jsonl files (else $HF_SELFISH_BIBLE_DIR)."},
+    )
+    bible_main: str = field(default="eng_web", metadata={"help": "dataset_name=bible: the main language."})
+    bible_small: list[str] | None = field(
+        default=None, metadata={"help": "dataset_name=bible: small languages, each bible_share of the training text."}
+    )
+    bible_share: float = field(
+        default=0.02, metadata={"help": "dataset_name=bible: each small language's share of training characters."}
+    )
+    bible_seed: int = field(default=0, metadata={"help": "dataset_name=bible: seed of the verses drawn."})
+    bpe_vocab_size: int = field(
+        default=4096,
+        metadata={"help": "tokenizer_name=bpe: vocabulary of the byte-level BPE trained on the train split."},
+    )
     low_resource_fraction: float = field(
         default=0.0,
         metadata={"help": "Share of text units moved into a simulated second language (ids shifted by +V); 0 = off."},

@@ -17,18 +17,11 @@ from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..metric_names import FREQUENCY_FILE, RESULTS_FILE, RUN_RESULT_FILE, run_dir_name
 from ..ops.margin import margin_label
 from .guards import RunDirLock, check_output_dir, remove_inside
 from .recipe import Arm, Recipe, RunArguments
-from .results import (
-    FREQUENCY_FILE,
-    RESULTS_FILE,
-    RUN_RESULT_FILE,
-    comparison_results,
-    read_results_file,
-    run_dir_name,
-    write_results,
-)
+from .results import comparison_results, read_results_file, write_results
 from .run import PreparedData, preflight, prepare_data, train_run
 
 logger = logging.getLogger(__name__)
@@ -159,8 +152,7 @@ def _train_all(recipe: Recipe, runs, run_dir: Path, say: Callable[[str], None]) 
             reference.frequency.save(run_dir / FREQUENCY_FILE)  # the comparison's frequencies, once
         if not (run_dir / RESULTS_FILE).is_file():  # record the recipe before anything trains (check_run_dir)
             write_results(run_dir, _results(recipe, run_dir, reference, runs, records))
-        margin = margin_label(args.training.selfish_margin)
-        say(f"[{index}/{len(runs)}] {arm.name} (margin {margin}) seed {seed} -> {args.training.output_dir}")
+        say(f"[{index}/{len(runs)}] {arm.name} ({_loss_label(args)}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name, groups=reference.groups)
         record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
         if record.get("scenarios"):
@@ -183,11 +175,28 @@ def _clear_finished(run_dir: Path, runs) -> None:
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 
+def _loss_label(args: RunArguments) -> str:
+    """``margin 2``, ``margin none (plain CE)`` or ``focal {'gamma': 1.0}``: what an arm trains with."""
+    training = args.training
+    if training.loss_name == "selfish":
+        return f"margin {margin_label(training.selfish_margin)}"
+    return f"{training.loss_name} {training.loss_kwargs}" if training.loss_kwargs else training.loss_name
+
+
 def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Name and margin of an arm (the resolved number once one of its runs has trained)."""
+    """Name and margin of an arm (the resolved number once one of its runs has trained); its loss if not selfish."""
+    training = args.training
+    if training.loss_name != "selfish":
+        return {
+            "name": arm.name,
+            "selfish_margin": None,
+            "selfish_margin_setting": None,
+            "loss_name": training.loss_name,
+            "loss_kwargs": dict(training.loss_kwargs or {}),
+        }
     resolved = [r["selfish_margin"] for r in records if r["arm"] == arm.name]
-    margin = resolved[0] if resolved else args.training.selfish_margin
-    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": args.training.selfish_margin}
+    margin = resolved[0] if resolved else training.selfish_margin
+    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": training.selfish_margin}
 
 
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:
@@ -201,4 +210,5 @@ def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -
         groups=data.groups,
         arms=[_arm_summary(arm, args, records) for arm, seed, args in runs if seed == runs[0][1]],
         runs=records,
+        chars_per_token=data.lm.chars_per_token,
     )

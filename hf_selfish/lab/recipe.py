@@ -38,6 +38,7 @@ __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "D
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
+# the keys that define an arm: a command-line override does not replace them where the arm sets them
 
 
 @dataclass
@@ -102,8 +103,10 @@ def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
 
 def _coerce(action: argparse.Action, value: Any) -> Any:
     """Convert a string (from YAML or the command line) with the field's own argparse type."""
-    if isinstance(value, list):
-        return [_coerce(action, v) for v in value] if action.nargs in ("+", "*") else value
+    if isinstance(value, list):  # each item is one value of the list (never split again)
+        if action.nargs not in ("+", "*"):
+            return value
+        return [_coerce_scalar(action, v) if isinstance(v, str) else _check_integer(action, v) for v in value]
     if not isinstance(value, str):
         return _check_integer(action, value)
     if value.strip() in NULL_WORDS:  # "none" stays a string: report_to: none

@@ -25,7 +25,7 @@ from ..metric_names import RUN_ARGS_FILE as RUN_ARGS_FILE
 from ..metric_names import RUN_RESULT_FILE as RUN_RESULT_FILE
 from ..metric_names import SCENARIOS_FILE as SCENARIOS_FILE
 from ..metric_names import SUMMARY_FILE as SUMMARY_FILE
-from ..metric_names import describe_group, group_info_map, groups_in_metrics, run_dir_name
+from ..metric_names import describe_group, group_info_map, groups_in_metrics, is_eval_entry, run_dir_name
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class RunRecord(TypedDict):
 
     arm: str
     seed: int
-    selfish_margin: float | None  # the margin trained with ("auto" resolved against the vocabulary)
+    selfish_margin: float | None  # the margin trained with ("auto" resolved against V; None for another loss)
     selfish_margin_setting: float | str | None  # as the recipe wrote it
     output_dir: str  # relative to the comparison directory inside results.json
     status: str  # FINISHED
@@ -89,7 +89,8 @@ class ComparisonResults(TypedDict):
     train_counts: list[int]  # train-split count per token id
     groups: dict[str, list[int]]  # group name -> token ids, in report order
     group_info: dict[str, dict[str, Any]]  # group name -> kind, rank range, language (metric_names.describe_group)
-    arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting
+    eval_subsets: dict[str, dict[str, Any]]  # eval subset (a language) -> {"chars_per_token": float}
+    arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting (+ loss_name, loss_kwargs if not selfish)
     runs: list[RunRecord]
 
 
@@ -97,8 +98,15 @@ class ComparisonResults(TypedDict):
 
 
 def eval_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """The evaluation entries of a Trainer's log history (each holds ``step`` and ``eval_*``)."""
-    return [dict(entry) for entry in log_history if "eval_loss" in entry]
+    """The evaluations of a Trainer's log history: each ``eval_loss`` entry, with the entries of the eval
+    subsets (``eval_{name}_*``) the Trainer logged right after it at the same step merged in."""
+    history: list[dict[str, Any]] = []
+    for entry in log_history:
+        if "eval_loss" in entry:
+            history.append(dict(entry))
+        elif is_eval_entry(entry) and history and history[-1].get("step") == entry.get("step"):
+            history[-1].update(entry)
+    return history
 
 
 def train_history(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -160,6 +168,7 @@ def comparison_results(
     groups: Mapping[str, list[int]],
     arms: list[dict[str, Any]],
     runs: list[RunRecord],
+    chars_per_token: Mapping[str, float] | None = None,
 ) -> ComparisonResults:
     """The content of ``results.json``; group metadata is derived from the group names here, once."""
     return ComparisonResults(
@@ -171,6 +180,7 @@ def comparison_results(
         train_counts=train_counts,
         groups=dict(groups),
         group_info=group_info_map(groups),
+        eval_subsets={name: {"chars_per_token": value} for name, value in (chars_per_token or {}).items()},
         arms=arms,
         runs=runs,
     )

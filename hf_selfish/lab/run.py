@@ -29,6 +29,7 @@ from ..callbacks import (
     GradientScenarioCallback,
     RankBucketEvalCallback,
     StopOnNonFiniteLossCallback,
+    SubsetEvalCallback,
 )
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
@@ -180,10 +181,13 @@ def build_trainer(
         eval_dataset=data.lm.datasets["validation"],
         processing_class=data.lm.tokenizer,
         data_collator=default_data_collator,
+        token_counts=data.frequency.counts,  # the train split's: tlat, logit_adjustment and agg need them
         **kwargs,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the bars, with one short line per log
         trainer.add_callback(CompactProgressCallback())
+    if data.lm.eval_subsets:  # after the rank-bucket callback: each language scored on the same groups
+        trainer.add_callback(SubsetEvalCallback(data.lm.eval_subsets).bind(trainer))
     return trainer
 
 
@@ -245,11 +249,12 @@ def _train(args: RunArguments, data: PreparedData, arm: str, groups, settings: d
         data.frequency.save(output_dir)
     _save_model(trainer, output_dir)
     scenarios = output_dir / SCENARIOS_FILE
+    selfish = args.training.loss_name == "selfish"  # another loss_name trains no margin
     record = RunRecord(
         arm=arm,
         seed=args.training.seed,
-        selfish_margin=trainer.margin_schedule.start,  # "auto" resolved against the vocabulary
-        selfish_margin_setting=args.training.selfish_margin,
+        selfish_margin=trainer.margin_schedule.start if selfish else None,  # "auto" resolved against V
+        selfish_margin_setting=args.training.selfish_margin if selfish else None,
         output_dir=str(output_dir),
         status=FINISHED,
         resumed_from=checkpoint,

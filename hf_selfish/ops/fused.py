@@ -29,7 +29,15 @@ from typing import NamedTuple
 
 import torch
 
-from .loss import KEEP_ABOVE, check_label_range, validate_margin
+from .loss import check_label_range, keep_above, mask_below_threshold, softmax_nll, take_saved, validate_margin
+from .sparse_backward import (
+    LinearGrads,
+    SparseGrad,
+    accumulate_block,
+    accumulate_sparse,
+    plan_sparse_backward,
+    sparse_softmax_nll,
+)
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
@@ -48,40 +56,44 @@ class _ChunkResult(NamedTuple):
 
     nll_sum: torch.Tensor  # [] float32
     n_masked: torch.Tensor  # [] int64
-    grad_logits: torch.Tensor | None  # [c, V] float32, or None when no gradient is wanted
+    grad_logits: torch.Tensor | None  # [c, V] float32 (dense), or None: sparse or no gradient wanted
+    sparse: SparseGrad | None  # the gradient's blocks that can be non-zero (sparse backward)
 
 
 def _chunk_loss(
-    logits: torch.Tensor, labels: torch.Tensor, margin: float | None, grad_scale: float | None, count_masked: bool
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    margin: float | None,
+    grad_scale: float | None,
+    count: bool,
+    sparse: bool = False,
 ) -> _ChunkResult:
-    """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient.
+    """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient (or its sparse blocks).
 
     Args:
         logits: ``[c, V]`` float32, owned by the caller and consumed (modified in place).
         labels: ``[c]`` target ids, all valid.
         margin: the selfish margin, ``None`` for plain cross-entropy.
         grad_scale: factor of every row's gradient (``1 / denominator``); ``None`` skips the gradient.
-        count_masked: count the masked entries (a pass over the chunk); else report 0.
+        count: count the masked entries (in the masking pass); else report 0.
+        sparse: with a margin and a gradient, compute the softmax and the gradient only on the blocks
+            that can be non-zero, where that pays (:mod:`hf_selfish.ops.sparse_backward`).
     """
-    rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
+    n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
     if margin is not None:
-        threshold = logits[rows, labels].unsqueeze(1) - margin  # [c, 1]
-        logits.sub_(threshold)  # row shift: the softmax is unchanged, kept <=> >= 0
-        torch.nn.functional.threshold(logits, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
-    if margin is not None and count_masked:
-        n_masked = torch.isneginf(logits).sum()
-    else:
-        n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
-    target = logits[rows, labels]  # [c]
-    row_max = logits.amax(dim=1, keepdim=True)  # [c, 1]; finite: the target is kept
-    probs = logits.sub_(row_max).exp_()  # [c, V] unnormalised, 0 on masked entries
-    row_sum = probs.sum(dim=1, keepdim=True)  # [c, 1]
-    nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target  # [c] = logsumexp - target
-    if grad_scale is None:
-        return _ChunkResult(nll.sum(), n_masked, None)
-    grad = probs.mul_(grad_scale / row_sum)  # [c, V] = p_kept * scale
-    grad[rows, labels] -= grad_scale  # minus the target's one-hot
-    return _ChunkResult(nll.sum(), n_masked, grad)
+        rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
+        logits.sub_(logits[rows, labels].unsqueeze(1))  # row shift by the target: softmax unchanged
+        sparse = sparse and grad_scale is not None
+        row_masked = mask_below_threshold(logits, count or sparse, keep_above(margin))  # kept <=> >= -margin
+        if count:
+            n_masked = row_masked.sum()
+        plan = plan_sparse_backward(logits, row_masked) if sparse else None
+        if plan is not None:
+            nll, blocks = sparse_softmax_nll(logits, labels, plan, grad_scale)
+            if bool(torch.isfinite(nll).all()):  # else a NaN/inf must reach every gradient: dense below
+                return _ChunkResult(nll.sum(), n_masked, None, blocks)
+    nll, grad = softmax_nll(logits, labels, grad_scale)
+    return _ChunkResult(nll.sum(), n_masked, grad, None)
 
 
 class _LinearSelfishCrossEntropy(torch.autograd.Function):
@@ -92,7 +104,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count_masked):
+    def forward(ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse):
         # hidden [n, d], weight [V, d], bias [V] or None, labels [n]
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = needs_grad
@@ -103,23 +115,19 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         nll_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
         n_masked = torch.zeros((), dtype=torch.long, device=hidden.device)
 
+        # one [chunk, V] buffer for every chunk's logits: a fresh one each chunk costs its page faults again
+        buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=torch.float32, device=hidden.device)
         for start in range(0, n_rows, chunk_size):
             end = min(start + chunk_size, n_rows)
             hidden_c = hidden[start:end]  # [c, d]
-            logits = _chunk_logits(hidden_c, weight, bias)  # [c, V] float32, fresh
-            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count_masked)
+            logits = _chunk_logits(hidden_c, weight, bias, buffer[: end - start])  # [c, V] float32
+            result = _chunk_loss(logits, labels[start:end], margin, grad_scale if compute_grad else None, count, sparse)
             nll_sum += result.nll_sum
             n_masked += result.n_masked
             if compute_grad:
-                _accumulate_chunk_grads(
-                    result.grad_logits,
-                    hidden_c,
-                    weight,
-                    grad_hidden[start:end] if want_hidden else None,
-                    grad_weight,
-                    grad_bias,
-                )
-            del logits, result
+                out = LinearGrads(grad_hidden[start:end] if want_hidden else None, grad_weight, grad_bias)
+                _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
+            del logits, result  # the buffer is free again: the gradient is in the accumulators
 
         ctx.grads = (
             grad_hidden,
@@ -131,46 +139,42 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_masked):
-        if ctx.grads is None:
-            raise RuntimeError(
-                "linear_selfish_cross_entropy keeps its gradients for one backward only; "
-                "recompute the loss instead of calling backward twice (retain_graph)"
-            )
-        grads, ctx.grads = ctx.grads, None  # hand the buffers to autograd, keep no copy
+        grads = take_saved(ctx, "grads", "linear_selfish_cross_entropy")  # handed to autograd, no copy kept
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None
 
 
-def _chunk_logits(hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``hidden_c @ weight.T + bias`` in the input dtype, as a fresh float32 ``[c, V]`` tensor."""
-    if bias is None:
-        logits = hidden_c @ weight.T
-    else:
-        logits = torch.addmm(bias, hidden_c, weight.T)
-    return logits.float()  # no copy for float32
+def _chunk_logits(
+    hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
+) -> torch.Tensor:
+    """``hidden_c @ weight.T + bias`` in the input dtype, written to the float32 ``out [c, V]``."""
+    if hidden_c.dtype == torch.float32:
+        if bias is None:
+            return torch.mm(hidden_c, weight.T, out=out)
+        return torch.addmm(bias, hidden_c, weight.T, out=out)
+    logits = hidden_c @ weight.T if bias is None else torch.addmm(bias, hidden_c, weight.T)  # [c, V] half
+    return out.copy_(logits)
 
 
 def _accumulate_chunk_grads(
-    grad_logits: torch.Tensor,
+    grad_logits: torch.Tensor | None,
+    sparse: SparseGrad | None,
     hidden_c: torch.Tensor,
     weight: torch.Tensor,
-    grad_hidden_c: torch.Tensor | None,
-    grad_weight: torch.Tensor | None,
-    grad_bias: torch.Tensor | None,
+    out: LinearGrads,
 ) -> None:
-    """Backpropagate a chunk's ``grad_logits [c, V]`` through the linear layer into the buffers."""
-    grad_lowp = grad_logits.to(hidden_c.dtype)  # [c, V]; no copy for float32
-    if grad_hidden_c is not None:
-        torch.mm(grad_lowp, weight, out=grad_hidden_c)  # [c, d]
-    if grad_weight is not None:
-        if grad_lowp.dtype == torch.float32:
-            grad_weight.addmm_(grad_lowp.T, hidden_c)  # [V, d]
-        else:
-            grad_weight += grad_lowp.T @ hidden_c  # [V, d]: half-precision matmul, float32 sum
-    if grad_bias is not None:
-        grad_bias += grad_logits.sum(dim=0)  # [V]
+    """Backpropagate a chunk's logit gradient through the linear layer into ``out``.
+
+    Dense: ``grad_logits [c, V]``. Sparse: its blocks that can be non-zero; the matmuls skip the
+    columns whose gradient is exactly zero (:mod:`hf_selfish.ops.sparse_backward`), the result is the
+    dense one up to the order of the sums.
+    """
+    if sparse is not None:
+        accumulate_sparse(sparse, hidden_c, weight, out)
+    else:
+        accumulate_block(grad_logits, hidden_c, weight, out)
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor):
@@ -218,6 +222,7 @@ def linear_selfish_cross_entropy(
     num_items_in_batch: torch.Tensor | int | None = None,
     chunk_size: int | None = None,
     return_masked_fraction: bool = False,
+    sparse_backward: bool = True,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish cross-entropy of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -236,6 +241,10 @@ def linear_selfish_cross_entropy(
         chunk_size: rows per chunk; default :func:`default_chunk_size` (256 MiB of float32 logits).
         return_masked_fraction: also return the fraction of (valid row, vocab) entries the margin
             removed from the softmax (a detached float32 scalar; 0 for plain cross-entropy).
+        sparse_backward: per chunk, skip the vocabulary columns whose gradient is exactly zero in
+            the gradient matmuls: rows that keep few entries run over the columns they keep, the
+            others densely (:mod:`hf_selfish.ops.sparse_backward`; dense where no split halves the
+            work). Same result up to float rounding; no effect for plain cross-entropy (nothing masked).
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
@@ -266,6 +275,7 @@ def linear_selfish_cross_entropy(
         chunk,
         _needs_grad(hidden, weight, bias),
         return_masked_fraction,
+        sparse_backward and margin is not None,
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)

@@ -25,6 +25,10 @@ import torch.nn.functional as F
 
 __all__ = [
     "KEEP_ABOVE",
+    "keep_above",
+    "mask_below_threshold",
+    "softmax_nll",
+    "take_saved",
     "selfish_cross_entropy",
     "selfish_causal_lm_loss",
     "validate_margin",
@@ -59,39 +63,117 @@ def validate_margin(margin: float | None) -> float | None:
 KEEP_ABOVE = -torch.finfo(torch.float32).tiny
 
 
+# Stand-in of the masked entries while they are counted: a power of two so far below every kept
+# entry (>= 0) that a row's sum is exactly -n_masked * 2**100, the kept entries rounding away. The
+# count then costs one read-only sum instead of a [N, V] boolean. It goes back to -inf before any
+# exp(): exp() of -inf is 0 as of -2**100, but the CPU's vectorised exp() is ~2x slower on the latter.
+_COUNT_STAND_IN = -(2.0**100)
+
+
+# Margins above this mask nothing a float32 softmax can tell apart (e**-2**90 underflows a billion times over);
+# capping them keeps the masking threshold far above the count's stand-in value.
+MAX_EFFECTIVE_MARGIN = 2.0**90
+
+
+def keep_above(margin: float) -> float:
+    """What `F.threshold` keeps entries strictly above so that ``z >= -margin`` stays: the float32 just below
+    ``-margin`` (at most ``KEEP_ABOVE``, so a margin of 0 keeps ``z = 0``, the target, on CPUs that flush
+    denormals)."""
+    bound = torch.tensor(-min(float(margin), MAX_EFFECTIVE_MARGIN), dtype=torch.float32)
+    return min(torch.nextafter(bound, torch.tensor(float("-inf"))).item(), KEEP_ABOVE)
+
+
+def mask_below_threshold(shifted: torch.Tensor, count: bool = False, above: float = KEEP_ABOVE) -> torch.Tensor | None:
+    """Set the entries of ``shifted [N, V]`` (float32) not above ``above`` to ``-inf``, in place.
+
+    The callers pass ``logits - logits[target]`` and ``above = keep_above(margin)``, so ``z >= -margin`` stays:
+    shifting by the target alone keeps the logits' own scale, where a shift by ``target - margin`` would round
+    every value away for a huge margin (1e8: loss 9.49 where cross-entropy is 9.36). The default ``above``
+    keeps ``z >= 0`` for every normal float. NaN entries stay NaN (and are not counted).
+    With ``count``, return the ``[N]`` int64 count of masked entries of each row, exact while the kept
+    entries of a row sum to less than ``2**75`` in size (logits of a real model are many orders below;
+    float32 holds the multiples of ``2**100`` exactly below 2**24 entries a row, wider rows sum in
+    float64); a row holding ``+inf`` counts 0.
+    """
+    if not count:
+        F.threshold(shifted, above, float("-inf"), inplace=True)
+        return None
+    F.threshold(shifted, above, _COUNT_STAND_IN, inplace=True)
+    sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
+    sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
+    F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
+    return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
+
+
+def take_saved(ctx, attribute: str, op_name: str):
+    """``ctx.<attribute>``, cleared: the buffer is handed to autograd, so a second backward raises."""
+    value = getattr(ctx, attribute)
+    if value is None:
+        raise RuntimeError(
+            f"{op_name} hands its saved buffers to autograd, so it allows one backward per forward; "
+            "recompute the loss instead of calling backward twice (retain_graph)"
+        )
+    setattr(ctx, attribute, None)
+    return value
+
+
+def softmax_nll(
+    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """NLL of each row of ``masked [r, k]`` (float32, masked entries ``-inf``; consumed) at column ``target [r]``.
+
+    Returns ``nll [r]`` and, unless ``grad_scale`` is ``None``, the logit gradient ``(p - onehot) *
+    grad_scale`` written over ``masked`` (exactly 0 on masked entries).
+    """
+    rows = torch.arange(masked.shape[0], device=masked.device)  # [r]
+    target_logit = masked[rows, target]  # [r]
+    row_max = masked.amax(dim=1, keepdim=True)  # [r, 1]; finite: the target is kept
+    probs = masked.sub_(row_max).exp_()  # [r, k] unnormalised, 0 on masked entries
+    row_sum = probs.sum(dim=1, keepdim=True)  # [r, 1]
+    nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit  # [r] = logsumexp - target
+    if grad_scale is None:
+        return nll, None
+    grad = probs.mul_(grad_scale / row_sum)  # [r, k] = p_kept * scale
+    grad[rows, target] -= grad_scale  # minus the target's one-hot
+    return nll, grad
+
+
 class _SelfishCrossEntropySum(torch.autograd.Function):
     """Sum over rows of the selfish NLL, with a hand-written backward ``p_kept - onehot``.
 
-    The forward shifts each row by its threshold (``z = x - (x_t - margin)``, so kept entries are
-    exactly those with ``z >= 0``), sends the rest to ``-inf`` in place with ``F.threshold_`` and
-    takes the native ``log_softmax``. It saves only that ``[N, V]`` float32 log-probability tensor,
-    the same footprint as ``F.cross_entropy``; masked entries are ``-inf`` there, so their gradient
-    ``exp(-inf) = 0`` is exactly zero. No ``[N, V]`` boolean mask is kept.
+    The forward shifts each row by its target's logit (``z = x - x_t``, so kept entries are exactly those
+    with ``z >= -margin``; a shift by the threshold would round every value away for a huge margin),
+    sends the rest to ``-inf`` in place (:func:`mask_below_threshold`,
+    which also counts them) and takes the native ``log_softmax`` in place. It keeps only that
+    ``[N, V]`` float32 log-probability tensor, the same footprint as ``F.cross_entropy``; masked
+    entries are ``-inf`` there, so their gradient ``exp(-inf) = 0`` is exactly zero. No ``[N, V]``
+    boolean mask is made, and the backward turns the log-probabilities into the gradient in place.
     """
 
     @staticmethod
-    def forward(ctx, logits, labels, valid, margin: float, count_masked: bool):
+    def forward(ctx, logits, labels, valid, margin: float, count: bool):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
-        threshold = logits.gather(1, labels.unsqueeze(1)).float() - margin  # [N, 1]
-        shifted = logits.float() - threshold  # [N, V] new float32; kept <=> >= 0 (exact in fp)
-        F.threshold(shifted, KEEP_ABOVE, float("-inf"), inplace=True)  # masked -> -inf
-        n_masked = torch.isneginf(shifted).sum(dim=1) if count_masked else None  # [N]
+        target = logits.gather(1, labels.unsqueeze(1)).float()  # [N, 1]
+        shifted = torch.sub(logits, target)  # [N, V] new float32; kept <=> >= -margin
+        n_masked = mask_below_threshold(shifted, count, keep_above(margin))  # [N] or None
+        if n_masked is None:
+            n_masked = torch.zeros_like(labels)
         # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
         log_probs = torch.log_softmax(shifted, dim=1, out=shifted)  # [N, V]; a row shift leaves it unchanged
         nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [N]
         nll = torch.where(valid, nll, torch.zeros_like(nll))  # ignored rows give 0, never NaN
-        ctx.save_for_backward(log_probs, labels, valid)
+        ctx.log_probs = log_probs  # consumed by backward: its buffer becomes the gradient
+        ctx.save_for_backward(labels, valid)
         ctx.input_dtype = logits.dtype
-        if n_masked is None:
-            n_masked = torch.zeros_like(labels)
         ctx.mark_non_differentiable(n_masked)
         return nll.sum(), n_masked
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_masked):
-        log_probs, labels, valid = ctx.saved_tensors
-        row_scale = valid.to(log_probs.dtype) * grad_loss  # [N]; 0 on ignored rows
-        grad = log_probs.exp().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale
+        grad = take_saved(ctx, "log_probs", "selfish_cross_entropy")  # [N, V], becomes the gradient
+        labels, valid = ctx.saved_tensors
+        row_scale = valid.to(grad.dtype) * grad_loss  # [N]; 0 on ignored rows
+        grad.exp_().mul_(row_scale.unsqueeze(1))  # [N, V] = p_kept * scale, in place
         rows = torch.arange(grad.shape[0], device=grad.device)
         grad[rows, labels] -= row_scale  # minus the target's one-hot
         return grad.to(ctx.input_dtype), None, None, None, None

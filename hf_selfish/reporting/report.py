@@ -25,7 +25,18 @@ from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, 
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
 from .figures import figure_caption, order_figures
-from .summary import ArmStats, GroupRow, Stat, Summary, headline_groups, is_sweep, summarize, sweep_rows
+from .summary import (
+    ArmStats,
+    GroupRow,
+    Stat,
+    SubsetRow,
+    Summary,
+    headline_groups,
+    is_sweep,
+    subset_rows,
+    summarize,
+    sweep_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +196,10 @@ _RECIPE_KEYS = (
 def _arm_settings(results: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for arm in results["arms"]:
-        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in ("name", "selfish_margin"))
-        rows.append([str(arm["name"]), margin_label(arm.get("selfish_margin")), extra or "—"])
+        rival = arm.get("loss_name", "selfish") != "selfish"  # another loss: no margin
+        skip = ("name", "selfish_margin") + (("selfish_margin_setting",) if rival else ())
+        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in skip)
+        rows.append([str(arm["name"]), "—" if rival else margin_label(arm.get("selfish_margin")), extra or "—"])
     return rows
 
 
@@ -272,7 +285,11 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     ]
     if any(row.counts_differ for row in summary.groups):
         parts += ["", "\\* the arms evaluated different token counts in this group; the first arm's count is shown."]
-    parts += ["", "## Overall eval loss", "", eval_loss_table(summary), "", "## Verdict", "", verdict(summary)]
+    parts += ["", "## Overall eval loss", "", eval_loss_table(summary)]
+    languages = subset_rows(results)
+    if languages:
+        parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
+    parts += ["", "## Verdict", "", verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
     parts += ["", "## Other metrics", ""]
@@ -281,6 +298,29 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     if plots:
         parts += [_plots_section(plots), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+LANGUAGE_NOTE = (
+    "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
+    "characters per token of that language's text: the one number comparable across tokenizers), and over all "
+    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline."
+)
+LANGUAGE_STAT_TITLES = {"bits_per_char": "bits/char", "nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
+
+
+def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
+    """``language | eval tokens | <stat> <arm> ... | Δ <stat> <arm>-<baseline>`` for every subset statistic."""
+    header = ["language", "eval tokens"]
+    for title in LANGUAGE_STAT_TITLES.values():
+        header += [f"{title} {arm}" for arm in summary.arms] + [f"Δ {title} {arm}" for arm in summary.others]
+    lines = []
+    for row in rows:
+        cells = [row.name, MISSING if row.tokens is None else f"{row.tokens:,}"]
+        for stat in LANGUAGE_STAT_TITLES:
+            cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
+            cells += [format_stat(row.delta[arm][stat], signed=True) for arm in summary.others]
+        lines.append(cells)
+    return markdown_table(header, lines)
 
 
 def existing_plots(run_dir: str | os.PathLike) -> list[str]:

@@ -14,15 +14,24 @@ tokens, and every language group; log-spaced buckets work the same as buckets of
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from ..lab.results import arm_names, check_results, finished_runs, group_info, group_names
-from ..metric_names import ALL_STATS, COUNT_STATS, HEADLINE_STATS, MAIN_STAT, finite_or_none, group_label, metric_key
+from ..metric_names import (
+    ALL_GROUP,
+    ALL_STATS,
+    COUNT_STATS,
+    HEADLINE_STATS,
+    MAIN_STAT,
+    finite_or_none,
+    group_label,
+    metric_key,
+    subset_prefix,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +43,7 @@ __all__ = [
     "final_tokens",
     "headline_groups",
     "is_sweep",
-    "mean_band",
-    "metric_series",
-    "paired_delta_series",
+    "subset_rows",
     "summarize",
     "sweep_rows",
 ]
@@ -241,6 +248,51 @@ def summarize(results: Mapping[str, Any]) -> Summary:
     )
 
 
+# ------------------------------------------------------------------------------- eval subsets (languages)
+
+SUBSET_STATS = ("bits_per_char", "nll", "accuracy", "mrr")
+
+
+@dataclass
+class SubsetRow:
+    """One eval subset (a language): its statistics per arm over seeds and the deltas against the baseline."""
+
+    name: str
+    tokens: int | None  # scored positions of the subset (the first arm's first run)
+    arms: dict[str, dict[str, Stat]]  # arm -> stat (SUBSET_STATS) -> over seeds
+    delta: dict[str, dict[str, Stat]]  # arm -> stat -> arm - baseline (paired by seed)
+
+
+def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_per_token: float) -> Stat:
+    """``bits_per_char`` = the subset's eval loss (nats per token) / ln 2 / characters per token; else the
+    subset's ``all`` group statistic (every token id: per-token-mean NLL, accuracy, MRR)."""
+    prefix = subset_prefix(name)
+    if stat != "bits_per_char":
+        return _stat_over_runs(runs, metric_key(ALL_GROUP, stat, prefix))
+    loss = _stat_over_runs(runs, f"{prefix}_loss")
+    return Stat(values=tuple(v / math.log(2) / chars_per_token for v in loss.values), seeds=loss.seeds)
+
+
+def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
+    """Per eval subset (``results["eval_subsets"]``): bits per character and the ``all`` group's statistics."""
+    runs = finished_runs(results)
+    arms = arm_names(results)
+    rows = []
+    for name, meta in (results.get("eval_subsets") or {}).items():
+        stats = {
+            arm: {s: _subset_stat(runs[arm], name, s, meta["chars_per_token"]) for s in SUBSET_STATS} for arm in arms
+        }
+        delta = {arm: {s: _delta(stats[arm][s], stats[arms[0]][s]) for s in SUBSET_STATS} for arm in arms[1:]}
+        tokens = next((final_tokens_of(run, name) for arm in arms for run in runs[arm]), None)
+        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta))
+    return rows
+
+
+def final_tokens_of(run: Mapping[str, Any], subset: str) -> int | None:
+    value = finite_or_none((run.get("final") or {}).get(metric_key(ALL_GROUP, "tokens", subset_prefix(subset))))
+    return None if value is None else int(value)
+
+
 # ------------------------------------------------------------------------------------ headline groups
 
 
@@ -267,7 +319,7 @@ def headline_groups(results: Mapping[str, Any]) -> list[str]:
     rare = [g for g in ranks[1:] if total and counts[g] >= RARE_GROUP_MIN_SHARE * total]
     if rare:
         chosen.append(rare[-1])
-    chosen += [name for name, meta in info.items() if meta.get("kind") == "language"]
+    chosen += [name for name, meta in info.items() if meta.get("kind") in ("language", "language_only")]
     return chosen
 
 
@@ -306,48 +358,3 @@ def sweep_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                         row[stat] = value
                 rows.append(row)
     return rows
-
-
-# ------------------------------------------------------------------------------- series along training
-
-
-def metric_series(
-    runs: Sequence[Mapping[str, Any]], key: str, history: str = "history"
-) -> tuple[np.ndarray, np.ndarray]:
-    """``steps [S]`` and ``values [R, S]`` of ``key`` over the runs' histories (NaN where a run lacks it)."""
-    per_run = []
-    for run in runs:
-        points = {}
-        for entry in run.get(history) or []:
-            value = finite_or_none(entry.get(key))
-            if entry.get("step") is not None and value is not None:
-                points[entry["step"]] = value
-        per_run.append(points)
-    steps = np.array(sorted({s for points in per_run for s in points}), dtype=float)
-    values = np.full((len(per_run), steps.size), np.nan)
-    for r, points in enumerate(per_run):
-        for s, step in enumerate(steps):
-            values[r, s] = points.get(step, np.nan)
-    return steps, values
-
-
-def mean_band(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Mean, min, max over runs (axis 0) and the number of runs present, at each step (columns all-NaN stay NaN)."""
-    present = np.isfinite(values).sum(axis=0)  # [S]
-    safe = np.where(np.isfinite(values), values, 0.0)
-    mean = np.where(present > 0, safe.sum(axis=0) / np.maximum(present, 1), np.nan)
-    low = np.where(present > 0, np.where(np.isfinite(values), values, np.inf).min(axis=0), np.nan)
-    high = np.where(present > 0, np.where(np.isfinite(values), values, -np.inf).max(axis=0), np.nan)
-    return mean, low, high, present
-
-
-def paired_delta_series(arm_runs: Sequence[Mapping[str, Any]], base_runs: Sequence[Mapping[str, Any]], key: str):
-    """``steps [S]``, ``deltas [R, S]`` of arm - baseline: per seed when the seeds match, else of the means."""
-    steps_a, values_a = metric_series(arm_runs, key)
-    steps_b, values_b = metric_series(base_runs, key)
-    common = np.intersect1d(steps_a, steps_b)
-    a = values_a[:, np.isin(steps_a, common)]
-    b = values_b[:, np.isin(steps_b, common)]
-    if [r.get("seed") for r in arm_runs] == [r.get("seed") for r in base_runs]:
-        return common, a - b
-    return common, (mean_band(a)[0] - mean_band(b)[0])[None, :]

@@ -23,8 +23,10 @@ import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase
 
+from ...metric_names import ALL_GROUP, language_only_group_name
 from ..arguments import DataArguments, ModelArguments
 from . import lowres
+from .bible import BIBLE, CODE_COLUMN
 from .char_tokenizer import check_characters, is_char_tokenizer
 from .loading import load_raw_datasets, load_tokenizer
 from .lowres import LANGUAGE_COLUMN, MAIN_LANGUAGE, SMALL_LANGUAGE, TEXT_COLUMN
@@ -66,7 +68,7 @@ def _map(datasets: DatasetDict, fn, fn_kwargs: dict, desc: str, num_proc: int | 
         fn,
         batched=True,
         num_proc=num_proc,
-        remove_columns=datasets["train"].column_names,
+        remove_columns=next(iter(datasets.values())).column_names,
         load_from_cache_file=not overwrite_cache,
         fn_kwargs=fn_kwargs,
         desc=desc,
@@ -178,13 +180,44 @@ def build_lm_datasets(
     return blocks
 
 
+def language_subsets(
+    validation: Dataset, tokenizer: PreTrainedTokenizerBase, data_args: DataArguments
+) -> tuple[dict[str, Dataset], dict[str, float]]:
+    """Each language's validation blocks, built alone, and the characters per token of its text."""
+    subsets, chars_per_token = {}, {}
+    for code in dict.fromkeys(validation[CODE_COLUMN]):
+        rows = validation.filter(lambda batch, code=code: [c == code for c in batch[CODE_COLUMN]], batched=True)
+        tokenized = tokenize_datasets(
+            DatasetDict(validation=rows), tokenizer, rows_are_documents=document_unit(data_args) != "file"
+        )
+        chars = sum(len(text) for text in rows[TEXT_COLUMN])
+        chars_per_token[code] = chars / max(1, _num_tokens(tokenized["validation"]))
+        blocks = group_datasets(tokenized, data_args.block_size, bos_id=leading_bos_id(tokenizer))["validation"]
+        subsets[code] = _truncate(blocks, data_args.max_eval_samples)
+    return subsets, chars_per_token
+
+
+def language_only_groups(train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
+    """``lang_{code}_only``: the token ids of each language's training text that no other language's text holds."""
+    seen: dict[str, set[int]] = {}
+    for batch in train.select_columns([TEXT_COLUMN, CODE_COLUMN]).iter(batch_size=1000):
+        ids = tokenizer(batch[TEXT_COLUMN], add_special_tokens=False)["input_ids"]
+        for row, code in zip(ids, batch[CODE_COLUMN]):
+            seen.setdefault(code, set()).update(row)
+    groups = {}
+    for code, ids in seen.items():
+        others = set().union(*(s for c, s in seen.items() if c != code))
+        groups[language_only_group_name(code)] = sorted(ids - others)
+    return groups
+
+
 def document_unit(data_args: DataArguments) -> str:
     """What one document is: ``file`` (the rows are pieces of one text), ``row`` or ``paragraph``."""
     if data_args.document_unit != "auto":
         return data_args.document_unit
     if data_args.train_file is not None:
         return "file" if Path(data_args.train_file).suffix.lower() in (".txt", ".text") else "row"
-    return "file" if (data_args.dataset_name or "").lower() == TINYSHAKESPEARE else "row"
+    return "file" if (data_args.dataset_name or "").lower() in (TINYSHAKESPEARE, BIBLE) else "row"
 
 
 def _check_block_size(block_size: int) -> None:
@@ -214,6 +247,8 @@ class LMData:
     tokenizer: PreTrainedTokenizerBase  # the one to save with the model (2V tokens for a simulated char corpus)
     vocab_size: int  # the model's vocabulary: len(base tokenizer), doubled by the simulation
     groups: dict[str, list[int]] = field(default_factory=dict)  # language groups of the simulation, else {}
+    eval_subsets: dict[str, Dataset] = field(default_factory=dict)  # per-language validation blocks (Bible)
+    chars_per_token: dict[str, float] = field(default_factory=dict)  # of each subset's text (bits per character)
 
 
 def prepare_lm_data(
@@ -225,8 +260,12 @@ def prepare_lm_data(
 ) -> LMData:
     """`load_raw_datasets` -> `load_tokenizer` -> `build_lm_datasets`, plus the simulation's tokenizer and groups."""
     raw = load_raw_datasets(data_args, cache_dir=cache_dir)
-    tokenizer = load_tokenizer(model_args, raw)
+    tokenizer = load_tokenizer(model_args, raw, bpe_vocab_size=data_args.bpe_vocab_size)
     datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
+    if data_args.low_resource_fraction == 0 and CODE_COLUMN in raw["train"].column_names:
+        subsets, chars_per_token = language_subsets(raw["validation"], tokenizer, data_args)
+        groups = {**language_only_groups(raw["train"], tokenizer), ALL_GROUP: list(range(len(tokenizer)))}
+        return LMData(datasets, tokenizer, len(tokenizer), groups, subsets, chars_per_token)
     if data_args.low_resource_fraction == 0:
         return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer))
     base_size = len(tokenizer)

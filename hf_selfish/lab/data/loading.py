@@ -19,6 +19,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..arguments import DataArguments, ModelArguments
 from ..models import resolve_model_path
+from .bible import BIBLE, bible_datasets
+from .bpe import BPE_TOKENIZER, build_bpe_tokenizer
 from .char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
 from .lowres import TEXT_COLUMN, split_text_units
 from .sources import TINYSHAKESPEARE, _check_percentage, _check_text_file, nanogpt_split, resolve_tinyshakespeare
@@ -48,6 +50,8 @@ def load_raw_datasets(data_args: DataArguments, *, cache_dir: str | os.PathLike 
         )
     elif data_args.dataset_name is None:
         raise ValueError("no data: set dataset_name ('tinyshakespeare' or a `datasets` name) or train_file.")
+    elif data_args.dataset_name.lower() == BIBLE:
+        return _check_not_empty(bible_datasets(data_args), "the Bible corpus")
     elif data_args.dataset_name.lower() == TINYSHAKESPEARE:
         path = resolve_tinyshakespeare(data_args.data_file)
         return _check_not_empty(tinyshakespeare_datasets(path, data_args.validation_split_percentage), str(path))
@@ -152,14 +156,22 @@ def corpus_characters(raw_datasets: DatasetDict, batch_size: int = 1000) -> list
     return sorted(seen)
 
 
-def load_tokenizer(model_args: ModelArguments, raw_datasets: DatasetDict | None = None) -> PreTrainedTokenizerBase:
+def load_tokenizer(
+    model_args: ModelArguments, raw_datasets: DatasetDict | None = None, *, bpe_vocab_size: int = 4096
+) -> PreTrainedTokenizerBase:
     """The tokenizer of a run.
 
     ``tokenizer_name="char"`` (or no tokenizer and no model named): the character tokenizer of
-    ``raw_datasets`` (all splits). Otherwise `AutoTokenizer.from_pretrained` of ``tokenizer_name``, else
-    of ``model_name_or_path`` (with its ``gguf_file``).
+    ``raw_datasets`` (all splits). ``"bpe"``: a byte-level BPE of ``bpe_vocab_size`` tokens trained on the
+    train split. Otherwise `AutoTokenizer.from_pretrained` of ``tokenizer_name``, else of
+    ``model_name_or_path`` (with its ``gguf_file``).
     """
     name = model_args.tokenizer_name
+    if name == BPE_TOKENIZER:
+        if raw_datasets is None:
+            raise ValueError("the BPE tokenizer is trained on the data: pass raw_datasets to load_tokenizer.")
+        batches = raw_datasets["train"].select_columns([TEXT_COLUMN]).iter(batch_size=1000)
+        return build_bpe_tokenizer((text for batch in batches for text in batch[TEXT_COLUMN]), bpe_vocab_size)
     if name == CHAR_TOKENIZER or (name is None and model_args.model_name_or_path is None):
         if raw_datasets is None:
             raise ValueError("the character tokenizer is built from the data: pass raw_datasets to load_tokenizer.")

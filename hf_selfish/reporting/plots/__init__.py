@@ -21,7 +21,8 @@ from ...lab.results import finished_runs, group_info, group_names, load_results,
 from ...lab.results import train_counts as read_train_counts
 from ...metric_names import RANKING_STATS
 from ..figures import figure_file
-from ..summary import headline_groups, is_sweep, mean_band, sweep_rows
+from ..series import mean_band
+from ..summary import headline_groups, is_sweep, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
 from .sweep import plot_margin_sweep

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from ...files import atomic_path
 from ...frequency import display_token as token_text
-from ..summary import mean_band
+from ..series import mean_band
 
 # Argument types shared by the figure functions.
 Results = Mapping[str, Any]  # results.json

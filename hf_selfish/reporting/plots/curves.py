@@ -14,7 +14,8 @@ import numpy as np
 
 from ...lab.results import finished_runs, group_names
 from ...metric_names import HEADLINE_STATS, STAT_TITLES, group_label, metric_key
-from ..summary import final_tokens, metric_series, paired_delta_series
+from ..series import metric_series, paired_delta_series
+from ..summary import final_tokens
 from ._common import PathLike, Results, draw_arm, focus_ylim, grid, legend_once, mark_absent, new_figure, save
 
 

@@ -1,0 +1,128 @@
+"""What the rival losses share: parameter rules, train-split token counts, aligned inputs.
+
+Every rival loss checks its parameters with :func:`check_params`, so a bad value fails the same way
+whether it comes from a direct call or from ``SelfishTrainingArguments.loss_kwargs`` (which
+checks them before training starts).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import torch
+
+from .loss import check_label_range, flatten_aligned, validate_margin
+
+__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_params"]
+
+
+def _number(value: Any) -> float | None:
+    """``value`` as a finite float, or None when it is not a number (bools are not numbers here)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _non_negative(loss: str, name: str, value: Any) -> float:
+    number = _number(value)
+    if number is None or number < 0:
+        raise ValueError(f"{loss}: {name} must be a finite number >= 0, got {value!r}; pass e.g. {name}=1.0")
+    return number
+
+
+def _fraction(loss: str, name: str, value: Any) -> float:
+    number = _number(value)
+    if number is None or not 0 <= number < 1:
+        raise ValueError(f"{loss}: {name} must be a number in [0, 1), got {value!r}; pass e.g. {name}=0.1")
+    return number
+
+
+def _optional_non_negative(loss: str, name: str, value: Any) -> float | None:
+    return None if value is None else _non_negative(loss, name, value)
+
+
+def _optional_positive(loss: str, name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    number = _number(value)
+    if number is None or number <= 0:
+        raise ValueError(f"{loss}: {name} must be a number > 0 or None, got {value!r}")
+    return number
+
+
+def _tlat_form(loss: str, name: str, value: Any) -> str:
+    if value not in ("exponential", "chi_square"):
+        raise ValueError(f"{loss}: {name} must be 'exponential' or 'chi_square', got {value!r}")
+    return value
+
+
+def _margin(loss: str, name: str, value: Any) -> float | None:
+    return validate_margin(value)
+
+
+# parameter name -> its rule; the same name means the same rule in every loss
+PARAM_RULES = {
+    "margin": _margin,
+    "eps": _fraction,
+    "lam": _non_negative,
+    "gamma": _non_negative,
+    "alpha": _non_negative,
+    "tau": _non_negative,
+    "A": _optional_non_negative,
+    "T": _non_negative,
+    "form": _tlat_form,
+    "weight_drop": _fraction,
+    "steps": _optional_positive,
+}
+
+
+def check_params(loss: str, **params: Any) -> dict[str, Any]:
+    """The parameters of ``loss`` after their rules (numbers as floats); a ``ValueError`` names a bad one."""
+    return {name: PARAM_RULES[name](loss, name, value) for name, value in params.items()}
+
+
+def as_token_counts(
+    token_counts: Sequence[int] | torch.Tensor | None, vocab_size: int, device: torch.device, loss: str
+) -> torch.Tensor:
+    """Train-split counts per token id as a float64 ``[vocab_size]`` tensor on ``device``.
+
+    Counts shorter than the vocabulary are padded with zeros (a model's head may have more rows than
+    the tokenizer has ids; those ids never occur). Missing, longer, negative or non-finite counts are
+    a ``ValueError`` that says what to pass.
+    """
+    if token_counts is None:
+        raise ValueError(
+            f"{loss} needs token_counts, the train split's count of every token id; pass token_counts=... "
+            "(SelfishTrainer(token_counts=...), which hf_selfish.lab.run passes from the train split)"
+        )
+    counts = torch.as_tensor(token_counts, dtype=torch.float64).to(device).reshape(-1)  # [n]
+    if counts.numel() > vocab_size:
+        raise ValueError(
+            f"{loss}: token_counts has {counts.numel()} entries but the logits have {vocab_size} ids; "
+            "count the train split with the model's tokenizer"
+        )
+    if not bool(torch.isfinite(counts).all()) or bool((counts < 0).any()):
+        raise ValueError(f"{loss}: token_counts must be finite and >= 0 (train-split counts per token id)")
+    if counts.numel() < vocab_size:
+        counts = torch.cat([counts, counts.new_zeros(vocab_size - counts.numel())])
+    return counts
+
+
+def aligned_rows(
+    logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``logits [..., V]``, ``labels [...]`` -> ``[N, V]`` logits, ``[N]`` labels, safe labels, valid mask.
+
+    Safe labels are the labels with ignored positions replaced by 0, for gathers that must not index
+    with ``ignore_index``; ``valid`` marks the positions that carry loss.
+    """
+    logits, labels = flatten_aligned(logits, labels)  # [N, V], [N]
+    valid = labels != ignore_index  # [N]
+    check_label_range(labels, logits.shape[-1], valid)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
+    return logits, labels, safe, valid

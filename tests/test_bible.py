@@ -1,0 +1,179 @@
+"""The parallel Bible corpus: language mixing by share, held-out books, bad input, BPE, language-only groups."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoTokenizer
+
+from hf_selfish.lab.arguments import DataArguments, ModelArguments
+from hf_selfish.lab.data import prepare_lm_data
+from hf_selfish.lab.data.bible import CODE_COLUMN, TEST_BOOKS, VALIDATION_BOOKS, bible_datasets, read_bible
+from hf_selfish.lab.data.bpe import build_bpe_tokenizer
+from hf_selfish.metric_names import describe_group
+
+from .conftest import REPO_ROOT
+
+BIBLE_DIR = REPO_ROOT.parent / "shared" / "data" / "bible"
+needs_corpus = pytest.mark.skipif(not BIBLE_DIR.is_dir(), reason=f"no Bible corpus at {BIBLE_DIR}")
+
+
+def args(**values) -> DataArguments:
+    return DataArguments(dataset_name="bible", bible_dir=str(BIBLE_DIR), **values)
+
+
+@needs_corpus
+def test_small_languages_hold_their_share_and_validation_is_the_same_verses():
+    raw = bible_datasets(args(bible_small=["rus_synodal", "nya_chichewa"], bible_share=0.02, bible_seed=3))
+    train, validation = raw["train"], raw["validation"]
+    chars: dict[str, int] = {}
+    for text, code in zip(train["text"], train[CODE_COLUMN]):
+        chars[code] = chars.get(code, 0) + len(text)
+    total = sum(chars.values())
+    longest = max(len(v.text) + 1 for v in read_bible(BIBLE_DIR, "rus_synodal"))
+    for code in ("rus_synodal", "nya_chichewa"):  # the share, up to one verse (plus the newlines)
+        assert abs(chars[code] - 0.02 * total) <= longest + 0.001 * total
+    english = [v for v in read_bible(BIBLE_DIR, "eng_web") if v.book in VALIDATION_BOOKS]
+    russian = [v for v in read_bible(BIBLE_DIR, "rus_synodal") if v.book in VALIDATION_BOOKS]
+    assert [(v.book, v.chapter, v.verse) for v in english] == [(v.book, v.chapter, v.verse) for v in russian]
+    assert validation[CODE_COLUMN].count("eng_web") == len(english) == validation[CODE_COLUMN].count("rus_synodal")
+    held_out = {v.text + "\n" for v in read_bible(BIBLE_DIR, "eng_web") if v.book in VALIDATION_BOOKS + TEST_BOOKS}
+    assert not held_out & set(train["text"])
+    other_seed = bible_datasets(args(bible_small=["rus_synodal"], bible_share=0.02, bible_seed=4))["train"]["text"]
+    assert other_seed != train["text"]
+
+
+@needs_corpus
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"bible_small": ["klingon"]}, "language 'klingon' is not in the Bible corpus; its languages are arb_svd"),
+        ({"bible_small": ["rus_synodal"], "bible_share": 0.7}, "bible_share must be in (0, 0.5], got 0.7"),
+        ({"bible_small": ["eng_web"]}, "bible_small lists the main language 'eng_web'"),
+        ({"bible_main": "xx"}, "language 'xx' is not in the Bible corpus"),
+    ],
+)
+def test_bad_languages_and_shares(values, message):
+    with pytest.raises(ValueError) as info:
+        bible_datasets(args(**values))
+    assert message in str(info.value)
+
+
+def test_malformed_lines_and_a_missing_folder_are_named(tmp_path, monkeypatch):
+    good = {"book": 1, "chapter": 1, "verse": 1, "text": "In the beginning"}
+    (tmp_path / "eng_web.jsonl").write_text(json.dumps(good) + "\n" + '{"book": 1, "text": }\n')
+    with pytest.raises(ValueError, match=r"eng_web.jsonl, line 2: not a verse"):
+        read_bible(tmp_path, "eng_web")
+    monkeypatch.delenv("HF_SELFISH_BIBLE_DIR", raising=False)
+    with pytest.raises(ValueError, match="no Bible corpus folder given; point at a copy with --bible_dir"):
+        bible_datasets(DataArguments(dataset_name="bible"))
+    with pytest.raises(ValueError, match="holds no <language>.jsonl files"):
+        bible_datasets(DataArguments(dataset_name="bible", bible_dir=str(tmp_path / "missing")))
+
+
+def test_byte_level_bpe_round_trips_and_reloads(tmp_path):
+    texts = ["In the beginning God created the heavens and the earth.\n", "В начале сотворил Бог небо и землю.\n"] * 50
+    tokenizer = build_bpe_tokenizer(texts, vocab_size=300)
+    assert len(tokenizer) == 300 and tokenizer.eos_token == "<|endoftext|>"
+    sample = "Бог created: ẞ ☃ ǆ\n"  # characters never seen in training still encode (bytes)
+    ids = tokenizer(sample, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == sample
+    tokenizer.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path)(sample, add_special_tokens=False)["input_ids"] == ids
+    with pytest.raises(ValueError, match="bpe_vocab_size must be an integer of at least 258"):
+        build_bpe_tokenizer(texts, vocab_size=100)
+
+
+@needs_corpus
+def test_characters_only_a_small_language_uses_get_their_own_group():
+    data = prepare_lm_data(
+        ModelArguments(tokenizer_name="char"),
+        args(bible_small=["rus_synodal"], bible_share=0.02, block_size=64, max_train_samples=64),
+    )
+    vocab = data.tokenizer.get_vocab()
+    russian_only = {data.tokenizer.convert_ids_to_tokens(i) for i in data.groups["lang_rus_synodal_only"]}
+    assert {"Б", "ж", "я"} <= russian_only and not {"a", " ", "."} & russian_only
+    assert "B" in {data.tokenizer.convert_ids_to_tokens(i) for i in data.groups["lang_eng_web_only"]}
+    assert describe_group("lang_rus_synodal_only").kind == "language_only"
+    assert len(vocab) == data.vocab_size
+
+
+# ------------------------------------------------------------------------------ per-language evaluation
+
+
+def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
+    """SubsetEvalCallback: `eval_{name}_loss` equals a plain loop over that subset; run records merge it."""
+    import torch
+    import torch.nn.functional as F
+    from datasets import Dataset
+    from transformers import default_data_collator
+
+    from hf_selfish import SelfishTrainer, SelfishTrainingArguments
+    from hf_selfish.callbacks import RankBucketEvalCallback, SubsetEvalCallback
+    from hf_selfish.lab.results import eval_history
+
+    from .tiny_models import tiny_model
+
+    vocab = 67
+    gen = torch.Generator().manual_seed(0)
+
+    def blocks(n):
+        ids = torch.randint(0, vocab, (n, 16), generator=gen)
+        return Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+
+    subsets = {"eng": blocks(5), "nya": blocks(3)}
+    model = tiny_model("gpt2", vocab)
+    buckets = RankBucketEvalCallback({"all": list(range(vocab))}, vocab, save_per_token=False)
+    args = SelfishTrainingArguments(
+        output_dir=str(tmp_path), report_to="none", per_device_eval_batch_size=2, batch_eval_metrics=True, use_cpu=True
+    )
+    trainer = SelfishTrainer(
+        model=model, args=args, eval_dataset=blocks(4), data_collator=default_data_collator, **buckets.trainer_kwargs()
+    )
+    trainer.add_callback(SubsetEvalCallback(subsets).bind(trainer))
+    trainer.evaluate()
+    (entry,) = eval_history(trainer.state.log_history)
+    model.eval()
+    for name, subset in subsets.items():
+        ids = torch.tensor(subset["input_ids"])
+        with torch.no_grad():
+            logits = model(ids).logits[:, :-1]
+        expected = F.cross_entropy(logits.reshape(-1, vocab), ids[:, 1:].reshape(-1)).item()
+        assert entry[f"eval_{name}_loss"] == pytest.approx(expected, rel=1e-5)
+        assert entry[f"eval_{name}_all_tokens"] == len(subset) * 15
+    assert "eval_loss" in entry and len(trainer.state.log_history) == 3  # the eval and one entry per subset
+
+
+def test_bits_per_character_per_language_from_results():
+    import math
+
+    from hf_selfish.reporting.summary import subset_rows
+
+    def run(arm, seed, loss):
+        final = {
+            "eval_loss": 1.0,
+            "eval_nya_loss": loss,
+            "eval_nya_all_tokens": 90,
+            "eval_nya_all_nll": loss + 1,
+            "eval_nya_all_accuracy": 0.5,
+            "eval_nya_all_mrr": 0.6,
+            "step": 4,
+        }
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final}
+
+    results = {
+        "arms": [{"name": "baseline"}, {"name": "selfish"}],
+        "runs": [
+            run("baseline", 1, 2 * math.log(2)),
+            run("baseline", 2, 4 * math.log(2)),
+            run("selfish", 1, math.log(2)),
+            run("selfish", 2, 2 * math.log(2)),
+        ],
+        "eval_subsets": {"nya": {"chars_per_token": 0.5}},
+    }
+    (row,) = subset_rows(results)
+    assert row.name == "nya" and row.tokens == 90
+    assert row.arms["baseline"]["bits_per_char"].values == pytest.approx((4.0, 8.0))  # 2 bits/token / 0.5
+    assert row.delta["selfish"]["bits_per_char"].values == pytest.approx((-2.0, -4.0))
+    assert row.arms["selfish"]["nll"].values == pytest.approx((math.log(2) + 1, 2 * math.log(2) + 1))
