@@ -24,6 +24,9 @@ mask like a trained model's (``realistic_masking.py``: 98-99% of the entries mas
 drawn from the model's own softmax), by default at N=4096, d=576, V=49152 (SmolLM2-135M) and N=2048,
 d=640, V=262144 (Gemma 3), and prints the masked fraction and what the sparse backward skips.
 
+Real hidden states and LM heads (SmolLM2-135M, gemma-3-270m) instead of random ones, with Cut
+Cross-Entropy beside: ``benchmarks/bench_fused_real.py``.
+
 Usage::
 
     python benchmarks/bench_fused.py                          # N=8192, d=1024, V in {32000, 128256}

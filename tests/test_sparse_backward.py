@@ -10,7 +10,7 @@ import torch
 
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import linear_selfish_cross_entropy
-from hf_selfish.ops.loss import mask_below_threshold
+from hf_selfish.ops.loss import mask_below_threshold, softmax_nll
 from hf_selfish.ops.sparse_backward import (
     SPARSE_MAX_COST,
     LinearGrads,
@@ -18,6 +18,7 @@ from hf_selfish.ops.sparse_backward import (
     SparsePlan,
     accumulate_sparse,
     plan_sparse_backward,
+    sparse_softmax_nll,
 )
 
 from .test_fused import IGNORE, V, assert_matches_reference, make_inputs
@@ -158,6 +159,37 @@ def test_the_fused_loss_skips_the_masked_columns(monkeypatch, margin, sparse, ta
         assert sorted(plan.narrow_rows.tolist() + plan.wide_rows.tolist()) == list(range(len(chunk)))
         assert plan.columns.tolist() == sorted(set().union(*(chunk[i] for i in plan.narrow_rows.tolist())))
         assert plan.cost(V) <= SPARSE_MAX_COST * len(chunk) * V  # at most half the dense matmul size
+        wide_union = sorted(set().union(*(chunk[i] for i in plan.wide_rows.tolist())))
+        if plan.wide_columns is not None:
+            assert plan.wide_columns.tolist() == wide_union
+
+
+def test_wide_rows_run_over_their_own_columns_when_few():
+    """Two uncertain rows keeping the same 300 of 1024 ids: their block is those 300 columns, and the
+    loss and gradients equal the dense path's."""
+    masked, n_masked = masked_chunk(n_rows=48, vocab=1024, wide_every=24)  # rows 0 and 24 keep half
+    shared = torch.arange(100, 400)
+    for row in (0, 24):
+        kept = masked[row].clone()
+        masked[row] = float("-inf")
+        masked[row, shared] = kept[shared].clamp(min=0.0)  # the target (shift 0 -> value 1.0) stays kept
+        n_masked[row] = 1024 - 300
+    plan = plan_sparse_backward(masked, n_masked)
+    assert plan is not None and plan.wide_rows.tolist() == [0, 24]
+    assert plan.wide_columns.tolist() == shared.tolist()
+    assert plan.cost(1024) == plan.narrow_rows.numel() * plan.columns.numel() + 2 * 300
+    labels = masked.argmax(dim=1)  # a kept column of each row
+    labels[[0, 24]] = shared[5]
+    nll, blocks = sparse_softmax_nll(masked.clone(), labels, plan, grad_scale=0.5)
+    want_nll, want_grad = softmax_nll(masked.clone(), labels, 0.5)
+    order = torch.cat([plan.narrow_rows, plan.wide_rows])
+    torch.testing.assert_close(nll, want_nll[order])
+    generator = torch.Generator().manual_seed(3)
+    hidden, weight = torch.randn(48, 8, generator=generator), torch.randn(1024, 8, generator=generator)
+    sparse = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(1024)]
+    accumulate_sparse(blocks, hidden, weight, LinearGrads(*sparse))
+    for got, want in zip(sparse, dense_grads(want_grad, hidden, weight, with_bias=True)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_a_nan_logit_takes_the_dense_matmuls(monkeypatch):
