@@ -10,6 +10,7 @@ import torch
 
 from hf_selfish.ops import fused as fused_module
 from hf_selfish.ops.fused import linear_selfish_cross_entropy
+from hf_selfish.ops.logit_transform import LogitTransform
 from hf_selfish.ops.loss import mask_below_threshold, softmax_nll
 from hf_selfish.ops.sparse_backward import (
     SPARSE_MAX_COST,
@@ -207,3 +208,25 @@ def test_a_nan_logit_takes_the_dense_matmuls(monkeypatch):
     linear_selfish_cross_entropy(hidden, weight, labels, 2.0, chunk_size=5).backward()
     assert plans and all(plan is None for plan in plans)
     assert torch.isnan(hidden.grad).all(dim=1).all()  # the NaN column reaches every row, as dense gives
+
+
+@pytest.mark.parametrize("wide", ["none", "all columns", "own columns"])
+def test_the_softcap_derivative_reaches_every_sparse_block(wide):
+    """``1 - tanh^2`` multiplies each block of a sparse gradient at its own rows and columns, as it
+    multiplies the dense gradient (the wide block over its own columns included)."""
+    generator = torch.Generator().manual_seed(11)
+    grad = torch.randn(6, 30, generator=generator)  # [c, V] a dense logit gradient
+    derivative = torch.rand(6, 30, generator=generator)  # [c, V] 1 - tanh^2
+    rows = torch.arange(6)
+    narrow_rows, wide_rows = (rows, rows[:0]) if wide == "none" else (rows[1::2], rows[0::2])
+    columns, wide_columns = torch.tensor([2, 5, 7, 19]), torch.tensor([0, 3, 5, 11, 29])
+    plan = SparsePlan(narrow_rows, columns, wide_rows, wide_columns if wide == "own columns" else None)
+    wide_block = grad[wide_rows] if plan.wide_columns is None else grad[wide_rows][:, wide_columns]
+    blocks = SparseGrad(plan, grad[narrow_rows][:, columns].clone(), None if wide == "none" else wide_block.clone())
+    result = fused_module._ChunkResult(torch.zeros(()), torch.zeros((), dtype=torch.long), None, blocks)
+    fused_module._chain_softcap(LogitTransform(softcap=3.0), derivative, result)
+    want = grad * derivative
+    torch.testing.assert_close(blocks.narrow, want[narrow_rows][:, columns])
+    if wide != "none":
+        want_wide = want[wide_rows] if plan.wide_columns is None else want[wide_rows][:, wide_columns]
+        torch.testing.assert_close(blocks.wide, want_wide)

@@ -179,7 +179,7 @@ def _chain_softcap(transform: LogitTransform, derivative: torch.Tensor, result: 
         transform.chain_(result.sparse.narrow, derivative, columns=plan.columns)
         return
     transform.chain_(result.sparse.narrow, derivative, plan.narrow_rows, plan.columns)
-    transform.chain_(result.sparse.wide, derivative, plan.wide_rows)
+    transform.chain_(result.sparse.wide, derivative, plan.wide_rows, plan.wide_columns)
 
 
 def _chunk_logits(
