@@ -26,7 +26,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
-from .patching import logit_transform_of, unwrap_model
+from .patching import autocast_inputs, logit_transform_of, unwrap_model
 
 __all__ = [
     "SelfishCausalLMOutput",
@@ -235,7 +235,7 @@ class _SelfishForward:
             loss_kwargs["labels"], loss_kwargs["shift_labels"], ignore_index, "apply_selfish_loss"
         )
         weight, bias = whole_head_parameters(self.model.get_output_embeddings())  # whole under FSDP2 too
-        hidden, weight, bias = _autocast_inputs(hidden, weight, bias)
+        hidden, weight, bias = autocast_inputs(hidden, weight, bias)
         scale, softcap = logit_transform_of(self.model)
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
             return linear_selfish_cross_entropy(
@@ -311,12 +311,3 @@ def _pop_loss_kwargs(arguments: dict[str, Any]) -> dict[str, Any]:
     if loss_kwargs["logits_to_keep"] is None:
         loss_kwargs["logits_to_keep"] = 0  # every position, as transformers' default
     return loss_kwargs
-
-
-def _autocast_inputs(hidden, weight, bias):
-    """Cast to the autocast dtype when autocast is on, as the model's ``lm_head`` would run under it."""
-    device_type = hidden.device.type
-    if not torch.is_autocast_enabled(device_type):
-        return hidden, weight, bias
-    dtype = torch.get_autocast_dtype(device_type)
-    return hidden.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype)

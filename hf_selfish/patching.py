@@ -16,7 +16,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["LOGIT_TRANSFORM_ATTRIBUTES", "causal_lm_head_inputs", "check_fusable", "logit_transform_of", "unwrap_model"]
+__all__ = [
+    "LOGIT_TRANSFORM_ATTRIBUTES",
+    "autocast_inputs",
+    "causal_lm_head_inputs",
+    "check_fusable",
+    "logit_transform_of",
+    "unwrap_model",
+]
 
 FUSED = ("the fused selfish loss", "Train it unfused (selfish_fused=False).")  # (what needs the head, the remedy)
 
@@ -135,7 +142,7 @@ def causal_lm_head_inputs(
     hidden = outputs.hidden_states[-1]  # [B, T, d]
     weight, bias = head.weight, head.bias  # [V, d], [V] or None
     _check_head_reproduces_logits(model, outputs.logits, hidden, weight, bias, user)
-    return _autocast_inputs(hidden, weight, bias)
+    return autocast_inputs(hidden, weight, bias)
 
 
 def _check_head_reproduces_logits(model, logits, hidden, weight, bias, user: tuple[str, str] = FUSED) -> None:
@@ -158,7 +165,7 @@ def _check_head_reproduces_logits(model, logits, hidden, weight, bias, user: tup
             )
 
 
-def _autocast_inputs(hidden, weight, bias):
+def autocast_inputs(hidden, weight, bias):
     """Cast to the autocast dtype when autocast is on, as the model's ``lm_head`` would run under it."""
     device_type = hidden.device.type
     if not torch.is_autocast_enabled(device_type):
