@@ -60,14 +60,12 @@ def test_bad_languages_and_shares(values, message):
     assert message in str(info.value)
 
 
-def test_malformed_lines_and_a_missing_folder_are_named(tmp_path, monkeypatch):
+def test_malformed_lines_and_a_missing_folder_are_named(tmp_path):
     good = {"book": 1, "chapter": 1, "verse": 1, "text": "In the beginning"}
     (tmp_path / "eng_web.jsonl").write_text(json.dumps(good) + "\n" + '{"book": 1, "text": }\n')
     with pytest.raises(ValueError, match=r"eng_web.jsonl, line 2: not a verse"):
         read_bible(tmp_path, "eng_web")
-    monkeypatch.delenv("HF_SELFISH_BIBLE_DIR", raising=False)
-    with pytest.raises(ValueError, match="no Bible corpus folder given; point at a copy with --bible_dir"):
-        bible_datasets(DataArguments(dataset_name="bible"))
+    # nothing found offline: tests/test_bible_source.py
     with pytest.raises(ValueError, match="holds no <language>.jsonl files"):
         bible_datasets(DataArguments(dataset_name="bible", bible_dir=str(tmp_path / "missing")))
 
