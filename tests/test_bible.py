@@ -146,7 +146,8 @@ def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
 def test_bits_per_character_per_language_from_results():
     import math
 
-    from hf_selfish.reporting.summary import subset_rows
+    from hf_selfish.reporting.report import language_table
+    from hf_selfish.reporting.summary import subset_rows, summarize
 
     def run(arm, seed, loss):
         final = {
@@ -158,7 +159,8 @@ def test_bits_per_character_per_language_from_results():
             "eval_nya_all_mrr": 0.6,
             "step": 4,
         }
-        return {"arm": arm, "seed": seed, "status": "finished", "final": final}
+        before = {"eval_loss": 1.0, "eval_nya_loss": (7 + seed) * math.log(2), "step": 0}  # the step-0 evaluation
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final, "history": [before, final]}
 
     results = {
         "arms": [{"name": "baseline"}, {"name": "selfish"}],
@@ -175,3 +177,10 @@ def test_bits_per_character_per_language_from_results():
     assert row.arms["baseline"]["bits_per_char"].values == pytest.approx((4.0, 8.0))  # 2 bits/token / 0.5
     assert row.delta["selfish"]["bits_per_char"].values == pytest.approx((-2.0, -4.0))
     assert row.arms["selfish"]["nll"].values == pytest.approx((math.log(2) + 1, 2 * math.log(2) + 1))
+    assert row.before.values == pytest.approx((16.0, 18.0, 16.0, 18.0))  # (7 + seed) bits/token / 0.5, every run
+    table = language_table([row], summarize(results)).splitlines()
+    assert table[0].startswith("| language | eval tokens | bits/char before training | bits/char baseline |")
+    assert table[2].startswith("| nya | 90 | 17.0000 ± 1.1547 | 6.0000 ± 2.8284 |")
+    for run in results["runs"]:
+        run["history"] = run["history"][1:]  # no evaluation before training: no column
+    assert "before" not in language_table(subset_rows(results), summarize(results))

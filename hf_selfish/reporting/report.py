@@ -303,19 +303,23 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
 LANGUAGE_NOTE = (
     "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
     "characters per token of that language's text: the one number comparable across tokenizers), and over all "
-    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline."
+    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline. "
+    "Before training: bits per character at the step-0 evaluation (over every run: the same starting model), "
+    "when the runs evaluated before training (learning vs forgetting of a pretrained model)."
 )
 LANGUAGE_STAT_TITLES = {"bits_per_char": "bits/char", "nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
 
 
 def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
     """``language | eval tokens | <stat> <arm> ... | Δ <stat> <arm>-<baseline>`` for every subset statistic."""
-    header = ["language", "eval tokens"]
+    with_before = any(row.before.n for row in rows)  # a step-0 evaluation: the model before training
+    header = ["language", "eval tokens"] + (["bits/char before training"] if with_before else [])
     for title in LANGUAGE_STAT_TITLES.values():
         header += [f"{title} {arm}" for arm in summary.arms] + [f"Δ {title} {arm}" for arm in summary.others]
     lines = []
     for row in rows:
         cells = [row.name, MISSING if row.tokens is None else f"{row.tokens:,}"]
+        cells += [format_stat(row.before)] if with_before else []
         for stat in LANGUAGE_STAT_TITLES:
             cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
             cells += [format_stat(row.delta[arm][stat], signed=True) for arm in summary.others]

@@ -261,6 +261,9 @@ class SubsetRow:
     tokens: int | None  # scored positions of the subset (the first arm's first run)
     arms: dict[str, dict[str, Stat]]  # arm -> stat (SUBSET_STATS) -> over seeds
     delta: dict[str, dict[str, Stat]]  # arm -> stat -> arm - baseline (paired by seed)
+    # bits per character before training (the step-0 evaluation of every run that has one, all arms: the same
+    # starting model), empty without `eval_on_start`: learning vs forgetting when a pretrained model is tuned
+    before: Stat = field(default_factory=lambda: Stat(values=()))
 
 
 def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_per_token: float) -> Stat:
@@ -271,6 +274,18 @@ def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_
         return _stat_over_runs(runs, metric_key(ALL_GROUP, stat, prefix))
     loss = _stat_over_runs(runs, f"{prefix}_loss")
     return Stat(values=tuple(v / math.log(2) / chars_per_token for v in loss.values), seeds=loss.seeds)
+
+
+def _subset_before(runs: Sequence[Mapping[str, Any]], name: str, chars_per_token: float) -> Stat:
+    """Bits per character of ``name`` at the step-0 evaluation of each run that has one."""
+    values, seeds = [], []
+    for run in runs:
+        first = next((entry for entry in run.get("history") or () if entry.get("step") == 0), {})
+        loss = finite_or_none(first.get(f"{subset_prefix(name)}_loss"))
+        if loss is not None:
+            values.append(loss / math.log(2) / chars_per_token)
+            seeds.append(run.get("seed"))
+    return Stat(values=tuple(values), seeds=tuple(seeds))
 
 
 def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
@@ -284,7 +299,8 @@ def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
         }
         delta = {arm: {s: _delta(stats[arm][s], stats[arms[0]][s]) for s in SUBSET_STATS} for arm in arms[1:]}
         tokens = next((final_tokens_of(run, name) for arm in arms for run in runs[arm]), None)
-        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta))
+        before = _subset_before([run for arm in arms for run in runs[arm]], name, meta["chars_per_token"])
+        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta, before=before))
     return rows
 
 
