@@ -184,3 +184,36 @@ def test_bits_per_character_per_language_from_results():
     for run in results["runs"]:
         run["history"] = run["history"][1:]  # no evaluation before training: no column
     assert "before" not in language_table(subset_rows(results), summarize(results))
+
+
+def test_each_language_gets_its_frequency_groups_with_the_model_before_training():
+    """`summarize(results, subset)`: a language's own eval_<code>_<group>_<stat>, and each group's NLL at step 0."""
+    from hf_selfish.reporting.report import render_report
+    from hf_selfish.reporting.summary import summarize
+
+    def run(arm, seed, nll):
+        final = {"eval_loss": 9.0, "eval_eng_loss": 1.0, "step": 4}
+        final |= {"eval_eng_rank_1-10_nll": nll, "eval_eng_rank_1-10_tokens": 7, "eval_eng_rank_1-10_types": 3}
+        final |= {"eval_eng_unseen_tokens": 0, "eval_eng_unseen_types": 0}  # no unseen token: absent
+        final |= {"eval_rank_1-10_nll": 99.0, "eval_rank_1-10_tokens": 70, "eval_rank_1-10_types": 5}
+        before = {"eval_loss": 9.0, "eval_eng_loss": 2.0, "eval_eng_rank_1-10_nll": 3.0 + seed, "step": 0}
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final, "history": [before, final]}
+
+    results = {
+        "arms": [{"name": "baseline"}, {"name": "selfish"}],
+        "groups": {"rank_1-10": [0, 1], "unseen": [2]},
+        "runs": [run("baseline", 1, 2.0), run("baseline", 2, 3.0), run("selfish", 1, 1.5), run("selfish", 2, 2.0)],
+        "eval_subsets": {"eng": {"chars_per_token": 1.0}},
+    }
+    english = summarize(results, "eng")
+    (rank, unseen) = english.groups
+    assert rank.tokens == 7 and rank.arms["baseline"].stats["nll"].values == (2.0, 3.0)
+    assert rank.arms["selfish"].delta["nll"].values == (-0.5, -1.0) and unseen.absent
+    assert english.before["rank_1-10"].values == (4.0, 5.0, 4.0, 5.0)
+    assert english.eval_loss["baseline"].stats["eval_loss"].values == (1.0, 1.0)
+    assert summarize(results).groups[0].arms["baseline"].stats["nll"].values == (99.0, 99.0)  # the whole eval set
+    assert not summarize(results).before
+    report = render_report(results)
+    section = report[report.index("### eng: eval per-token-mean NLL per frequency group") :]
+    assert "| bucket | eval tokens (types) | before training | baseline | selfish | Δ selfish-baseline |" in section
+    assert "| ranks 1-10 | 7 (3) | 4.5000 ± 0.5774 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 ± 0.3536 |" in section

@@ -217,7 +217,7 @@ def test_an_eval_only_language_is_in_validation_and_never_in_train(tmp_path):
     )
     assert list(data.eval_subsets) == ["nya_chichewa", "eng_web"]
     assert len(data.eval_subsets["eng_web"]) == len("In the beginning 8.\n") // 4
-    assert set(data.groups) == {"lang_nya_chichewa_only", "all"}  # only trained languages have groups
+    assert set(data.groups) == {"all"}  # one language trained on: no language-only group (it would be every id seen)
     for bad, message in (
         (["nya_chichewa"], "bible_eval_only lists nya_chichewa, trained on already"),
         (["eng_web", "eng_web"], "bible_eval_only lists a language twice"),

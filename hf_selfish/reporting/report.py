@@ -78,11 +78,15 @@ def _tokens_cell(row: GroupRow) -> str:
 
 def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = True) -> str:
     """``bucket | eval tokens (types) | <arm1> | <arm2> | ... | Δ <arm>-<arm1>`` for one statistic."""
-    header = ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + summary.arms
-    header += [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    with_before = stat == MAIN_STAT and any(value.n for value in summary.before.values())
+    header = (
+        ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + (["before training"] if with_before else [])
+    )
+    header += summary.arms + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
     rows = []
     for row in summary.groups:
         cells = [row.label] + ([_tokens_cell(row)] if with_tokens else [])
+        cells += [ABSENT if row.absent else format_stat(summary.before.get(row.group))] if with_before else []
         cells += [_cell(row.arms[arm], stat) for arm in summary.arms]
         cells += [_delta_cell(row.arms, summary.baseline, arm, stat) for arm in summary.others]
         rows.append(cells)
@@ -289,6 +293,9 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     languages = subset_rows(results)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
+        for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
+            title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
+            parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
     parts += ["", "## Verdict", "", verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
