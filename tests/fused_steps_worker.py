@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tests.tiny_models import tiny_model
+from tests.torchrun import exit_now
 
 MARGIN = 1.0  # masks ~30% of the logits (below): a wrong mask would show
 INIT_STD = 0.2  # transformers' 0.02 gives near-uniform logits, which no margin of 1 masks
@@ -112,6 +113,7 @@ def main() -> None:
             dist.barrier()
     finally:
         dist.destroy_process_group()  # an unclean gloo exit aborts some runs
+    exit_now()
 
 
 if __name__ == "__main__":

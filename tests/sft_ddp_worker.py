@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from tests.torchrun import exit_now
+
 
 def main() -> None:
     from tests.test_trl import sft_trainer
@@ -27,6 +29,7 @@ def main() -> None:
         torch.save({"params": params, "logs": logs}, out_dir / "ddp.pt")
     dist.barrier()
     dist.destroy_process_group()  # an unclean gloo exit aborts some runs
+    exit_now()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +16,31 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def exit_now() -> None:
+    """End a worker at once, skipping the interpreter's teardown: there, freeing a DDP model's reducer
+    destroys its gloo process group, which joins gloo's worker thread while holding the GIL that thread
+    waits for (a deadlock seen under load: the worker never exits)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and its descendants: torchrun starts each worker in a session of its own."""
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        processes = [*parent.children(recursive=True), parent]
+    except psutil.NoSuchProcess:
+        return
+    for process in processes:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def run_two_processes(script: Path, *args: str, timeout: float = 180) -> None:
@@ -38,7 +62,7 @@ def run_two_processes(script: Path, *args: str, timeout: float = 180) -> None:
     try:
         _, stderr = launcher.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(launcher.pid, signal.SIGKILL)  # the launcher and its two workers
+        _kill_tree(launcher.pid)  # the launcher and its two workers (which hold the pipes open)
         launcher.communicate()
         raise
     assert launcher.returncode == 0, stderr[-4000:]
