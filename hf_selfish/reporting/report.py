@@ -190,6 +190,8 @@ _RECIPE_KEYS = (
     ("warmup_steps", "warmup steps"),
     ("eval_steps", "eval every"),
     ("low_resource_fraction", "small-language fraction"),
+    ("eval_split", "eval split"),
+    ("tune_split_percentage", "tuning split (% of train)"),
 )
 
 
