@@ -59,6 +59,18 @@ def format_stat(stat: Stat | None, *, digits: int = 4, signed: bool = False) -> 
     return text
 
 
+def format_delta(stat: Stat | None, *, digits: int = 4) -> str:
+    """A paired difference: ``+0.2000 [+0.1500, +0.2500] *`` (mean, 95% t interval over seeds, ``*`` when the
+    interval excludes 0); ``+0.2000`` alone below two paired seeds; ``n/a`` when no run has the value."""
+    if stat is None or not stat.n:
+        return MISSING
+    text = fmt(stat.mean, digits, True)
+    ci = stat.ci
+    if ci is not None:
+        text += f" [{fmt(ci.low, digits, True)}, {fmt(ci.high, digits, True)}]" + (" *" if ci.significant else "")
+    return text
+
+
 def _cell(arm: ArmStats, stat: str) -> str:
     return ABSENT if arm.absent else format_stat(arm.stats.get(stat))
 
@@ -66,7 +78,7 @@ def _cell(arm: ArmStats, stat: str) -> str:
 def _delta_cell(row_arms: Mapping[str, ArmStats], baseline: str, arm: str, stat: str) -> str:
     if row_arms[arm].absent and row_arms[baseline].absent:
         return ABSENT
-    return format_stat(row_arms[arm].delta.get(stat), signed=True)
+    return format_delta(row_arms[arm].delta.get(stat))
 
 
 def _tokens_cell(row: GroupRow) -> str:
@@ -92,7 +104,7 @@ def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = 
 def eval_loss_table(summary: Summary) -> str:
     header = ["", *summary.arms] + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
     cells = ["overall eval loss"] + [format_stat(summary.eval_loss[a].stats.get("eval_loss")) for a in summary.arms]
-    cells += [format_stat(summary.eval_loss[a].delta.get("eval_loss"), signed=True) for a in summary.others]
+    cells += [format_delta(summary.eval_loss[a].delta.get("eval_loss")) for a in summary.others]
     return markdown_table(header, [cells])
 
 
@@ -116,8 +128,9 @@ def _clause(name: str, arm: str, baseline: str, delta: Stat, stat: str) -> tuple
     if verdict == "same":
         return f"{name}: {arm} equal to {baseline}", verdict
     text = f"{name}: {arm} {word} than {baseline} by {abs(delta.mean):.4f} ({verdict}"
-    if delta.std is not None and abs(delta.mean) <= delta.std:
-        text += f", within the seed-to-seed spread ±{delta.std:.4f}"
+    ci = delta.ci
+    if ci is not None:
+        text += f", 95% CI [{ci.low:+.4f}, {ci.high:+.4f}]" + ("" if ci.significant else ", not significant")
     return text + ")", verdict
 
 
@@ -280,8 +293,8 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
         f"## Eval {STAT_TITLES[MAIN_STAT]} per frequency group",
         "",
         f"Mean of each token's mean eval NLL over the tokens of the group present in the eval data, at the end of "
-        f"training; mean ± std over seeds; Δ against `{summary.baseline}` (negative: lower NLL than the baseline). "
-        "Eval loss is plain cross-entropy over the full vocabulary for every arm.",
+        f"training; mean ± std over seeds; Δ against `{summary.baseline}` (negative: lower NLL than the baseline), "
+        f"{DELTA_NOTE} Eval loss is plain cross-entropy over the full vocabulary for every arm.",
         "",
         group_table(summary, MAIN_STAT),
     ]
@@ -302,6 +315,10 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     return "\n".join(parts).rstrip() + "\n"
 
 
+DELTA_NOTE = (
+    "paired by seed: the mean difference [its 95% confidence interval, t over seeds], * when the interval "
+    "excludes 0 (significant); every Δ column of this report reads the same way."
+)
 LANGUAGE_NOTE = (
     "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
     "characters per token of that language's text: the one number comparable across tokenizers), and over all "
@@ -320,7 +337,7 @@ def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
         cells = [row.name, MISSING if row.tokens is None else f"{row.tokens:,}"]
         for stat in LANGUAGE_STAT_TITLES:
             cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
-            cells += [format_stat(row.delta[arm][stat], signed=True) for arm in summary.others]
+            cells += [format_delta(row.delta[arm][stat]) for arm in summary.others]
         lines.append(cells)
     return markdown_table(header, lines)
 
