@@ -94,3 +94,16 @@ def test_write_plots_draws_the_pareto_figure_for_three_arms(tmp_path):
     assert pareto and Image.open(pareto[0]).size[0] > 300
     make_run_dir(tmp_path / "two")  # two arms: no trade-off figure
     assert "pareto.png" not in {p.name for p in write_plots(tmp_path / "two")}
+
+
+def test_report_has_the_compact_contrast_table_for_three_arms():
+    from hf_selfish.reporting.report import render_report
+
+    results = make_results(arms=("baseline", "selfish", "focal"), margins=(None, 2.0, None), tables=THREE_ARMS)
+    text = render_report(results)
+    table = text.split("## Every arm against the baseline")[1].split("##")[0]
+    assert "| arm | Δ eval loss | Δ ranks 1-10 | Δ ranks 11-20 |" in table
+    # focal: eval loss +0.2 on both seeds (a point interval: significant); ranks 1-10 deltas 0.3, 0.5
+    # -> 0.4 ± 12.7062 * 0.1414 / 1.4142 = 0.4 ± 1.2706
+    assert "| focal | +0.2000 [+0.2000, +0.2000] * | +0.4000 [-0.8706, +1.6706] |" in table
+    assert "## Every arm against the baseline" not in render_report(make_results())  # two arms: not needed

@@ -24,6 +24,7 @@ from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finish
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
+from .contrasts import contrast_groups, contrast_table, format_delta
 from .figures import figure_caption, order_figures
 from .summary import (
     ArmStats,
@@ -56,18 +57,6 @@ def format_stat(stat: Stat | None, *, digits: int = 4, signed: bool = False) -> 
     text = fmt(stat.mean, digits, signed)
     if stat.std is not None:
         text += f" ± {fmt(stat.std, digits)}"
-    return text
-
-
-def format_delta(stat: Stat | None, *, digits: int = 4) -> str:
-    """A paired difference: ``+0.2000 [+0.1500, +0.2500] *`` (mean, 95% t interval over seeds, ``*`` when the
-    interval excludes 0); ``+0.2000`` alone below two paired seeds; ``n/a`` when no run has the value."""
-    if stat is None or not stat.n:
-        return MISSING
-    text = fmt(stat.mean, digits, True)
-    ci = stat.ci
-    if ci is not None:
-        text += f" [{fmt(ci.low, digits, True)}, {fmt(ci.high, digits, True)}]" + (" *" if ci.significant else "")
     return text
 
 
@@ -301,6 +290,9 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     if any(row.counts_differ for row in summary.groups):
         parts += ["", "\\* the arms evaluated different token counts in this group; the first arm's count is shown."]
     parts += ["", "## Overall eval loss", "", eval_loss_table(summary)]
+    if len(summary.arms) >= 3:
+        groups = contrast_groups(results)
+        parts += ["", "## Every arm against the baseline", "", CONTRAST_NOTE, "", contrast_table(summary, groups)]
     languages = subset_rows(results)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
@@ -315,6 +307,10 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     return "\n".join(parts).rstrip() + "\n"
 
 
+CONTRAST_NOTE = (
+    "Per-token-mean NLL (and the overall eval loss) of each arm minus the baseline's, paired by seed: mean "
+    "[95% confidence interval, t over seeds], * when the interval excludes 0. Negative is better."
+)
 DELTA_NOTE = (
     "paired by seed: the mean difference [its 95% confidence interval, t over seeds], * when the interval "
     "excludes 0 (significant); every Δ column of this report reads the same way."
