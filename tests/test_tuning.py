@@ -74,3 +74,40 @@ def test_table_marks_the_choice_and_refuses_a_missing_baseline():
     results["runs"] = [r for r in results["runs"] if r["arm"] != "baseline"]
     with pytest.raises(ValueError, match="baseline"):
         choose_values(results, "rank_41-50")
+
+
+RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize(
+    ("tune", "final"),
+    [("rivals_tune_cpu.yaml", "rivals_cpu.yaml"), ("rivals_lowres_tune_cpu.yaml", "rivals_lowres_cpu.yaml")],
+)
+def test_tuning_recipes_give_every_method_three_values_on_the_tuning_split(tune, final):
+    import dataclasses
+
+    from hf_selfish.lab.recipe import load_recipe
+
+    tuning, finals = load_recipe(RECIPES / tune), load_recipe(RECIPES / final)
+    values = {}
+    for arm in tuning.arms:
+        training = tuning.arguments(arm).training
+        described = method_of(
+            {
+                "loss_name": training.loss_name,
+                "loss_kwargs": training.loss_kwargs,
+                "selfish_margin": training.selfish_margin,
+            }
+        )
+        if training.loss_name != "ce":
+            values.setdefault(described[0], set()).add(described[2])
+    methods = set()
+    for arm in finals.arms:
+        training = finals.arguments(arm).training
+        if training.loss_name != "ce":
+            methods.add(method_of({"loss_name": training.loss_name, "loss_kwargs": training.loss_kwargs})[0])
+    assert set(values) == methods and all(len(v) == 3 for v in values.values())
+    tuned, reported = tuning.arguments(), finals.arguments()
+    assert tuned.data.eval_split == "tune" and reported.data.eval_split == "validation"
+    assert dataclasses.replace(tuned.data, eval_split="validation") == reported.data  # same data otherwise
+    assert tuned.model == reported.model
