@@ -107,3 +107,15 @@ def test_report_has_the_compact_contrast_table_for_three_arms():
     # -> 0.4 ± 12.7062 * 0.1414 / 1.4142 = 0.4 ± 1.2706
     assert "| focal | +0.2000 [+0.2000, +0.2000] * | +0.4000 [-0.8706, +1.6706] |" in table
     assert "## Every arm against the baseline" not in render_report(make_results())  # two arms: not needed
+
+
+def test_pareto_groups_prefer_ranks_41_to_60():
+    results = make_results()
+    names = ["rank_1-10", "rank_11-20", "rank_41-50", "rank_51-60"]
+    results["groups"] = {g: [i] for i, g in enumerate(names)}
+    for run in results["runs"]:
+        run["final"].update({f"eval_{g}_tokens": 100 for g in names})
+    assert pareto_groups(results) == ("rank_1-10", ["rank_41-50", "rank_51-60"])
+    for run in results["runs"]:
+        run["final"]["eval_rank_51-60_tokens"] = 0  # absent: back to the headline rule
+    assert pareto_groups(results)[1] == ["rank_41-50"]

@@ -60,19 +60,24 @@ def pareto_points(summary: Summary, x_group: str, y_group: str, stat: str = MAIN
     return points
 
 
+# The rare buckets of the issue's figure (buckets of ten, as in every character-level recipe), when present.
+PREFERRED_RARE = ("rank_41-50", "rank_51-60")
+
+
 def pareto_groups(results: Mapping[str, Any]) -> tuple[str | None, list[str]]:
-    """The x group (the most frequent rank bucket) and the y groups: the rare headline bucket, the next rarer
-    rank bucket that has eval tokens, and every language but the largest (the simulation's small language)."""
+    """The x group (the most frequent rank bucket) and the y groups: ranks 41-50 and 51-60 when both have eval
+    tokens, else the rare headline bucket and the next rarer rank bucket that has eval tokens; then every
+    language but the largest (the simulation's small language)."""
     info = group_info(results)
     ranks = [name for name, meta in info.items() if meta.get("kind") == "rank"]
     if not ranks:
         return None, []
-    headline = headline_groups(results)
-    rare = [g for g in headline if g in ranks[1:]]
-    y_groups = list(rare)
-    if rare:
-        later = [g for g in ranks[ranks.index(rare[0]) + 1 :] if (final_tokens(results, g) or 0) > 0]
-        y_groups += later[:1]
+    present = [g for g in ranks[1:] if (final_tokens(results, g) or 0) > 0]
+    if all(g in present for g in PREFERRED_RARE):
+        y_groups = list(PREFERRED_RARE)
+    else:
+        rare = [g for g in headline_groups(results) if g in ranks[1:]]
+        y_groups = rare + [g for g in present[present.index(rare[0]) + 1 :]][:1] if rare else []
     languages = [name for name, meta in info.items() if meta.get("kind") == "language"]
     if len(languages) > 1:
         sizes = {g: final_tokens(results, g) or 0 for g in languages}
