@@ -79,10 +79,7 @@ def test_table_marks_the_choice_and_refuses_a_missing_baseline():
 RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
 
 
-@pytest.mark.parametrize(
-    ("tune", "final"),
-    [("rivals_tune_cpu.yaml", "rivals_cpu.yaml"), ("rivals_lowres_tune_cpu.yaml", "rivals_lowres_cpu.yaml")],
-)
+@pytest.mark.parametrize(("tune", "final"), [("rivals_tune_cpu.yaml", "rivals_cpu.yaml")])
 def test_tuning_recipes_give_every_method_three_values_on_the_tuning_split(tune, final):
     import dataclasses
 
