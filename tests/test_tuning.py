@@ -68,6 +68,7 @@ def test_method_of_reads_the_knob():
 def test_table_marks_the_choice_and_refuses_a_missing_baseline():
     text = tuning_table(_results(TABLE), "rank_41-50")
     assert "at most 5% above the baseline's (2.0000 → limit 2.1000)" in text
+    assert "| plain CE (baseline) | — | — | 2.0000 | 4.0000 |  |" in text
     assert "| selfish | selfish_margin | **2.0** | 2.0900 | **3.5000** | yes |" in text
     assert "| selfish | selfish_margin | 1.0 | 2.5000 (over the limit) | 3.0000 |  |" in text
     results = _results(TABLE)

@@ -103,7 +103,9 @@ def tuning_table(
     base_loss, candidates = choose_values(results, target_group, max_loss_increase)
     limit = base_loss * (1 + max_loss_increase)
     header = ["method", "knob", "value", "eval loss", f"{group_label(target_group)} NLL", "chosen"]
-    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), "", ""]]
+    baseline_runs = finished_runs(results).get(results["arms"][0]["name"], [])
+    base_nll = _mean(baseline_runs, metric_key(target_group, MAIN_STAT))
+    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), fmt(base_nll), ""]]
     for c in candidates:
         bold = (lambda s: f"**{s}**") if c.chosen else (lambda s: s)
         loss = fmt(c.eval_loss) + ("" if c.eligible else " (over the limit)")
