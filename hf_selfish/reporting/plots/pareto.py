@@ -10,6 +10,15 @@ from ..pareto import ParetoPoint, pareto_front
 from ._common import PathLike, new_figure, save
 
 
+def _color(index: int, n: int):
+    """The default colour cycle up to 10 points; above, 20 distinct colours (no two arms share one)."""
+    if n <= 10:
+        return f"C{index}"
+    from matplotlib import colormaps
+
+    return colormaps["tab20"](index % 20)
+
+
 def _err(ci, mean: float) -> list[list[float]] | None:
     return None if ci is None else [[mean - ci.low], [ci.high - mean]]
 
@@ -30,7 +39,7 @@ def plot_pareto(
         ax.axvline(0.0, color="0.6", lw=0.8)
         front = pareto_front([(p.x, p.y) for p in points])
         for index, point in enumerate(points):
-            color = f"C{index % 10}"
+            color = _color(index, len(points))
             on_front = index in front
             ax.errorbar(
                 point.x,
