@@ -12,7 +12,7 @@ import yaml
 from hf_selfish.lab.results import load_results
 from hf_selfish.metric_names import group_label, split_metric_key
 from hf_selfish.model_card import render_run_card
-from hf_selfish.reporting.report import render_report, verdict, write_report
+from hf_selfish.reporting.report import group_table, render_report, verdict, write_report
 from hf_selfish.reporting.summary import summarize
 
 # ---------------------------------------------------------------------------------------------
@@ -307,13 +307,13 @@ def test_report_main_table_cells():
     cells = [c.strip() for c in row.strip("|").split("|")]
     std_b = np.std([1.0, 1.2], ddof=1)
     std_s = np.std([1.1, 1.5], ddof=1)
-    std_d = np.std([0.1, 0.3], ddof=1)
+    # paired deltas 0.1, 0.3: mean 0.2, sd 0.1414, t(0.975, 1 df) = 12.7062 (t table): 0.2 ± 12.7062 * 0.1 = ±1.2706
     assert cells == [
         "ranks 1-10",
         "9,000 (10)",
         f"1.1000 ± {std_b:.4f}",
         f"1.3000 ± {std_s:.4f}",
-        f"+0.2000 ± {std_d:.4f}",
+        "+0.2000 [-1.0706, +1.4706]",
     ]
     assert _table_row(text, "ranks 11-20").split("|")[5].strip().startswith("-0.2000")
 
@@ -348,17 +348,34 @@ def test_verdict_names_directions():
     assert "ranks 11-20: selfish lower than baseline by 0.2000 (better" in text
     assert "selfish is better on 1 of 2 groups present" in text
     assert "Overall eval loss: selfish higher than baseline by 0.0500 (worse" in text
-    # |delta| 0.2 > paired std 0.1414: not within the seed spread
-    assert "ranks 1-10: selfish higher than baseline by 0.2000 (worse)" in text
+    # two seeds: the interval 0.2 ± 12.7062 * 0.1 includes 0
+    assert (
+        "ranks 1-10: selfish higher than baseline by 0.2000 (worse, 95% CI [-1.0706, +1.4706], not significant)" in text
+    )
 
 
-def test_verdict_flags_deltas_within_seed_spread():
-    results = make_results()
-    for run in results["runs"]:  # make the selfish seed-2 gain huge: paired deltas -0.1 and -2.3 -> |mean| < std
-        if run["arm"] == "selfish" and run["seed"] == 2:
-            run["final"]["eval_rank_11-20_nll"] = 1.1
-    text = verdict(summarize(results))
-    assert "ranks 11-20: selfish lower than baseline by 1.2000 (better, within the seed-to-seed spread" in text
+def test_verdict_and_table_flag_significant_deltas():
+    nll = {
+        "baseline": {"rank_1-10": (1.0, 1.2, 1.1), "rank_11-20": (3.0, 3.4, 3.2)},
+        "selfish": {"rank_1-10": (1.5, 1.6, 1.55), "rank_11-20": (2.9, 3.5, 3.1)},
+    }
+    acc = {arm: {g: (0.5, 0.5, 0.5) for g in groups} for arm, groups in nll.items()}
+    loss = {"baseline": (1.5, 1.5, 1.5), "selfish": (1.6, 1.6, 1.6)}
+    summary = summarize(make_results(seeds=(1, 2, 3), tables=(nll, acc, loss)))
+    text = verdict(summary)
+    # ranks 1-10: deltas 0.5, 0.4, 0.45 -> mean 0.45, sd 0.05; t(0.975, 2 df) = 4.3027 (t table):
+    # half width 4.3027 * 0.05 / sqrt(3) = 0.1242 -> [0.3258, 0.5742], excludes 0
+    assert "ranks 1-10: selfish higher than baseline by 0.4500 (worse, 95% CI [+0.3258, +0.5742])" in text
+    # ranks 11-20: deltas -0.1, 0.1, -0.1 -> mean -0.0333, sd 0.1155: half width 0.2869 -> includes 0
+    assert "(better, 95% CI [-0.3202, +0.2535], not significant)" in text
+    ci = summary.groups[0].arms["selfish"].delta["nll"].ci
+    assert ci.significant and ci.n == 3
+    assert summary.groups[1].arms["selfish"].delta["nll"].ci.significant is False
+    table = group_table(summary)
+    assert "+0.4500 [+0.3258, +0.5742] *" in _table_row(table, "ranks 1-10")
+    assert _table_row(table, "ranks 11-20").rstrip(" |").endswith("[-0.3202, +0.2535]")
+    record = summary.to_json()["groups"][0]["arms"]["selfish"]["delta"]["nll"]["ci95"]
+    assert record["significant"] is True and record["low"] == pytest.approx(0.3258, abs=1e-4)
 
 
 def test_verdict_seed_pattern_over_rank_buckets():
@@ -392,8 +409,8 @@ def test_three_arms_have_two_delta_columns():
     results = make_results(arms=("baseline", "selfish", "small_only"), margins=(None, 2.0, None), tables=tables)
     text = render_report(results)
     assert "| Δ selfish-baseline | Δ small_only-baseline |" in text
-    assert "+1.0000 ± 0.0000" in _table_row(text, "ranks 1-10")
-    assert "ranks 11-20: small_only higher than baseline by 0.8000 (worse)" in text
+    assert "+1.0000 [+1.0000, +1.0000] *" in _table_row(text, "ranks 1-10")  # no spread: significant
+    assert "ranks 11-20: small_only higher than baseline by 0.8000 (worse, 95% CI [" in text
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ TEXT_UNITS = ("paragraph", "line")  # what the low-resource simulation assigns t
 # What one document is (documents end with the tokenizer's EOS): "auto" is a whole .txt file (or the built-in
 # text), a row of a json/parquet file or a `datasets` dataset.
 DOCUMENT_UNITS = ("auto", "file", "row", "paragraph")
+# What a run evaluates on: the held-out validation split, or a tuning split cut from the end of the train split
+# (hyperparameters chosen on it never saw the reported validation split).
+EVAL_SPLITS = ("validation", "tune")
 
 
 def _positive_int(value) -> bool:
@@ -73,6 +76,17 @@ class DataArguments:
     validation_split_percentage: float = field(
         default=10.0, metadata={"help": "Percent of the train data held out when there is no validation split."}
     )
+    eval_split: str = field(
+        default="validation",
+        metadata={
+            "help": "'validation': evaluate on the validation split. 'tune': hold out the last tune_split_percentage "
+            "of the TRAIN split's characters (whole rows) as the eval set and train on the rest (the validation split "
+            "is not used; token frequencies come from the rest); for choosing hyperparameters."
+        },
+    )
+    tune_split_percentage: float = field(
+        default=10.0, metadata={"help": "eval_split=tune: percent of the train split's characters held out."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate the train blocks (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate the eval blocks (debugging)."})
     preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for `datasets.map`."})
@@ -130,6 +144,10 @@ class DataArguments:
                 raise ValueError(f"{name} must be a positive number of blocks, got {value!r}.")
         if not 0 <= self.low_resource_fraction < 1:
             raise ValueError(f"low_resource_fraction must be in [0, 1), got {self.low_resource_fraction!r}.")
+        if self.eval_split not in EVAL_SPLITS:
+            raise ValueError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}.")
+        if isinstance(self.tune_split_percentage, bool) or not 0 < self.tune_split_percentage < 100:
+            raise ValueError(f"tune_split_percentage must be in (0, 100), got {self.tune_split_percentage!r}.")
         if self.document_unit not in DOCUMENT_UNITS:
             raise ValueError(f"document_unit must be one of {DOCUMENT_UNITS}, got {self.document_unit!r}.")
         if self.low_resource_unit not in TEXT_UNITS:

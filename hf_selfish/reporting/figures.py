@@ -26,6 +26,8 @@ FIGURES = {
     "training_curves": "Training loss and fraction of logits masked",
     "scenarios_non_target_comparison": "Gradient scenario 2.2 (token as non-target) per arm",
     "margin_sweep": "Headline-group metrics against the margin",
+    "pareto": "Frequent vs rare tokens: Δ NLL of the most frequent bucket (x) against rare groups (y), per arm "
+    "(mean over seeds, 95% intervals; dashed: the Pareto frontier, lower-left is better)",
 }
 SCENARIOS_PREFIX = "scenarios_"
 

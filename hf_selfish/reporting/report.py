@@ -24,6 +24,7 @@ from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finish
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
+from .contrasts import contrast_groups, contrast_table, format_delta
 from .figures import figure_caption, order_figures
 from .summary import (
     ArmStats,
@@ -66,7 +67,7 @@ def _cell(arm: ArmStats, stat: str) -> str:
 def _delta_cell(row_arms: Mapping[str, ArmStats], baseline: str, arm: str, stat: str) -> str:
     if row_arms[arm].absent and row_arms[baseline].absent:
         return ABSENT
-    return format_stat(row_arms[arm].delta.get(stat), signed=True)
+    return format_delta(row_arms[arm].delta.get(stat))
 
 
 def _tokens_cell(row: GroupRow) -> str:
@@ -96,7 +97,7 @@ def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = 
 def eval_loss_table(summary: Summary) -> str:
     header = ["", *summary.arms] + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
     cells = ["overall eval loss"] + [format_stat(summary.eval_loss[a].stats.get("eval_loss")) for a in summary.arms]
-    cells += [format_stat(summary.eval_loss[a].delta.get("eval_loss"), signed=True) for a in summary.others]
+    cells += [format_delta(summary.eval_loss[a].delta.get("eval_loss")) for a in summary.others]
     return markdown_table(header, [cells])
 
 
@@ -120,8 +121,9 @@ def _clause(name: str, arm: str, baseline: str, delta: Stat, stat: str) -> tuple
     if verdict == "same":
         return f"{name}: {arm} equal to {baseline}", verdict
     text = f"{name}: {arm} {word} than {baseline} by {abs(delta.mean):.4f} ({verdict}"
-    if delta.std is not None and abs(delta.mean) <= delta.std:
-        text += f", within the seed-to-seed spread ±{delta.std:.4f}"
+    ci = delta.ci
+    if ci is not None:
+        text += f", 95% CI [{ci.low:+.4f}, {ci.high:+.4f}]" + ("" if ci.significant else ", not significant")
     return text + ")", verdict
 
 
@@ -194,6 +196,8 @@ _RECIPE_KEYS = (
     ("warmup_steps", "warmup steps"),
     ("eval_steps", "eval every"),
     ("low_resource_fraction", "small-language fraction"),
+    ("eval_split", "eval split"),
+    ("tune_split_percentage", "tuning split (% of train)"),
 )
 
 
@@ -282,14 +286,17 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
         f"## Eval {STAT_TITLES[MAIN_STAT]} per frequency group",
         "",
         f"Mean of each token's mean eval NLL over the tokens of the group present in the eval data, at the end of "
-        f"training; mean ± std over seeds; Δ against `{summary.baseline}` (negative: lower NLL than the baseline). "
-        "Eval loss is plain cross-entropy over the full vocabulary for every arm.",
+        f"training; mean ± std over seeds; Δ against `{summary.baseline}` (negative: lower NLL than the baseline), "
+        f"{DELTA_NOTE} Eval loss is plain cross-entropy over the full vocabulary for every arm.",
         "",
         group_table(summary, MAIN_STAT),
     ]
     if any(row.counts_differ for row in summary.groups):
         parts += ["", "\\* the arms evaluated different token counts in this group; the first arm's count is shown."]
     parts += ["", "## Overall eval loss", "", eval_loss_table(summary)]
+    if len(summary.arms) >= 3:
+        groups = contrast_groups(results)
+        parts += ["", "## Every arm against the baseline", "", CONTRAST_NOTE, "", contrast_table(summary, groups)]
     languages = subset_rows(results)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
@@ -307,6 +314,14 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     return "\n".join(parts).rstrip() + "\n"
 
 
+CONTRAST_NOTE = (
+    "Per-token-mean NLL (and the overall eval loss) of each arm minus the baseline's, paired by seed: mean "
+    "[95% confidence interval, t over seeds], * when the interval excludes 0. Negative is better."
+)
+DELTA_NOTE = (
+    "paired by seed: the mean difference [its 95% confidence interval, t over seeds], * when the interval "
+    "excludes 0 (significant); every Δ column of this report reads the same way."
+)
 LANGUAGE_NOTE = (
     "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
     "characters per token of that language's text: the one number comparable across tokenizers), and over all "
@@ -329,7 +344,7 @@ def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
         cells += [format_stat(row.before)] if with_before else []
         for stat in LANGUAGE_STAT_TITLES:
             cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
-            cells += [format_stat(row.delta[arm][stat], signed=True) for arm in summary.others]
+            cells += [format_delta(row.delta[arm][stat]) for arm in summary.others]
         lines.append(cells)
     return markdown_table(header, lines)
 

@@ -3,7 +3,8 @@
 For each group and arm: the mean over seeds of the final eval statistic, with the sample standard
 deviation (``ddof=1``) when there are at least two seeds. Deltas are taken against the first arm (the
 baseline); when both arms ran the same seeds, the delta's spread is the standard deviation of the
-per-seed paired differences (same seed = same init and data order). A group with no eval tokens is
+per-seed paired differences (same seed = same init and data order), and its 95% confidence interval the
+t interval over seeds (`stats.paired_interval`; significant when it excludes 0). A group with no eval tokens is
 "absent": it has no statistics, and it is never shown as NaN or 0.
 
 Which groups a compact view shows (`headline_groups`) follows from the group metadata saved with the
@@ -33,6 +34,7 @@ from ..metric_names import (
     metric_key,
     subset_prefix,
 )
+from .stats import Interval, paired_interval
 
 logger = logging.getLogger(__name__)
 
@@ -72,8 +74,21 @@ class Stat:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) >= 2 else None
 
+    @property
+    def ci(self) -> Interval | None:
+        """The 95% t interval of the mean over seeds (for a delta: of the paired differences); None below 2."""
+        return paired_interval(self.values)
+
     def to_json(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n, "values": list(self.values), "seeds": list(self.seeds)}
+        ci = self.ci
+        return {
+            "mean": self.mean,
+            "std": self.std,
+            "n": self.n,
+            "values": list(self.values),
+            "seeds": list(self.seeds),
+            "ci95": None if ci is None else ci.to_json(),
+        }
 
 
 @dataclass

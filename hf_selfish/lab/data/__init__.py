@@ -18,7 +18,7 @@ from .char_tokenizer import (
     token_labels,
     unknown_characters,
 )
-from .loading import corpus_characters, load_raw_datasets, load_tokenizer, tinyshakespeare_datasets
+from .loading import corpus_characters, load_raw_datasets, load_tokenizer, tinyshakespeare_datasets, tune_split
 from .lowres import (
     LANGUAGE_COLUMN,
     MAIN_LANGUAGE,
@@ -79,5 +79,6 @@ __all__ = [
     "to_small_language",
     "token_labels",
     "tokenize_datasets",
+    "tune_split",
     "unknown_characters",
 ]

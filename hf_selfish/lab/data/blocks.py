@@ -28,7 +28,7 @@ from ..arguments import DataArguments, ModelArguments
 from . import lowres
 from .bible import BIBLE, CODE_COLUMN
 from .char_tokenizer import check_characters, is_char_tokenizer
-from .loading import load_raw_datasets, load_tokenizer
+from .loading import load_raw_datasets, load_tokenizer, tune_split
 from .lowres import LANGUAGE_COLUMN, MAIN_LANGUAGE, SMALL_LANGUAGE, TEXT_COLUMN
 from .sources import TINYSHAKESPEARE
 
@@ -164,10 +164,12 @@ def build_lm_datasets(
         raw = lowres.assign_languages(
             raw, data_args.low_resource_fraction, data_args.low_resource_unit, data_args.low_resource_seed
         )
-        if train_language is not None:
-            raw["train"] = _keep_language(raw["train"], train_language)
     elif train_language is not None:
         raise ValueError(f"train_language={train_language!r} needs the simulation (low_resource_fraction > 0).")
+    if data_args.eval_split == "tune":  # after the simulation: the train rows keep their languages
+        raw = tune_split(raw, data_args.tune_split_percentage)
+    if train_language is not None:
+        raw["train"] = _keep_language(raw["train"], train_language)
 
     unit = document_unit(data_args)
     if unit == "paragraph":  # each paragraph of the text becomes a document (a row)
@@ -263,6 +265,12 @@ def prepare_lm_data(
 ) -> LMData:
     """`load_raw_datasets` -> `load_tokenizer` -> `build_lm_datasets`, plus the simulation's tokenizer and groups."""
     raw = load_raw_datasets(data_args, cache_dir=cache_dir)
+    if data_args.eval_split != "validation" and CODE_COLUMN in raw["train"].column_names:
+        raise ValueError(
+            f"eval_split={data_args.eval_split!r} is not supported with per-language eval subsets (the Bible "
+            "corpus); use eval_split=validation"
+        )
+    # the tokenizer sees every split (same vocabulary as the validation runs); frequencies come from the train rows
     tokenizer = load_tokenizer(model_args, raw, bpe_vocab_size=data_args.bpe_vocab_size)
     datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
     if data_args.low_resource_fraction == 0 and CODE_COLUMN in raw["train"].column_names:

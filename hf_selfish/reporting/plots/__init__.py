@@ -21,10 +21,12 @@ from ...lab.results import finished_runs, group_info, group_names, load_results,
 from ...lab.results import train_counts as read_train_counts
 from ...metric_names import RANKING_STATS
 from ..figures import figure_file
+from ..pareto import pareto_groups, pareto_points
 from ..series import mean_band
-from ..summary import headline_groups, is_sweep, sweep_rows
+from ..summary import headline_groups, is_sweep, summarize, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
+from .pareto import plot_pareto
 from .sweep import plot_margin_sweep
 from .tokens import (
     SCENARIO_KEYS,
@@ -46,6 +48,7 @@ __all__ = [
     "plot_group_history",
     "plot_language_metrics",
     "plot_margin_sweep",
+    "plot_pareto",
     "plot_scenarios",
     "plot_scenarios_comparison",
     "plot_token_distribution",
@@ -121,4 +124,9 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         )
     if is_sweep(results) and sweep_rows(results):
         paths.append(plot_margin_sweep(sweep_rows(results), out("margin_sweep"), groups=headline_groups(results)))
+    x_group, y_groups = pareto_groups(results)
+    if x_group is not None and y_groups and sum(bool(r) for r in runs.values()) >= 3:  # a trade-off of 2+ rivals
+        summary = summarize(results)
+        panels = {g: pareto_points(summary, x_group, g) for g in y_groups}
+        paths.append(plot_pareto(panels, out("pareto"), x_group=x_group))
     return paths

@@ -1,0 +1,48 @@
+"""One compact table for many arms: every arm's paired difference to the baseline, with its 95% interval.
+
+Rows are arms, columns the overall eval loss and the groups of the Pareto figure (the most frequent rank
+bucket, the rare ones, the small language): ``Δ [low, high] *`` as in every Δ column of report.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..metric_names import MAIN_STAT, group_label
+from ..model_card import MISSING, fmt, markdown_table
+from .pareto import pareto_groups
+from .summary import Stat, Summary
+
+__all__ = ["contrast_groups", "contrast_table", "format_delta"]
+
+
+def format_delta(stat: Stat | None, *, digits: int = 4) -> str:
+    """A paired difference: ``+0.2000 [+0.1500, +0.2500] *`` (mean, 95% t interval over seeds, ``*`` when the
+    interval excludes 0); ``+0.2000`` alone below two paired seeds; ``n/a`` when no run has the value."""
+    if stat is None or not stat.n:
+        return MISSING
+    text = fmt(stat.mean, digits, True)
+    ci = stat.ci
+    if ci is not None:
+        text += f" [{fmt(ci.low, digits, True)}, {fmt(ci.high, digits, True)}]" + (" *" if ci.significant else "")
+    return text
+
+
+def contrast_groups(results: Mapping[str, Any]) -> list[str]:
+    """The groups of the compact table: the Pareto figure's x group, then its y groups."""
+    x_group, y_groups = pareto_groups(results)
+    return ([x_group] if x_group else []) + y_groups
+
+
+def contrast_table(summary: Summary, groups: Sequence[str], stat: str = MAIN_STAT) -> str:
+    """``arm | Δ eval loss | Δ <stat> <group> ...`` for every arm but the baseline."""
+    fmt_delta = format_delta
+    rows = {row.group: row for row in summary.groups}
+    header = ["arm", "Δ eval loss"] + [f"Δ {group_label(g)}" for g in groups if g in rows]
+    lines = []
+    for arm in summary.others:
+        cells = [arm, fmt_delta(summary.eval_loss[arm].delta.get("eval_loss"))]
+        cells += [fmt_delta(rows[g].arms[arm].delta.get(stat)) for g in groups if g in rows]
+        lines.append(cells)
+    return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))

@@ -1,0 +1,118 @@
+"""Choosing each rival loss's main knob from tuning runs (``eval_split: tune``), by one stated rule.
+
+Every arm of a tuning comparison is one method (its ``loss_name``; TLAT's two forms are two methods) at one
+value of its main knob (`KNOBS`). The rule (`choose_values`): among a method's values whose overall eval
+loss is at most ``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest
+per-token-mean NLL of the target group (the rare group the method is meant to help); when no value
+qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..lab.results import finished_runs
+from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key
+from ..model_card import fmt, markdown_table
+
+__all__ = ["KNOBS", "Candidate", "choose_values", "method_of", "tuning_table"]
+
+# loss_name -> its main knob: a key of loss_kwargs, or "selfish_margin"
+KNOBS = {
+    "selfish": "selfish_margin",
+    "label_smoothing": "eps",
+    "z_loss": "lam",
+    "focal": "gamma",
+    "anti_focal": "gamma",
+    "tlat": "T",
+    "logit_adjustment": "tau",
+    "unlikelihood": "alpha",
+    "agg": "alpha",
+}
+DEFAULT_MAX_LOSS_INCREASE = 0.05
+
+
+def method_of(arm: Mapping[str, Any]) -> tuple[str, str, Any] | None:
+    """``(method, knob, value)`` of a recipe arm as results.json records it; None for plain CE (no knob)."""
+    loss = arm.get("loss_name") or "selfish"
+    if loss not in KNOBS:
+        return None
+    knob = KNOBS[loss]
+    kwargs = arm.get("loss_kwargs") or {}
+    method = f"tlat_{kwargs.get('form', 'exponential')}" if loss == "tlat" else loss
+    value = arm.get("selfish_margin") if knob == "selfish_margin" else kwargs.get(knob)
+    return method, knob, value
+
+
+@dataclass
+class Candidate:
+    """One arm of a tuning comparison: its method and knob value, and the two numbers the rule reads."""
+
+    arm: str
+    method: str
+    knob: str
+    value: Any
+    eval_loss: float | None
+    target_nll: float | None
+    eligible: bool = False
+    chosen: bool = False
+
+
+def _mean(runs, key: str) -> float | None:
+    values = [v for v in (finite_or_none((r.get("final") or {}).get(key)) for r in runs) if v is not None]
+    return statistics.fmean(values) if values else None
+
+
+def choose_values(
+    results: Mapping[str, Any], target_group: str, max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+) -> tuple[float | None, list[Candidate]]:
+    """The baseline's overall eval loss and every knob arm as a `Candidate`, one chosen per method."""
+    if max_loss_increase < 0:
+        raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
+    runs = finished_runs(results)
+    baseline = results["arms"][0]["name"]
+    base_loss = _mean(runs.get(baseline, []), "eval_loss")
+    if base_loss is None:
+        raise ValueError(f"the baseline arm {baseline!r} has no finished run: nothing to compare the losses with")
+    candidates = []
+    for arm in results["arms"][1:]:
+        described = method_of(arm)
+        if described is None or not runs.get(arm["name"]):
+            continue
+        arm_runs = runs[arm["name"]]
+        loss, target = _mean(arm_runs, "eval_loss"), _mean(arm_runs, metric_key(target_group, MAIN_STAT))
+        eligible = loss is not None and target is not None and loss <= base_loss * (1 + max_loss_increase)
+        candidates.append(Candidate(arm["name"], *described, loss, target, eligible))
+    for method in dict.fromkeys(c.method for c in candidates):
+        own = [c for c in candidates if c.method == method]
+        eligible = [c for c in own if c.eligible]
+        if eligible:
+            min(eligible, key=lambda c: c.target_nll).chosen = True
+        elif any(c.eval_loss is not None for c in own):
+            min((c for c in own if c.eval_loss is not None), key=lambda c: c.eval_loss).chosen = True
+    return base_loss, candidates
+
+
+def tuning_table(
+    results: Mapping[str, Any], target_group: str, max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+) -> str:
+    """Markdown: every candidate with its tuning-split eval loss and target NLL; the chosen values in bold."""
+    base_loss, candidates = choose_values(results, target_group, max_loss_increase)
+    limit = base_loss * (1 + max_loss_increase)
+    header = ["method", "knob", "value", "eval loss", f"{group_label(target_group)} NLL", "chosen"]
+    baseline_runs = finished_runs(results).get(results["arms"][0]["name"], [])
+    base_nll = _mean(baseline_runs, metric_key(target_group, MAIN_STAT))
+    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), fmt(base_nll), ""]]
+    for c in candidates:
+        bold = (lambda s: f"**{s}**") if c.chosen else (lambda s: s)
+        loss = fmt(c.eval_loss) + ("" if c.eligible else " (over the limit)")
+        rows.append([c.method, c.knob, bold(str(c.value)), loss, bold(fmt(c.target_nll)), "yes" if c.chosen else ""])
+    note = (
+        f"Rule: the lowest {group_label(target_group)} NLL among the values whose eval loss is at most "
+        f"{max_loss_increase:.0%} above the baseline's ({fmt(base_loss)} → limit {fmt(limit)}); if none is, "
+        "the lowest eval loss."
+    )
+    return note + "\n\n" + markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])

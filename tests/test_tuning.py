@@ -1,0 +1,111 @@
+"""The tuning rule (reporting/tuning.py) on a hand-made tuning comparison."""
+
+from __future__ import annotations
+
+import pytest
+
+from hf_selfish.reporting.tuning import choose_values, method_of, tuning_table
+
+
+def _arm(name, loss=None, margin=None, **kwargs):
+    arm = {"name": name, "selfish_margin": margin}
+    if loss is not None:
+        arm.update(loss_name=loss, loss_kwargs=kwargs)
+    return arm
+
+
+def _results(table):
+    """``table``: arm dict -> (eval_loss, rare NLL)."""
+    runs = [
+        {
+            "arm": arm["name"],
+            "seed": 1,
+            "status": "finished",
+            "output_dir": f"{arm['name']}-seed1",
+            "final": {"eval_loss": loss, "eval_rank_41-50_nll": nll, "eval_rank_41-50_tokens": 100},
+            "history": [],
+        }
+        for arm, (loss, nll) in table
+    ]
+    return {"format": 1, "name": "tune", "arms": [arm for arm, _ in table], "runs": runs, "groups": {}}
+
+
+TABLE = [
+    (_arm("baseline", "ce"), (2.00, 4.0)),
+    (_arm("selfish_m1", margin=1.0), (2.50, 3.0)),  # best rare NLL, but 25% worse overall: not eligible
+    (_arm("selfish_m2", margin=2.0), (2.09, 3.5)),  # eligible (limit 2.10), lower NLL than m4: chosen
+    (_arm("selfish_m4", margin=4.0), (2.02, 3.8)),
+    (_arm("focal_g1", "focal", gamma=1.0), (2.30, 3.9)),  # none of focal's values is eligible:
+    (_arm("focal_g2", "focal", gamma=2.0), (2.20, 3.95)),  # the lowest eval loss is chosen
+    (_arm("tlat_c", "tlat", form="chi_square", T=1.0), (2.00, 3.9)),
+    (_arm("tlat_e", "tlat", form="exponential", T=1.0), (2.00, 3.7)),  # another method than tlat_c
+]
+
+
+def test_rule_picks_the_rare_nll_within_the_loss_limit():
+    base, candidates = choose_values(_results(TABLE), "rank_41-50", max_loss_increase=0.05)
+    assert base == 2.0
+    chosen = {c.method: c.arm for c in candidates if c.chosen}
+    assert chosen == {
+        "selfish": "selfish_m2",
+        "focal": "focal_g2",
+        "tlat_chi_square": "tlat_c",
+        "tlat_exponential": "tlat_e",
+    }
+    assert [c.eligible for c in candidates if c.method == "selfish"] == [False, True, True]
+    # a looser limit admits margin 1
+    _, loose = choose_values(_results(TABLE), "rank_41-50", max_loss_increase=0.30)
+    assert {c.method: c.arm for c in loose if c.chosen}["selfish"] == "selfish_m1"
+
+
+def test_method_of_reads_the_knob():
+    assert method_of(_arm("s", margin=2.0)) == ("selfish", "selfish_margin", 2.0)
+    assert method_of(_arm("f", "focal", gamma=0.5)) == ("focal", "gamma", 0.5)
+    assert method_of(_arm("t", "tlat", form="chi_square", T=2.0)) == ("tlat_chi_square", "T", 2.0)
+    assert method_of(_arm("b", "ce")) is None
+
+
+def test_table_marks_the_choice_and_refuses_a_missing_baseline():
+    text = tuning_table(_results(TABLE), "rank_41-50")
+    assert "at most 5% above the baseline's (2.0000 → limit 2.1000)" in text
+    assert "| plain CE (baseline) | — | — | 2.0000 | 4.0000 |  |" in text
+    assert "| selfish | selfish_margin | **2.0** | 2.0900 | **3.5000** | yes |" in text
+    assert "| selfish | selfish_margin | 1.0 | 2.5000 (over the limit) | 3.0000 |  |" in text
+    results = _results(TABLE)
+    results["runs"] = [r for r in results["runs"] if r["arm"] != "baseline"]
+    with pytest.raises(ValueError, match="baseline"):
+        choose_values(results, "rank_41-50")
+
+
+RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"
+
+
+@pytest.mark.parametrize(("tune", "final"), [("rivals_tune_cpu.yaml", "rivals_cpu.yaml")])
+def test_tuning_recipes_give_every_method_three_values_on_the_tuning_split(tune, final):
+    import dataclasses
+
+    from hf_selfish.lab.recipe import load_recipe
+
+    tuning, finals = load_recipe(RECIPES / tune), load_recipe(RECIPES / final)
+    values = {}
+    for arm in tuning.arms:
+        training = tuning.arguments(arm).training
+        described = method_of(
+            {
+                "loss_name": training.loss_name,
+                "loss_kwargs": training.loss_kwargs,
+                "selfish_margin": training.selfish_margin,
+            }
+        )
+        if training.loss_name != "ce":
+            values.setdefault(described[0], set()).add(described[2])
+    methods = set()
+    for arm in finals.arms:
+        training = finals.arguments(arm).training
+        if training.loss_name != "ce":
+            methods.add(method_of({"loss_name": training.loss_name, "loss_kwargs": training.loss_kwargs})[0])
+    assert set(values) == methods and all(len(v) == 3 for v in values.values())
+    tuned, reported = tuning.arguments(), finals.arguments()
+    assert tuned.data.eval_split == "tune" and reported.data.eval_split == "validation"
+    assert dataclasses.replace(tuned.data, eval_split="validation") == reported.data  # same data otherwise
+    assert tuned.model == reported.model
