@@ -216,4 +216,8 @@ def test_each_language_gets_its_frequency_groups_with_the_model_before_training(
     report = render_report(results)
     section = report[report.index("### eng: eval per-token-mean NLL per frequency group") :]
     assert "| bucket | eval tokens (types) | before training | baseline | selfish | Δ selfish-baseline |" in section
-    assert "| ranks 1-10 | 7 (3) | 4.5000 ± 0.5774 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 ± 0.3536 |" in section
+    # paired differences (-0.5, -1.0): -0.75 +- t(0.975, df 1) * sd / sqrt(2) = -0.75 +- 12.706 * 0.35355 / 1.41421
+    assert (
+        "| ranks 1-10 | 7 (3) | 4.5000 ± 0.5774 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 [-3.9266, +2.4266] |"
+        in section
+    )

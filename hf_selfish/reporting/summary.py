@@ -334,9 +334,6 @@ def final_tokens_of(run: Mapping[str, Any], subset: str) -> int | None:
     return None if value is None else int(value)
 
 
-# ------------------------------------------------------------------------------------ headline groups
-
-
 def final_tokens(results: Mapping[str, Any], group: str) -> int | None:
     for runs in finished_runs(results).values():
         for run in runs:
