@@ -562,6 +562,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
     import torch.distributed as dist
     from tests.test_evaluation import GROUPS, VOCAB, _ragged_eval_set, _tiny_gpt2, _trainer
     from hf_selfish.callbacks import attach_rank_bucket_eval
+    from tests.torchrun import exit_now
     trainer = _trainer(_tiny_gpt2(), sys.argv[2], _ragged_eval_set(), batch_size=2)
     attach_rank_bucket_eval(trainer, GROUPS, VOCAB)
     metrics = trainer.evaluate()
@@ -570,6 +571,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent(
         json.dump({"world_size": world, "metrics": metrics}, f)
     dist.barrier()
     dist.destroy_process_group()  # an unclean gloo exit aborts about one run in five
+    exit_now()  # and the interpreter's teardown can deadlock on gloo's thread (tests/torchrun.py)
     """
 )
 

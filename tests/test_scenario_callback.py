@@ -210,6 +210,7 @@ _DDP_SCRIPT = textwrap.dedent(
     from tests.test_scenario_callback import dataset, tiny_gpt2
     from hf_selfish.scenario_recorder import _mean_across_processes
     from hf_selfish.scenario_recorder import GradientScenarioRecorder
+    from tests.torchrun import exit_now
 
     dist.init_process_group("gloo")
     rank = dist.get_rank()
@@ -223,7 +224,9 @@ _DDP_SCRIPT = textwrap.dedent(
     reduced = _mean_across_processes(recorder.pop_vectors().stacked())
     if rank == 0:
         torch.save({"reduced": reduced, "grad": model.transformer.wte.weight.grad}, sys.argv[2])
+    dist.barrier()
     dist.destroy_process_group()
+    exit_now()  # no interpreter teardown: gloo's can abort or deadlock (tests/torchrun.py)
     """
 )
 
