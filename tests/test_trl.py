@@ -29,6 +29,12 @@ STEPS = 3
 TEXTS = ["the cat sat on the mat.", "a dog ran, fast.", "birds fly high over the hills.", "hi."]
 
 
+# the TrainingArguments every test here shares: CPU, fp32, no checkpoints, no reporting, no bars
+OFFLINE_CPU = dict(
+    gradient_checkpointing=False, bf16=False, use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True
+)
+
+
 def char_tokenizer():
     """A 31-token character tokenizer with <eos> and <pad> (SFTTrainer appends eos and pads batches)."""
     from hf_selfish.lab.data.char_tokenizer import build_char_tokenizer
@@ -95,12 +101,7 @@ def sft_trainer(output_dir, batch_size: int = len(TEXTS), steps: int = STEPS, co
         lr_scheduler_type="constant",
         max_grad_norm=0.0,  # no clipping: the reference takes plain SGD steps
         logging_steps=1,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
+        **OFFLINE_CPU,
         seed=0,
     )
     dataset = datasets.Dataset.from_dict({"text": TEXTS})
@@ -201,12 +202,7 @@ def test_selfish_sft_with_peft_config_trains_only_the_adapters(tmp_path, one_thr
         max_steps=1,
         per_device_train_batch_size=len(TEXTS),
         learning_rate=0.1,
-        gradient_checkpointing=False,
-        bf16=False,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        disable_tqdm=True,
+        **OFFLINE_CPU,
     )
     lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])  # B = 0: the base model at first
     trainer = SelfishSFTTrainer(
