@@ -25,6 +25,7 @@ from transformers.modeling_utils import slice_logits_to_keep
 
 from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
+from .ops.logit_transform import make_logit_transform
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .patching import autocast_inputs, logit_transform_of, unwrap_model
 
@@ -283,11 +284,9 @@ class _SelfishForward:
         """``softcap * tanh(scale * head(hidden) / softcap)`` as the fused loss computes it, ``[B, 1, V]``."""
         weight, bias = whole_head_parameters(self.model.get_output_embeddings())
         logits = torch.nn.functional.linear(hidden, weight, bias).float()
-        scale, softcap = logit_transform_of(self.model)
-        if scale is not None:
-            logits = logits * scale
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
+        transform = make_logit_transform(*logit_transform_of(self.model))  # the fused loss's own transform
+        if transform is not None:
+            transform.apply_(logits, None)  # in place; no derivative wanted
         return logits
 
 
