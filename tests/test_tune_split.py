@@ -37,6 +37,27 @@ def test_tune_split_cuts_at_the_first_row_boundary_after_the_share():
     assert [len(t) for t in split["train"]["text"]] == [50, 20]
 
 
+def test_tune_split_cuts_each_language_alone():
+    # a Bible mix lists the main language's rows, then the small language's: one cut at the end would hold out
+    # most of the small language; per language, each keeps its first 80% of characters
+    texts = ["e" * 10] * 8 + ["r" * 4] * 5 + ["e" * 10] * 2
+    codes = ["eng"] * 8 + ["rus"] * 5 + ["eng"] * 2
+    raw = DatasetDict(train=Dataset.from_dict({"text": texts, "language_code": codes}))
+    split = tune_split(raw, 20.0, group_column="language_code")
+    # eng: 10 rows of 10 -> 80 characters end row 8; rus: 5 rows of 4 -> 16 characters end row 4
+    assert Counter(split["train"]["language_code"]) == {"eng": 8, "rus": 4}
+    assert Counter(split["validation"]["language_code"]) == {"eng": 2, "rus": 1}
+    assert split["validation"]["text"] == ["r" * 4, "e" * 10, "e" * 10]  # each language's last rows, in order
+    # no column named: one cut at 96 of 120 characters, after row 12
+    assert tune_split(raw, 20.0)["validation"]["language_code"] == ["rus", "eng", "eng"]
+
+
+def test_tune_split_names_the_language_left_empty():
+    raw = DatasetDict(train=Dataset.from_dict({"text": ["a" * 10] * 5 + ["b"], "language_code": ["x"] * 5 + ["y"]}))
+    with pytest.raises(ValueError, match="language_code='y'"):
+        tune_split(raw, 50.0, group_column="language_code")  # x: 5 rows, cut after 3; y: 1 row, nothing left
+
+
 @pytest.mark.parametrize("percentage", [0, 100, -5, 150])
 def test_tune_split_refuses_bad_percentages(percentage):
     with pytest.raises(ValueError, match="tune_split_percentage"):

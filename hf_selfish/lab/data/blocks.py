@@ -167,7 +167,7 @@ def build_lm_datasets(
     elif train_language is not None:
         raise ValueError(f"train_language={train_language!r} needs the simulation (low_resource_fraction > 0).")
     if data_args.eval_split == "tune":  # after the simulation: the train rows keep their languages
-        raw = tune_split(raw, data_args.tune_split_percentage)
+        raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
     if train_language is not None:
         raw["train"] = _keep_language(raw["train"], train_language)
 

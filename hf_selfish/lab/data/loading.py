@@ -72,29 +72,42 @@ def tinyshakespeare_datasets(path: str | os.PathLike, validation_percentage: flo
     )
 
 
-def tune_split(raw: DatasetDict, percentage: float = 10.0) -> DatasetDict:
+def tune_split(raw: DatasetDict, percentage: float = 10.0, *, group_column: str | None = None) -> DatasetDict:
     """The tuning split: the last ``percentage`` of the train split's characters (whole rows) become the
     ``validation`` split, the rows before them ``train``; the original validation split is dropped.
 
     The cut is the first row boundary at or after ``(100 - percentage)`` percent of the train characters (the
-    end of the data is held out, as in nanoGPT's split). Other columns (e.g. ``language``) travel with the rows.
+    end of the data is held out, as in nanoGPT's split). With ``group_column`` (a Bible mix's language code)
+    each group's rows are cut alone, so every language keeps the same share in both parts. Other columns
+    (e.g. ``language``) travel with the rows.
     """
     if not 0 < percentage < 100:
         raise ValueError(f"tune_split_percentage must be in (0, 100), got {percentage!r}.")
     train = raw["train"]
+    groups = train[group_column] if group_column in train.column_names else [None] * len(train)
     lengths = pc.utf8_length(train.with_format("arrow")[:][TEXT_COLUMN]).to_numpy(zero_copy_only=False)
+    keep, held = [], []
+    for group in dict.fromkeys(groups):
+        rows = [i for i, g in enumerate(groups) if g == group]  # in their order
+        n_train = _rows_before_cut(lengths[rows], percentage)
+        if not 0 < n_train < len(rows):
+            where = "" if group is None else f" ({group_column}={group!r})"
+            raise ValueError(
+                f"tune_split_percentage={percentage} of a train split of {len(rows)} rows{where} "
+                f"({int(lengths[rows].sum())} characters) leaves an empty part; give more text (rows) or change "
+                "the percentage."
+            )
+        keep += rows[:n_train]
+        held += rows[n_train:]
+    logger.info("eval_split=tune: training on %d rows, evaluating on %d held-out train rows", len(keep), len(held))
+    return DatasetDict(train=train.select(sorted(keep)), validation=train.select(sorted(held)))  # data order
+
+
+def _rows_before_cut(lengths, percentage: float) -> int:
+    """How many leading rows (of these character ``lengths``) come before the cut at ``100 - percentage`` %."""
     cumulative = lengths.cumsum()  # [rows]: characters up to and including each row
     total = int(cumulative[-1]) if len(cumulative) else 0
-    n_train = int((cumulative < total * (100 - percentage) / 100).sum()) + 1 if total else 0
-    if not 0 < n_train < len(train):
-        raise ValueError(
-            f"tune_split_percentage={percentage} of a train split of {len(train)} rows ({total} characters) leaves "
-            "an empty part; give more text (rows) or change the percentage."
-        )
-    logger.info(
-        "eval_split=tune: training on %d rows, evaluating on the last %d train rows", n_train, len(train) - n_train
-    )
-    return DatasetDict(train=train.select(range(n_train)), validation=train.select(range(n_train, len(train))))
+    return int((cumulative < total * (100 - percentage) / 100).sum()) + 1 if total else 0
 
 
 def _load_local_files(data_args: DataArguments, cache_dir: str | os.PathLike | None) -> DatasetDict:
