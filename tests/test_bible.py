@@ -97,6 +97,25 @@ def test_characters_only_a_small_language_uses_get_their_own_group():
     assert len(vocab) == data.vocab_size
 
 
+@needs_corpus
+def test_the_tuning_split_holds_out_the_end_of_each_language():
+    values = {"bible_small": ["nya_chichewa"], "bible_share": 0.02, "block_size": 64}
+    tune = prepare_lm_data(ModelArguments(tokenizer_name="char"), args(eval_split="tune", **values))
+    raw = bible_datasets(args(**values))["train"]
+    for code in ("eng_web", "nya_chichewa"):
+        texts = [t for t, c in zip(raw["text"], raw[CODE_COLUMN]) if c == code]
+        ends = [sum(len(t) for t in texts[: i + 1]) for i in range(len(texts))]
+        first_held = next(i for i, end in enumerate(ends) if end >= 0.9 * ends[-1]) + 1  # first row after the cut
+        held = texts[first_held:]
+        # the language's eval subset is its held-out verses in blocks of 64 characters, cut 1000 rows at a
+        # time (`datasets.map`'s batch: run_clm.py's group_texts drops each batch's remainder)
+        subset = tune.eval_subsets[code]
+        batches = [held[i : i + 1000] for i in range(0, len(held), 1000)]
+        assert len(subset) == sum(len("".join(batch)) // 64 for batch in batches)
+        assert tune.tokenizer.decode(subset[0]["input_ids"]) == "".join(held)[:64]
+    assert tune.eval_subsets.keys() == {"eng_web", "nya_chichewa"}
+
+
 # ------------------------------------------------------------------------------ per-language evaluation
 
 

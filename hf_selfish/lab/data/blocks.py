@@ -265,15 +265,12 @@ def prepare_lm_data(
 ) -> LMData:
     """`load_raw_datasets` -> `load_tokenizer` -> `build_lm_datasets`, plus the simulation's tokenizer and groups."""
     raw = load_raw_datasets(data_args, cache_dir=cache_dir)
-    if data_args.eval_split != "validation" and CODE_COLUMN in raw["train"].column_names:
-        raise ValueError(
-            f"eval_split={data_args.eval_split!r} is not supported with per-language eval subsets (the Bible "
-            "corpus); use eval_split=validation"
-        )
     # the tokenizer sees every split (same vocabulary as the validation runs); frequencies come from the train rows
     tokenizer = load_tokenizer(model_args, raw, bpe_vocab_size=data_args.bpe_vocab_size)
     datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
     if data_args.low_resource_fraction == 0 and CODE_COLUMN in raw["train"].column_names:
+        if data_args.eval_split == "tune":  # the same cut as build_lm_datasets: each language's last verses
+            raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
         subsets, chars_per_token = language_subsets(raw["validation"], tokenizer, data_args)
         groups = {**language_only_groups(raw["train"], tokenizer), ALL_GROUP: list(range(len(tokenizer)))}
         return LMData(datasets, tokenizer, len(tokenizer), groups, subsets, chars_per_token)
