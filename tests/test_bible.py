@@ -165,6 +165,7 @@ def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
 def test_bits_per_character_per_language_from_results():
     import math
 
+    from hf_selfish.reporting.plots.languages import bits_per_char_bars
     from hf_selfish.reporting.report import language_table
     from hf_selfish.reporting.summary import subset_rows, summarize
 
@@ -200,9 +201,20 @@ def test_bits_per_character_per_language_from_results():
     table = language_table([row], summarize(results)).splitlines()
     assert table[0].startswith("| language | eval tokens | bits/char before training | bits/char baseline |")
     assert table[2].startswith("| nya | 90 | 17.0000 ± 1.1547 | 6.0000 ± 2.8284 |")
+    # the figure's bars are the same numbers: before (16, 18), baseline (4, 8), selfish - baseline (-2, -4)
+    absolute, change = bits_per_char_bars([row], ["baseline", "selfish"])
+    assert [(b.series, b.mean) for b in absolute] == [("before training", 17.0), ("baseline", 6.0), ("selfish", 3.0)]
+    assert absolute[1].low == pytest.approx(math.sqrt(8))  # sd of (4, 8)
+    (delta,) = change
+    # t(0.975, df 1) * sd / sqrt(n), sd of (-2, -4) = sqrt(2)
+    assert delta.mean == -3.0 and delta.low == pytest.approx(12.7062 * math.sqrt(2) / math.sqrt(2), rel=1e-4)
     for run in results["runs"]:
         run["history"] = run["history"][1:]  # no evaluation before training: no column
     assert "before" not in language_table(subset_rows(results), summarize(results))
+    assert [b.series for b in bits_per_char_bars(subset_rows(results), ["baseline", "selfish"])[0]] == [
+        "baseline",
+        "selfish",
+    ]
 
 
 def test_each_language_gets_its_frequency_groups_with_the_model_before_training():

@@ -21,6 +21,8 @@ FIGURES = {
     "eval_accuracy_by_group": "Top-1 accuracy per group along training",
     "eval_recall_at_5_by_group": "Recall@5 per group along training",
     "eval_mrr_by_group": "MRR per group along training",
+    "bits_per_char_by_language": "Bits per character on each language's held-out text per arm (and before "
+    "training), and each arm's change against the baseline with its 95% interval over seeds",
     "language_metrics": "Per-language NLL, accuracy, recall@5 and MRR along training",
     "token_nll_final": "Final eval NLL of each token, by frequency rank",
     "training_curves": "Training loss and fraction of logits masked",

@@ -17,15 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from ...frequency import frequency_order
-from ...lab.results import finished_runs, group_info, group_names, load_results, per_token_final_nll, scenarios_path
+from ...lab.results import (
+    arm_names,
+    finished_runs,
+    group_info,
+    group_names,
+    load_results,
+    per_token_final_nll,
+    scenarios_path,
+)
 from ...lab.results import train_counts as read_train_counts
 from ...metric_names import RANKING_STATS
 from ..figures import figure_file
 from ..pareto import pareto_groups, pareto_points
 from ..series import mean_band
-from ..summary import headline_groups, is_sweep, summarize, sweep_rows
+from ..summary import headline_groups, is_sweep, subset_rows, summarize, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
+from .languages import plot_bits_per_char
 from .pareto import plot_pareto
 from .sweep import plot_margin_sweep
 from .tokens import (
@@ -43,6 +52,7 @@ __all__ = [
     "display_token",
     "frequency_order",
     "load_scenarios",
+    "plot_bits_per_char",
     "plot_eval_loss",
     "plot_group_delta",
     "plot_group_history",
@@ -93,6 +103,8 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
             paths.append(plot_group_delta(results, out("eval_nll_delta_by_group"), stat="nll"))
         for stat in RANKING_STATS:
             paths.append(plot_group_history(results, out(f"eval_{stat}_by_group"), stat=stat))
+    if results.get("eval_subsets"):
+        paths.append(plot_bits_per_char(subset_rows(results), arm_names(results), out("bits_per_char_by_language")))
     languages = [g for g in groups if kinds.get(g) == "language"]
     if languages:
         paths.append(plot_language_metrics(results, out("language_metrics"), groups=languages))
