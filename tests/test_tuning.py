@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hf_selfish.reporting.tuning import choose_values, method_of, tuning_table
+from hf_selfish.reporting.tuning import choose_values, language_keys, method_of, tuning_table
 
 
 def _arm(name, loss=None, margin=None, **kwargs):
@@ -75,6 +75,24 @@ def test_table_marks_the_choice_and_refuses_a_missing_baseline():
     results["runs"] = [r for r in results["runs"] if r["arm"] != "baseline"]
     with pytest.raises(ValueError, match="baseline"):
         choose_values(results, "rank_41-50")
+
+
+def test_on_a_language_mix_the_small_language_is_minimised_within_the_main_languages_limit():
+    # (English eval loss, Chichewa eval loss) per margin; the overall eval loss is set to mislead
+    table = {"baseline": (2.00, 3.0), "margin_1": (2.20, 2.5), "margin_2": (2.08, 2.7), "margin_4": (2.01, 2.9)}
+    results = _results(
+        [(_arm(name, margin=float(name[-1]) if name != "baseline" else None), (9.0, 9.0)) for name in table]
+    )
+    for run in results["runs"]:
+        run["final"].update(eval_eng_loss=table[run["arm"]][0], eval_nya_loss=table[run["arm"]][1])
+    keys = language_keys("eng", "nya")
+    assert keys == {"loss_key": "eval_eng_loss", "target_key": "eval_nya_loss"}
+    base, candidates = choose_values(results, "nya", 0.05, **keys)
+    assert base == 2.0 and [c.arm for c in candidates if c.chosen] == ["margin_2"]  # margin 1 is 10% over
+    assert [c.arm for c in choose_values(results, "nya", 0.15, **keys)[1] if c.chosen] == ["margin_1"]
+    assert "Rule: the lowest eval_nya_loss among the values whose eval_eng_loss is at most 5%" in tuning_table(
+        results, "nya", 0.05, **keys
+    )
 
 
 RECIPES = __import__("pathlib").Path(__file__).resolve().parents[1] / "recipes"

@@ -4,7 +4,9 @@ Every arm of a tuning comparison is one method (its ``loss_name``; TLAT's two fo
 value of its main knob (`KNOBS`). The rule (`choose_values`): among a method's values whose overall eval
 loss is at most ``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest
 per-token-mean NLL of the target group (the rare group the method is meant to help); when no value
-qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds.
+qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds. On a
+language mix the two numbers can be languages' eval losses instead (`language_keys`: the main language's
+loss is limited, the small language's is minimised).
 """
 
 from __future__ import annotations
@@ -15,10 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lab.results import finished_runs
-from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key
+from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key, subset_prefix
 from ..model_card import fmt, markdown_table
 
-__all__ = ["KNOBS", "Candidate", "choose_values", "method_of", "tuning_table"]
+__all__ = ["KNOBS", "Candidate", "choose_values", "language_keys", "method_of", "tuning_table"]
 
 # loss_name -> its main knob: a key of loss_kwargs, or "selfish_margin"
 KNOBS = {
@@ -66,15 +68,29 @@ def _mean(runs, key: str) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+def language_keys(main: str, small: str) -> dict[str, str]:
+    """The rule's keys on a language mix: limit the main language's eval loss, minimise the small one's (per
+    token; with one tokenizer per comparison its order is that of bits per character)."""
+    return {"loss_key": f"{subset_prefix(main)}_loss", "target_key": f"{subset_prefix(small)}_loss"}
+
+
 def choose_values(
-    results: Mapping[str, Any], target_group: str, max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+    results: Mapping[str, Any],
+    target_group: str,
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE,
+    *,
+    loss_key: str = "eval_loss",
+    target_key: str | None = None,
 ) -> tuple[float | None, list[Candidate]]:
-    """The baseline's overall eval loss and every knob arm as a `Candidate`, one chosen per method."""
+    """The baseline's loss (``loss_key``) and every knob arm as a `Candidate`, one chosen per method.
+
+    ``target_key`` defaults to ``target_group``'s per-token-mean NLL."""
     if max_loss_increase < 0:
         raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
+    target_key = target_key or metric_key(target_group, MAIN_STAT)
     runs = finished_runs(results)
     baseline = results["arms"][0]["name"]
-    base_loss = _mean(runs.get(baseline, []), "eval_loss")
+    base_loss = _mean(runs.get(baseline, []), loss_key)
     if base_loss is None:
         raise ValueError(f"the baseline arm {baseline!r} has no finished run: nothing to compare the losses with")
     candidates = []
@@ -83,7 +99,7 @@ def choose_values(
         if described is None or not runs.get(arm["name"]):
             continue
         arm_runs = runs[arm["name"]]
-        loss, target = _mean(arm_runs, "eval_loss"), _mean(arm_runs, metric_key(target_group, MAIN_STAT))
+        loss, target = _mean(arm_runs, loss_key), _mean(arm_runs, target_key)
         eligible = loss is not None and target is not None and loss <= base_loss * (1 + max_loss_increase)
         candidates.append(Candidate(arm["name"], *described, loss, target, eligible))
     for method in dict.fromkeys(c.method for c in candidates):
@@ -97,22 +113,30 @@ def choose_values(
 
 
 def tuning_table(
-    results: Mapping[str, Any], target_group: str, max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE
+    results: Mapping[str, Any],
+    target_group: str,
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE,
+    *,
+    loss_key: str = "eval_loss",
+    target_key: str | None = None,
 ) -> str:
-    """Markdown: every candidate with its tuning-split eval loss and target NLL; the chosen values in bold."""
-    base_loss, candidates = choose_values(results, target_group, max_loss_increase)
+    """Markdown: every candidate with its tuning-split loss and target value; the chosen values in bold."""
+    keys = {"loss_key": loss_key, "target_key": target_key or metric_key(target_group, MAIN_STAT)}
+    base_loss, candidates = choose_values(results, target_group, max_loss_increase, **keys)
     limit = base_loss * (1 + max_loss_increase)
-    header = ["method", "knob", "value", "eval loss", f"{group_label(target_group)} NLL", "chosen"]
+    loss_name = "eval loss" if loss_key == "eval_loss" else loss_key
+    target_name = f"{group_label(target_group)} NLL" if target_key is None else target_key
+    header = ["method", "knob", "value", loss_name, target_name, "chosen"]
     baseline_runs = finished_runs(results).get(results["arms"][0]["name"], [])
-    base_nll = _mean(baseline_runs, metric_key(target_group, MAIN_STAT))
+    base_nll = _mean(baseline_runs, keys["target_key"])
     rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), fmt(base_nll), ""]]
     for c in candidates:
         bold = (lambda s: f"**{s}**") if c.chosen else (lambda s: s)
         loss = fmt(c.eval_loss) + ("" if c.eligible else " (over the limit)")
         rows.append([c.method, c.knob, bold(str(c.value)), loss, bold(fmt(c.target_nll)), "yes" if c.chosen else ""])
     note = (
-        f"Rule: the lowest {group_label(target_group)} NLL among the values whose eval loss is at most "
+        f"Rule: the lowest {target_name} among the values whose {loss_name} is at most "
         f"{max_loss_increase:.0%} above the baseline's ({fmt(base_loss)} → limit {fmt(limit)}); if none is, "
-        "the lowest eval loss."
+        f"the lowest {loss_name}."
     )
     return note + "\n\n" + markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])
