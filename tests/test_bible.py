@@ -165,6 +165,7 @@ def test_every_evaluation_also_scores_each_subset_through_the_trainer(tmp_path):
 def test_bits_per_character_per_language_from_results():
     import math
 
+    from hf_selfish.reporting.contrasts import language_contrast_table
     from hf_selfish.reporting.plots.languages import bits_per_char_bars
     from hf_selfish.reporting.report import language_table
     from hf_selfish.reporting.summary import subset_rows, summarize
@@ -208,6 +209,9 @@ def test_bits_per_character_per_language_from_results():
     (delta,) = change
     # t(0.975, df 1) * sd / sqrt(n), sd of (-2, -4) = sqrt(2)
     assert delta.mean == -3.0 and delta.low == pytest.approx(12.7062 * math.sqrt(2) / math.sqrt(2), rel=1e-4)
+    compact = language_contrast_table([row], ["baseline", "selfish"]).splitlines()
+    assert compact[0] == "| language | baseline (mean ± sd) | Δ selfish |"
+    assert compact[2] == "| nya | 6.0000 ± 2.8284 | -3.0000 [-15.7062, +9.7062] |"  # -3 +- 12.7062
     for run in results["runs"]:
         run["history"] = run["history"][1:]  # no evaluation before training: no column
     assert "before" not in language_table(subset_rows(results), summarize(results))

@@ -12,9 +12,9 @@ from typing import Any
 from ..metric_names import MAIN_STAT, group_label
 from ..model_card import MISSING, fmt, markdown_table
 from .pareto import pareto_groups
-from .summary import Stat, Summary
+from .summary import Stat, SubsetRow, Summary
 
-__all__ = ["contrast_groups", "contrast_table", "format_delta"]
+__all__ = ["contrast_groups", "contrast_table", "format_delta", "language_contrast_table"]
 
 
 def format_delta(stat: Stat | None, *, digits: int = 4) -> str:
@@ -45,4 +45,18 @@ def contrast_table(summary: Summary, groups: Sequence[str], stat: str = MAIN_STA
         cells = [arm, fmt_delta(summary.eval_loss[arm].delta.get("eval_loss"))]
         cells += [fmt_delta(rows[g].arms[arm].delta.get(stat)) for g in groups if g in rows]
         lines.append(cells)
+    return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))
+
+
+def language_contrast_table(rows: Sequence[SubsetRow], arms: Sequence[str], stat: str = "bits_per_char") -> str:
+    """``language | <baseline> (mean ± sd) | Δ <arm> ...``: every arm against the baseline, one row per language."""
+    header = ["language", f"{arms[0]} (mean ± sd)"] + [f"Δ {arm}" for arm in arms[1:]]
+    lines = []
+    for row in rows:
+        base = row.arms[arms[0]][stat]
+        cells = [
+            row.name,
+            MISSING if not base.n else fmt(base.mean) + ("" if base.std is None else f" ± {fmt(base.std)}"),
+        ]
+        lines.append(cells + [format_delta(row.delta[arm][stat]) for arm in arms[1:]])
     return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))

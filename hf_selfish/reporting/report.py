@@ -24,7 +24,7 @@ from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finish
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
-from .contrasts import contrast_groups, contrast_table, format_delta
+from .contrasts import contrast_groups, contrast_table, format_delta, language_contrast_table
 from .figures import figure_caption, order_figures
 from .summary import (
     ArmStats,
@@ -300,6 +300,9 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     languages = subset_rows(results)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
+        if len(summary.arms) >= 3:
+            compact = language_contrast_table(languages, summary.arms)
+            parts += ["", f"Bits per character, every arm against `{summary.baseline}`:", "", compact]
         for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
             title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
             parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
