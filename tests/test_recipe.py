@@ -135,26 +135,52 @@ def test_the_rival_recipes_have_one_arm_per_loss(name):
     assert set(trained) == set(LOSSES)
 
 
+# the arms of the Bible mixes: CE, selfish at margin 2 and at the tuned margin 4, the two strongest rivals
+FIVE_ARMS = [
+    ("ce", None),
+    ("selfish", 2.0),
+    ("selfish", 4.0),
+    ("tlat", {"form": "exponential", "T": 0.5}),
+    ("logit_adjustment", {"tau": 0.25}),
+]
+
+
+def _loss_of(args) -> tuple[str, object]:
+    """(loss, its knob): the margin for CE/selfish arms (None: plain CE), else the loss's keyword arguments."""
+    training = args.training
+    if training.loss_name in (None, "selfish", "ce"):
+        margin = training.selfish_margin if training.loss_name != "ce" else None
+        return ("ce" if margin is None else "selfish", margin)
+    return training.loss_name, training.loss_kwargs
+
+
 @pytest.mark.parametrize(
-    "name, small, share, tokenizer, margins",
+    "name, small, share, tokenizer, arms",
     [
-        ("bible_rus_cpu.yaml", ["rus_synodal"], 0.02, "char", [None, 2.0]),
-        ("bible_nya_cpu.yaml", ["nya_chichewa"], 0.02, "char", [None, 2.0]),
-        ("bible_nya_sweep_cpu.yaml", ["nya_chichewa"], 0.02, "char", [None, 1.0, 2.0, 4.0]),
-        ("bible_four_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "char", [None, 2.0]),
-        ("bible_rus_bpe_cpu.yaml", ["rus_synodal"], 0.02, "bpe", [None, 2.0]),
-        ("bible_nya_bpe_cpu.yaml", ["nya_chichewa"], 0.02, "bpe", [None, 2.0]),
-        ("bible_four_bpe_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "bpe", [None, 2.0]),
+        ("bible_rus_cpu.yaml", ["rus_synodal"], 0.02, "char", FIVE_ARMS),
+        ("bible_nya_cpu.yaml", ["nya_chichewa"], 0.02, "char", FIVE_ARMS),
+        (
+            "bible_nya_sweep_cpu.yaml",
+            ["nya_chichewa"],
+            0.02,
+            "char",
+            [("ce", None)] + [("selfish", m) for m in (1, 2, 4, 8)],
+        ),
+        ("bible_four_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "char", FIVE_ARMS),
+        ("bible_rus_bpe_cpu.yaml", ["rus_synodal"], 0.02, "bpe", FIVE_ARMS),
+        ("bible_nya_bpe_cpu.yaml", ["nya_chichewa"], 0.02, "bpe", FIVE_ARMS),
+        ("bible_four_bpe_cpu.yaml", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.005, "bpe", FIVE_ARMS),
     ],
 )
-def test_the_bible_recipes_are_the_mixes_they_say(name, small, share, tokenizer, margins):
+def test_the_bible_recipes_are_the_mixes_they_say(name, small, share, tokenizer, arms):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
     args = [recipe.arguments(arm) for arm in recipe.arms]
-    assert [a.training.selfish_margin for a in args] == margins
+    assert [_loss_of(a) for a in args] == arms
     for a in args:
         assert (a.data.dataset_name, a.data.bible_main, a.data.bible_small) == ("bible", "eng_web", small)
         assert a.data.bible_share == share and a.model.tokenizer_name == tokenizer and a.training.use_cpu
         assert a.training.output_dir.startswith(f"runs/{name.removesuffix('.yaml')}")
+    assert (args[0].data.eval_split == "tune") == ("sweep" in name)  # the sweep tunes; the mixes report
 
 
 @pytest.mark.parametrize("name", ["gemma3_nya_cpu.yaml", "gemma3_nya_gpu.yaml"])
