@@ -14,7 +14,17 @@ from ..model_card import MISSING, fmt, markdown_table
 from .pareto import pareto_groups
 from .summary import Stat, SubsetRow, Summary
 
-__all__ = ["contrast_groups", "contrast_table", "format_delta", "language_contrast_table"]
+__all__ = ["contrast_groups", "contrast_table", "format_delta", "format_stat", "language_contrast_table"]
+
+
+def format_stat(stat: Stat | None, *, digits: int = 4, signed: bool = False) -> str:
+    """``1.2345 ± 0.0123`` (std only with ≥2 seeds); ``n/a`` when no run has the value."""
+    if stat is None or not stat.n:
+        return MISSING
+    text = fmt(stat.mean, digits, signed)
+    if stat.std is not None:
+        text += f" ± {fmt(stat.std, digits)}"
+    return text
 
 
 def format_delta(stat: Stat | None, *, digits: int = 4) -> str:
@@ -53,10 +63,6 @@ def language_contrast_table(rows: Sequence[SubsetRow], arms: Sequence[str], stat
     header = ["language", f"{arms[0]} (mean ± sd)"] + [f"Δ {arm}" for arm in arms[1:]]
     lines = []
     for row in rows:
-        base = row.arms[arms[0]][stat]
-        cells = [
-            row.name,
-            MISSING if not base.n else fmt(base.mean) + ("" if base.std is None else f" ± {fmt(base.std)}"),
-        ]
+        cells = [row.name, format_stat(row.arms[arms[0]][stat])]
         lines.append(cells + [format_delta(row.delta[arm][stat]) for arm in arms[1:]])
     return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))

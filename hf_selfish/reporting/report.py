@@ -24,7 +24,7 @@ from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finish
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
-from .contrasts import contrast_groups, contrast_table, format_delta, language_contrast_table
+from .contrasts import contrast_groups, contrast_table, format_delta, format_stat, language_contrast_table
 from .figures import figure_caption, order_figures
 from .summary import (
     ArmStats,
@@ -48,16 +48,6 @@ SWEEP_TABLE_STATS = ("nll", "accuracy", "mrr")  # columns per headline group of 
 # ----------------------------------------------------------------------------------------------
 # Formatting
 # ----------------------------------------------------------------------------------------------
-
-
-def format_stat(stat: Stat | None, *, digits: int = 4, signed: bool = False) -> str:
-    """``1.2345 ± 0.0123`` (std only with ≥2 seeds); ``n/a`` when no run has the value."""
-    if stat is None or not stat.n:
-        return MISSING
-    text = fmt(stat.mean, digits, signed)
-    if stat.std is not None:
-        text += f" ± {fmt(stat.std, digits)}"
-    return text
 
 
 def _cell(arm: ArmStats, stat: str) -> str:
