@@ -74,6 +74,11 @@ def language_keys(main: str, small: str) -> dict[str, str]:
     return {"loss_key": f"{subset_prefix(main)}_loss", "target_key": f"{subset_prefix(small)}_loss"}
 
 
+def _target_key(target_group: str, target_key: str | None) -> str:
+    """The key the rule minimises: ``target_key``, else ``target_group``'s per-token-mean NLL."""
+    return target_key or metric_key(target_group, MAIN_STAT)
+
+
 def choose_values(
     results: Mapping[str, Any],
     target_group: str,
@@ -87,7 +92,7 @@ def choose_values(
     ``target_key`` defaults to ``target_group``'s per-token-mean NLL."""
     if max_loss_increase < 0:
         raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
-    target_key = target_key or metric_key(target_group, MAIN_STAT)
+    target_key = _target_key(target_group, target_key)
     runs = finished_runs(results)
     baseline = results["arms"][0]["name"]
     base_loss = _mean(runs.get(baseline, []), loss_key)
@@ -121,7 +126,7 @@ def tuning_table(
     target_key: str | None = None,
 ) -> str:
     """Markdown: every candidate with its tuning-split loss and target value; the chosen values in bold."""
-    keys = {"loss_key": loss_key, "target_key": target_key or metric_key(target_group, MAIN_STAT)}
+    keys = {"loss_key": loss_key, "target_key": _target_key(target_group, target_key)}
     base_loss, candidates = choose_values(results, target_group, max_loss_increase, **keys)
     limit = base_loss * (1 + max_loss_increase)
     loss_name = "eval loss" if loss_key == "eval_loss" else loss_key
