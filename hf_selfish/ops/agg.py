@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .loss import _reduce, check_label_range
+from .loss import _reduce, check_label_range, upcast
 from .params import as_token_counts, check_params
 
 __all__ = ["agg_gates", "agg_loss", "token_appearance"]
@@ -86,7 +86,7 @@ class _GatedLinearCrossEntropySum(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, labels, valid, gate_common, gate_rare, rare_target):
         # hidden [N, d], weight [V, d], bias [V] or None, labels [N] (ignored -> 0), valid [N] bool,
         # gate_common / gate_rare [V] float32, rare_target [N] bool
-        logits = F.linear(hidden, weight, bias).float()  # [N, V], the head's matmul in the input dtype; ours
+        logits = upcast(F.linear(hidden, weight, bias))  # [N, V], the head's matmul in the input dtype; ours
         log_probs = torch.log_softmax(logits, dim=1, out=logits)  # in place: one [N, V] float32 tensor
         nll = -log_probs.gather(1, labels.unsqueeze(1)).squeeze(1)  # [N]
         nll = torch.where(valid, nll, torch.zeros_like(nll))
@@ -97,7 +97,7 @@ class _GatedLinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         hidden, weight, log_probs, labels, valid, gate_common, gate_rare, rare_target = ctx.saved_tensors
-        scale = valid.float() * grad_loss  # [N]; 0 on ignored rows
+        scale = valid.to(log_probs.dtype) * grad_loss  # [N]; 0 on ignored rows
         rows = torch.arange(labels.shape[0], device=labels.device)
         grad = log_probs.exp().mul_(scale.unsqueeze(1))  # [N, V] = p * scale
         grad[rows, labels] -= scale  # dL/dlogits = (p - onehot) * scale

@@ -33,7 +33,15 @@ from typing import NamedTuple
 import torch
 
 from .logit_transform import LogitTransform, make_logit_transform
-from .loss import check_label_range, keep_above, mask_below_threshold, softmax_nll, take_saved, validate_margin
+from .loss import (
+    check_label_range,
+    compute_dtype,
+    keep_above,
+    mask_below_threshold,
+    softmax_nll,
+    take_saved,
+    validate_margin,
+)
 from .sparse_backward import (
     LinearGrads,
     SparseGrad,
@@ -115,14 +123,15 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = needs_grad
         compute_grad = want_hidden or want_weight or want_bias
+        dtype = compute_dtype(hidden.dtype)  # float32 (float64 for double inputs)
         grad_hidden = torch.empty_like(hidden) if want_hidden else None  # [n, d]
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if want_weight else None
-        grad_bias = torch.zeros(vocab_size, dtype=torch.float32, device=weight.device) if want_bias else None
-        nll_sum = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_weight = torch.zeros(weight.shape, dtype=dtype, device=weight.device) if want_weight else None
+        grad_bias = torch.zeros(vocab_size, dtype=dtype, device=weight.device) if want_bias else None
+        nll_sum = torch.zeros((), dtype=dtype, device=hidden.device)
         n_masked = torch.zeros((), dtype=torch.long, device=hidden.device)
 
         # one [chunk, V] buffer for every chunk's logits: a fresh one each chunk costs its page faults again
-        buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=torch.float32, device=hidden.device)
+        buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=dtype, device=hidden.device)
         derivatives = _derivative_buffer(transform, buffer, compute_grad)  # [chunk, V] for a softcap, else None
         # dloss/dz = dloss/dL * transform's constant factor (* 1 - tanh^2, applied per chunk)
         chunk_grad_scale = grad_scale * (1.0 if transform is None else transform.gradient_factor)
@@ -185,8 +194,8 @@ def _chain_softcap(transform: LogitTransform, derivative: torch.Tensor, result: 
 def _chunk_logits(
     hidden_c: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
 ) -> torch.Tensor:
-    """``hidden_c @ weight.T + bias`` in the input dtype, written to the float32 ``out [c, V]``."""
-    if hidden_c.dtype == torch.float32:
+    """``hidden_c @ weight.T + bias`` in the input dtype, written to the float32 (float64) ``out [c, V]``."""
+    if hidden_c.dtype == out.dtype:
         if bias is None:
             return torch.mm(hidden_c, weight.T, out=out)
         return torch.addmm(bias, hidden_c, weight.T, out=out)

@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from .loss import upcast
+
 
 class RowTerms(NamedTuple):
     """What a loss returns from the log-probabilities: its sum and the coefficients of its gradient."""
@@ -36,11 +38,11 @@ class _GatheredLogSoftmaxLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, shift, target, rows_fn):
         # logits [N, V] any float dtype; shift [V] float32 or None; target [N] ids (ignored rows -> 0)
-        x = logits.float()
+        x = upcast(logits)  # float32 (float64 stays float64)
         if shift is not None:
-            x = x + shift  # [N, V], a new tensor
+            x = x + shift.to(x.dtype)  # [N, V], a new tensor
         target_logit = x.gather(1, target.unsqueeze(1)).squeeze(1)  # [N], read before x is overwritten
-        if x is logits:  # float32 without a shift: the caller's tensor, not ours to overwrite
+        if x is logits:  # float32 (float64) without a shift: the caller's tensor, not ours to overwrite
             log_probs = torch.log_softmax(x, dim=1)
         else:  # in place: a second [N, V] allocation costs more (page faults) than the softmax itself
             log_probs = torch.log_softmax(x, dim=1, out=x)

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 __all__ = [
     "KEEP_ABOVE",
+    "compute_dtype",
+    "upcast",
     "keep_above",
     "mask_below_threshold",
     "softmax_nll",
@@ -35,6 +37,20 @@ __all__ = [
     "shift_causal_labels",
     "check_label_range",
 ]
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the losses compute in: float32 for float32 and half-precision inputs, float64 for float64.
+
+    float64 is kept so that exactness tests (fused vs unfused, patched vs reference) can run the whole model in
+    double and compare tightly: in float32 the CPU's vector width changes the order of the sums.
+    """
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def upcast(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in :func:`compute_dtype` (no copy when it already is)."""
+    return tensor.to(compute_dtype(tensor.dtype))
 
 
 def validate_margin(margin: float | None) -> float | None:
@@ -153,8 +169,8 @@ class _SelfishCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, labels, valid, margin: float, count: bool):
         # logits [N, V] (any float dtype), labels [N] (ignored rows replaced by 0), valid [N] bool
-        target = logits.gather(1, labels.unsqueeze(1)).float()  # [N, 1]
-        shifted = torch.sub(logits, target)  # [N, V] new float32; kept <=> >= -margin
+        target = upcast(logits.gather(1, labels.unsqueeze(1)))  # [N, 1]
+        shifted = torch.sub(logits, target)  # [N, V] new float32 (float64 for double); kept <=> >= -margin
         n_masked = mask_below_threshold(shifted, count, keep_above(margin))  # [N] or None
         if n_masked is None:
             n_masked = torch.zeros_like(labels)
@@ -206,7 +222,7 @@ def selfish_cross_entropy(
     """Selfish cross-entropy on aligned ``logits [..., V]`` and ``labels [...]``.
 
     Args:
-        logits: unnormalised scores, any float dtype; upcast to float32 inside.
+        logits: unnormalised scores, any float dtype; computed in float32 (float64 stays float64).
         labels: target ids with ``ignore_index`` on positions that carry no loss.
         margin: keep logits ``>= logit[target] - margin``; ``None``/``inf`` is plain cross-entropy.
         ignore_index: label value that marks positions without loss.
@@ -225,7 +241,7 @@ def selfish_cross_entropy(
     check_label_range(labels, vocab_size, valid)
 
     if margin is None:
-        loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+        loss_sum = F.cross_entropy(upcast(logits), labels, ignore_index=ignore_index, reduction="sum")
         loss = _reduce(loss_sum, valid.sum(), num_items_in_batch)
         masked_fraction = torch.zeros((), device=logits.device)
     else:

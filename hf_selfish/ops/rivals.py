@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from .gathered import RowTerms, gathered_log_softmax_loss
-from .loss import _reduce, selfish_cross_entropy
+from .loss import _reduce, compute_dtype, selfish_cross_entropy, upcast
 from .params import aligned_rows, as_token_counts, check_params
 
 __all__ = [
@@ -46,7 +46,7 @@ UNLIKELIHOOD_FLOOR = 1e-5
 
 def _row_nll(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """``-log p_t`` per row in float32, 0 (with zero gradient) on ignored rows: ``[N, V]`` -> ``[N]``."""
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="none")
+    return F.cross_entropy(upcast(logits), labels, ignore_index=ignore_index, reduction="none")
 
 
 def _softmax_cross_entropy(logits, safe, valid, *, eps=0.0, lam=0.0, shift=None) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _softmax_cross_entropy(logits, safe, valid, *, eps=0.0, lam=0.0, shift=None)
     vocab_size = logits.shape[-1]
 
     def rows(log_probs, target_logit):  # [N, V], [N]
-        v = valid.float()  # [N]
+        v = valid.to(log_probs.dtype)  # [N]
         log_p_target = log_probs.gather(1, safe.unsqueeze(1)).squeeze(1)  # [N]
         loss, row_coef, const = -(1 - eps) * log_p_target, v, None
         if eps:
@@ -73,7 +73,7 @@ def _softmax_cross_entropy(logits, safe, valid, *, eps=0.0, lam=0.0, shift=None)
 def ce_loss(logits, labels, *, ignore_index=-100, num_items_in_batch=None, token_counts: Counts = None):
     """Plain cross-entropy, ``-log p_t``: the baseline every rival is measured against."""
     logits, labels, _, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
-    loss_sum = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index, reduction="sum")
+    loss_sum = F.cross_entropy(upcast(logits), labels, ignore_index=ignore_index, reduction="sum")
     return _reduce(loss_sum, valid.sum(), num_items_in_batch)
 
 
@@ -205,7 +205,7 @@ def tlat_loss(
     drop = check_params("tlat", weight_drop=weight_drop)["weight_drop"]
     logits, labels, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
     weights = tlat_weights(token_counts, logits.shape[-1], form=form, T=T, A=A, device=logits.device)  # [V]
-    weight = weights.float()[safe]  # [N]
+    weight = weights.to(compute_dtype(logits.dtype))[safe]  # [N]
     if drop > 0:
         weight = torch.where(torch.rand(weight.shape, device=weight.device) < drop, 1.0, weight)
     nll = _row_nll(logits, labels, ignore_index)  # [N]
@@ -237,7 +237,7 @@ def logit_adjustment_loss(
     logits, _, safe, valid = aligned_rows(logits, labels, ignore_index)  # [N, V], [N]
     shift = None
     if tau != 0:
-        shift = (tau * log_prior(token_counts, logits.shape[-1], logits.device)).float()  # [V]
+        shift = (tau * log_prior(token_counts, logits.shape[-1], logits.device)).to(compute_dtype(logits.dtype))  # [V]
     return _reduce(_softmax_cross_entropy(logits, safe, valid, shift=shift), valid.sum(), num_items_in_batch)
 
 
@@ -278,7 +278,7 @@ def unlikelihood_loss(
         # d/d log p(c) of -log(1 - p(c)) is p(c) / (1 - p(c)), 0 below the floor; of -log p_t it is -1
         kept = candidate & (one_minus_p >= UNLIKELIHOOD_FLOOR)
         coef = torch.where(kept, alpha * picked[:, 1:].exp() / floored, 0.0)  # [N, T]; 0 unless t is labelled
-        v = valid.float().unsqueeze(1)  # [N, 1]
+        v = valid.to(one_minus_p.dtype).unsqueeze(1)  # [N, 1]
         return RowTerms(loss.sum(), (v - coef.sum(1, keepdim=True)).squeeze(1), index, torch.cat([-v, coef], 1), None)
 
     loss_sum = gathered_log_softmax_loss(flat, safe, rows)
