@@ -23,6 +23,7 @@ from hf_selfish.ops.sparse_backward import (
 )
 
 from .test_fused import IGNORE, V, assert_matches_reference, make_inputs
+from .tolerances import assert_exact
 
 
 def masked_chunk(n_rows=24, vocab=64, seed=0, wide_every=5):
@@ -84,18 +85,27 @@ def test_plan_splits_wide_rows_off_and_refuses_when_nothing_pays():
     assert plan_sparse_backward(everything_kept, torch.zeros(8, dtype=torch.long)) is None
 
 
+def accumulators(hidden, weight, with_bias=True):
+    """Where the gradients go: ``[c, d]`` in the input dtype, ``[V, d]`` and ``[V]`` in the ops' compute dtype."""
+    dtype = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    bias = torch.zeros(weight.shape[0], dtype=dtype) if with_bias else None
+    return [torch.empty_like(hidden), torch.zeros(weight.shape, dtype=dtype), bias]
+
+
 def dense_grads(grad_logits, hidden, weight, with_bias):
-    grads = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(weight.shape[0]) if with_bias else None]
+    grads = accumulators(hidden, weight, with_bias)
     fused_module._accumulate_chunk_grads(grad_logits, None, hidden, weight, LinearGrads(*grads))
     return grads
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("split", ["all narrow", "alternate", "one narrow row"])
 def test_accumulate_sparse_equals_dense_for_any_row_split(split, dtype):
     masked, _ = masked_chunk(n_rows=12, vocab=40, seed=5)
     generator = torch.Generator().manual_seed(6)
     grad_logits = torch.where(masked != float("-inf"), torch.randn(12, 40, generator=generator), 0.0)  # [c, V]
+    if dtype == torch.float64:
+        grad_logits = grad_logits.double()
     hidden = torch.randn(12, 8, generator=generator).to(dtype)
     weight = torch.randn(40, 8, generator=generator).to(dtype)
     rows = torch.arange(12)
@@ -103,15 +113,16 @@ def test_accumulate_sparse_equals_dense_for_any_row_split(split, dtype):
     wide = rows[~torch.isin(rows, narrow)]
     columns = (grad_logits[narrow] != 0).any(dim=0).nonzero().squeeze(1)
     assert columns.numel() < 40  # the plan skips columns
-    sparse = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(40)]
+    sparse = accumulators(hidden, weight)
     blocks = SparseGrad(
         SparsePlan(narrow, columns, wide), grad_logits[narrow][:, columns], grad_logits[wide] if wide.numel() else None
     )
     accumulate_sparse(blocks, hidden, weight, LinearGrads(*sparse))
-    # bfloat16: each matmul rounds its product, so the split rounds in other places than the dense one
-    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-2, atol=2e-2)
     for got, want in zip(sparse, dense_grads(grad_logits, hidden, weight, with_bias=True)):
-        torch.testing.assert_close(got.float(), want.float(), **tolerance)
+        if dtype == torch.float64:
+            assert_exact(got, want)
+        else:  # bfloat16: each matmul rounds its product, so the split rounds in other places than the dense one
+            torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=2e-2)
 
 
 def kept_by_hand(hidden, weight, bias, labels, margin):
@@ -169,6 +180,7 @@ def test_wide_rows_run_over_their_own_columns_when_few():
     """Two uncertain rows keeping the same 300 of 1024 ids: their block is those 300 columns, and the
     loss and gradients equal the dense path's."""
     masked, n_masked = masked_chunk(n_rows=48, vocab=1024, wide_every=24)  # rows 0 and 24 keep half
+    masked = masked.double()  # float64: sparse and dense are the same sums in another order
     shared = torch.arange(100, 400)
     for row in (0, 24):
         kept = masked[row].clone()
@@ -184,13 +196,14 @@ def test_wide_rows_run_over_their_own_columns_when_few():
     nll, blocks = sparse_softmax_nll(masked.clone(), labels, plan, grad_scale=0.5)
     want_nll, want_grad = softmax_nll(masked.clone(), labels, 0.5)
     order = torch.cat([plan.narrow_rows, plan.wide_rows])
-    torch.testing.assert_close(nll, want_nll[order])
+    assert_exact(nll, want_nll[order])
     generator = torch.Generator().manual_seed(3)
-    hidden, weight = torch.randn(48, 8, generator=generator), torch.randn(1024, 8, generator=generator)
-    sparse = [torch.empty_like(hidden), torch.zeros(weight.shape), torch.zeros(1024)]
+    hidden = torch.randn(48, 8, generator=generator, dtype=torch.float64)
+    weight = torch.randn(1024, 8, generator=generator, dtype=torch.float64)
+    sparse = accumulators(hidden, weight)  # float64: the same sums of the same blocks in another order
     accumulate_sparse(blocks, hidden, weight, LinearGrads(*sparse))
     for got, want in zip(sparse, dense_grads(want_grad, hidden, weight, with_bias=True)):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        assert_exact(got, want)
 
 
 def test_a_nan_logit_takes_the_dense_matmuls(monkeypatch):
