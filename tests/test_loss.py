@@ -9,12 +9,14 @@ from transformers.loss.loss_utils import ForCausalLMLoss
 
 from hf_selfish import selfish_causal_lm_loss, selfish_cross_entropy, validate_margin
 
+from .tolerances import assert_close_scaled, assert_exact
+
 MARGINS = [0.0, 0.5, 2.0, 10.0, None]
 
 
 def masked_reference(logits, labels, margin, ignore_index=-100, num_items_in_batch=None):
     """The seed's pseudocode, literally: masked_fill(-inf) below the threshold, then F.cross_entropy."""
-    x = logits.float().reshape(-1, logits.shape[-1])
+    x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).reshape(-1, logits.shape[-1])
     y = labels.reshape(-1)
     if margin is not None:
         target = x.gather(1, y.clamp(min=0).unsqueeze(1))
@@ -34,9 +36,9 @@ def random_case(n=37, v=29, dtype=torch.float32, ignore_every=5, seed=0, scale=3
 
 @pytest.mark.parametrize("margin", MARGINS)
 @pytest.mark.parametrize("shape", [(37, 29), (3, 11, 65), (1, 1, 5)])
-def test_matches_masked_reference_fp32(margin, shape):
+def test_matches_masked_reference_in_float64(margin, shape):
     gen = torch.Generator().manual_seed(sum(shape))
-    logits = (torch.randn(*shape, generator=gen) * 3).requires_grad_(True)
+    logits = (torch.randn(*shape, generator=gen, dtype=torch.float64) * 3).requires_grad_(True)
     labels = torch.randint(0, shape[-1], shape[:-1], generator=gen)
     labels.view(-1)[::4] = -100
     if labels.ne(-100).sum() == 0:
@@ -45,8 +47,8 @@ def test_matches_masked_reference_fp32(margin, shape):
     (grad,) = torch.autograd.grad(loss, logits)
     ref = masked_reference(logits, labels, margin)
     (ref_grad,) = torch.autograd.grad(ref, logits)
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-7)
+    assert_exact(loss, ref)
+    assert_exact(grad, ref_grad)
 
 
 @pytest.mark.parametrize("margin", MARGINS)
@@ -59,7 +61,7 @@ def test_low_precision_matches_upcast_reference(margin, dtype):
     assert grad.dtype == dtype and torch.isfinite(grad).all()
     ref = masked_reference(logits, labels, margin)  # upcasts the same low-precision values
     (ref_grad,) = torch.autograd.grad(ref, logits)
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-6)
+    assert_close_scaled(loss, ref)
     torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-3)
 
 
@@ -124,18 +126,18 @@ def test_all_ignored_is_zero_with_zero_grad(margin):
 
 @pytest.mark.parametrize("margin", [None, 1.0])
 def test_num_items_in_batch_divides_the_sum(margin):
-    logits, labels = random_case()
+    logits, labels = random_case(dtype=torch.float64)
     n = 100
     loss = selfish_cross_entropy(logits, labels, margin, num_items_in_batch=torch.tensor(n))
     ref = masked_reference(logits, labels, margin, num_items_in_batch=n)
-    torch.testing.assert_close(loss, ref, rtol=1e-6, atol=1e-7)
+    assert_exact(loss, ref)
 
 
 def test_grad_output_scaling_is_respected():
-    logits, labels = random_case()
+    logits, labels = random_case(dtype=torch.float64)
     (g1,) = torch.autograd.grad(3.5 * selfish_cross_entropy(logits, labels, 1.0), logits)
     (g2,) = torch.autograd.grad(3.5 * masked_reference(logits, labels, 1.0), logits)
-    torch.testing.assert_close(g1, g2, rtol=1e-5, atol=1e-7)
+    assert_exact(g1, g2)
 
 
 def test_masked_fraction_equals_hand_count():
@@ -182,10 +184,10 @@ def test_causal_lm_loss_equals_transformers_for_causal_lm_loss(num_items):
 
 def test_causal_lm_loss_shift_and_shift_labels():
     gen = torch.Generator().manual_seed(2)
-    logits = torch.randn(2, 6, 11, generator=gen)
+    logits = torch.randn(2, 6, 11, generator=gen, dtype=torch.float64)
     labels = torch.randint(0, 11, (2, 6), generator=gen)
     ours = selfish_causal_lm_loss(logits, labels, 1.5)
     ref = masked_reference(logits[:, :-1], labels[:, 1:], 1.5)
-    torch.testing.assert_close(ours, ref, rtol=1e-6, atol=1e-7)
+    assert_exact(ours, ref)
     shifted = torch.cat([labels[:, 1:], torch.full((2, 1), -100)], dim=1)
     assert torch.equal(selfish_causal_lm_loss(logits, None, 1.5, shift_labels=shifted), ours)
