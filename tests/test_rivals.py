@@ -13,6 +13,7 @@ from hf_selfish.ops.registry import LOSSES, check_loss_params, get_loss, loss_pa
 from hf_selfish.ops.rivals import log_prior, tlat_weights
 
 from .test_loss import masked_reference
+from .tolerances import assert_exact
 
 VOCAB = 13
 COUNTS = [0, 1, 3, 7, 20, 50, 120, 300, 800, 2000, 0, 5, 9000]  # train-split counts, two ids never seen
@@ -113,14 +114,14 @@ NON_DEFAULT = {
 @pytest.mark.parametrize("num_items_in_batch", [None, 40])
 def test_value_and_gradient_match_the_reference(name, params, num_items_in_batch):
     params = {} if params == "default" else NON_DEFAULT[name]
-    logits, labels = case(seed=len(name))
+    logits, labels = case(dtype=torch.float64, seed=len(name))  # float64 in, float64 computed: exact
     loss = run(name, logits, labels, num_items_in_batch=num_items_in_batch, **params)
     (grad,) = torch.autograd.grad(loss, logits)
     expected = reference(name, logits, labels, params, num_items_in_batch=num_items_in_batch)
     (expected_grad,) = torch.autograd.grad(expected, logits)
-    assert loss.dtype == torch.float32 and loss.dim() == 0
-    torch.testing.assert_close(loss.double(), expected.double(), rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.double(), expected_grad.double(), rtol=1e-4, atol=1e-7)
+    assert loss.dtype == torch.float64 and loss.dim() == 0
+    assert_exact(loss, expected)
+    assert_exact(grad, expected_grad)
     assert grad[1, ::4].abs().sum() == 0  # ignored positions get no gradient
 
 
@@ -160,13 +161,13 @@ def test_half_precision_inputs_are_computed_in_float32(name, dtype):
     ],
 )
 def test_neutral_parameter_is_plain_cross_entropy(name, neutral):
-    logits, labels = case(seed=3)
+    logits, labels = case(dtype=torch.float64, seed=3)
     ce = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
     (ce_grad,) = torch.autograd.grad(ce, logits)
     loss = run(name, logits, labels, **neutral)
     (grad,) = torch.autograd.grad(loss, logits)
-    torch.testing.assert_close(loss, ce, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(grad, ce_grad, rtol=1e-5, atol=1e-8)
+    assert_exact(loss, ce)
+    assert_exact(grad, ce_grad)
     assert abs(run(name, logits, labels).item() - ce.item()) > 1e-5  # the default does change the loss
 
 
@@ -299,7 +300,7 @@ def test_the_defaults_are_the_papers():
 
 
 def test_unlikelihood_floor_stops_the_gradient_of_a_certain_candidate():
-    logits = torch.zeros(1, 3, VOCAB)
+    logits = torch.zeros(1, 3, VOCAB, dtype=torch.float64)
     logits[0, 2, 4] = 40.0  # position 2 puts p = 1 on id 4, an earlier target: 1 - p(4) is floored at 1e-5
     logits.requires_grad_(True)
     labels = torch.tensor([[4, 7, 9]])
@@ -307,9 +308,9 @@ def test_unlikelihood_floor_stops_the_gradient_of_a_certain_candidate():
     (grad,) = torch.autograd.grad(loss, logits)
     expected = reference("unlikelihood", logits, labels)
     (expected_grad,) = torch.autograd.grad(expected, logits)
-    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert_exact(loss, expected)
     assert expected.item() > -math.log(1e-5) / 3  # the floor is in the loss
-    torch.testing.assert_close(grad, expected_grad, rtol=1e-4, atol=1e-7)
+    assert_exact(grad, expected_grad)
 
 
 def test_label_smoothing_equals_the_trainers_label_smoother():
