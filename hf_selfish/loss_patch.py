@@ -269,7 +269,10 @@ class _SelfishForward:
         finally:
             self.model.train(was_training)
         # same matmul, equal up to rounding: float32's, or bf16/fp16's (autocast, a half-precision head)
-        low_precision = torch.is_autocast_enabled(hidden.device.type) or hidden.dtype not in (torch.float32, torch.float64)
+        low_precision = torch.is_autocast_enabled(hidden.device.type) or hidden.dtype not in (
+            torch.float32,
+            torch.float64,
+        )
         tolerance = 2e-2 if low_precision else 1e-4
         if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
             error = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")

@@ -9,12 +9,15 @@ import torch.nn.functional as F
 from hf_selfish.ops.agg import agg_loss, token_appearance
 from hf_selfish.ops.registry import check_loss_params
 
+from .tolerances import assert_exact
+
 VOCAB, DIM = 11, 6
 # train-split counts: ids 0-3 are rare at alpha 0.3 with 25 labelled tokens a step (a = count / 400 * 25)
 COUNTS = [0, 1, 2, 4, 40, 50, 60, 60, 60, 60, 63]
 
 
-def case(dtype=torch.float32, seed=0, bias=True):
+def case(dtype=torch.float64, seed=0, bias=True):
+    """Random inputs, float64 by default: AGG's gradients against the explicit loop, exactly."""
     gen = torch.Generator().manual_seed(seed)
     hidden = torch.randn(4, 7, DIM, generator=gen).to(dtype).requires_grad_(True)
     weight = torch.randn(VOCAB, DIM, generator=gen).to(dtype).requires_grad_(True)
@@ -62,16 +65,16 @@ def test_value_is_ce_and_only_rare_head_rows_are_gated(num_items_in_batch, steps
     per_step = num_items_in_batch or int((labels != -100).sum())  # 25 labelled positions
     ce = F.cross_entropy(logits, labels.reshape(-1), reduction="sum") / per_step
     ce_grads = torch.autograd.grad(ce, (hidden, weight, bias))
-    torch.testing.assert_close(loss, ce, rtol=1e-6, atol=1e-7)
-    torch.testing.assert_close(grads[0], ce_grads[0], rtol=1e-5, atol=1e-7)  # hidden: ungated
+    assert_exact(loss, ce)
+    assert_exact(grads[0], ce_grads[0])  # hidden: ungated
     appearance = [c / steps if steps else c / sum(COUNTS) * per_step for c in COUNTS]
     expected_w, expected_b = explicit_gradients(hidden, weight, bias, labels, appearance, alpha, per_step)
-    torch.testing.assert_close(grads[1].double(), expected_w, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(grads[2].double(), expected_b, rtol=1e-5, atol=1e-7)
+    assert_exact(grads[1], expected_w)
+    assert_exact(grads[2], expected_b)
     rare_rows = [v for v, a in enumerate(appearance) if a < alpha]
     assert rare_rows and not torch.allclose(grads[1][rare_rows], ce_grads[1][rare_rows])  # the gate bites
     common = [v for v in range(VOCAB) if v not in rare_rows]
-    torch.testing.assert_close(grads[1][common], ce_grads[1][common], rtol=1e-5, atol=1e-7)
+    assert_exact(grads[1][common], ce_grads[1][common])
 
 
 def test_alpha_zero_is_plain_cross_entropy_everywhere():
@@ -81,7 +84,7 @@ def test_alpha_zero_is_plain_cross_entropy_everywhere():
     for got, want in zip(
         torch.autograd.grad(loss, (hidden, weight, bias)), torch.autograd.grad(ce, (hidden, weight, bias))
     ):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+        assert_exact(got, want)
 
 
 def test_an_ignored_batch_is_zero_with_zero_gradient():

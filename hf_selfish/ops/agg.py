@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .loss import _reduce, check_label_range, upcast
+from .loss import _reduce, check_label_range, compute_dtype, upcast
 from .params import as_token_counts, check_params
 
 __all__ = ["agg_gates", "agg_loss", "token_appearance"]
@@ -50,17 +50,18 @@ def token_appearance(
     *,
     steps: float | None = None,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Targets per training step of every token id, float32 ``[V]``: ``counts / steps``, or with
-    ``steps=None`` ``counts / sum(counts) * tokens_per_step`` (train-split counts)."""
+    """Targets per training step of every token id, ``[V]`` in ``dtype`` (the loss's compute dtype):
+    ``counts / steps``, or with ``steps=None`` ``counts / sum(counts) * tokens_per_step`` (train-split counts)."""
     counts = as_token_counts(token_counts, vocab_size, torch.device(device), "agg")  # [V] float64
     if steps is not None:
-        return (counts / steps).float()
+        return (counts / steps).to(dtype)
     total = counts.sum()
     if float(total) <= 0:
         raise ValueError("agg: token_counts are all 0; pass the train split's counts per token id")
     per_step = torch.as_tensor(tokens_per_step, dtype=torch.float64, device=counts.device)
-    return (counts / total * per_step).float()
+    return (counts / total * per_step).to(dtype)
 
 
 def agg_gates(appearance: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,7 +146,12 @@ def agg_loss(
     safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
     per_step = num_items_in_batch if num_items_in_batch is not None else valid.sum()
     appearance = token_appearance(
-        token_counts, vocab_size, per_step, steps=params["steps"], device=hidden.device
+        token_counts,
+        vocab_size,
+        per_step,
+        steps=params["steps"],
+        device=hidden.device,
+        dtype=compute_dtype(hidden.dtype),
     )  # [V]
     gate_common, gate_rare = agg_gates(appearance, params["alpha"])
     rare_target = (appearance < params["alpha"])[safe] & valid  # [N]
