@@ -18,6 +18,7 @@ from transformers.trainer_callback import ExportableState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .metric_names import SCENARIOS_FILE, scenario_share_key
+from .ops.loss import compute_dtype
 from .scenarios import (
     ScenarioNorms,
     ScenarioVectors,
@@ -63,7 +64,7 @@ class GradientScenarioRecorder:
                 "gradient scenarios need one row per token in both"
             )
         self.padding_idx = getattr(self.embedding, "padding_idx", None)
-        self._sums: torch.Tensor | None = None  # [3, V, d] float32, SCENARIO_NAMES order
+        self._sums: torch.Tensor | None = None  # [3, V, d] float32 (float64), SCENARIO_NAMES order
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     @property
@@ -98,7 +99,8 @@ class GradientScenarioRecorder:
 
     def _buffer(self, like: torch.Tensor) -> torch.Tensor:
         if self._sums is None:
-            self._sums = torch.zeros(3, self.vocab_size, like.shape[-1], device=like.device)
+            dtype = compute_dtype(like.dtype)  # float32 (float64 for a double model)
+            self._sums = torch.zeros(3, self.vocab_size, like.shape[-1], dtype=dtype, device=like.device)
         return self._sums
 
     def _on_embedding_forward(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:

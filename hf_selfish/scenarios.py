@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from .files import atomic_path
-from .ops.loss import selfish_causal_lm_loss, shift_causal_labels
+from .ops.loss import selfish_causal_lm_loss, shift_causal_labels, upcast
 
 SCENARIO_NAMES = ("input", "target", "non_target")
 
@@ -102,7 +102,7 @@ def input_embedding_gradient(
         `[V, d]` float32 (or wider) tensor equal to the embedding weight's gradient.
     """
     ids = input_ids.reshape(-1)  # [M]
-    grads = grad_embeds.reshape(ids.shape[0], -1).float()  # [M, d]
+    grads = upcast(grad_embeds.reshape(ids.shape[0], -1))  # [M, d] float32 (float64 stays)
     _check_ids(ids, vocab_size, "input_ids")
     if padding_idx is not None:
         grads = grads.masked_fill((ids == padding_idx).unsqueeze(-1), 0.0)
@@ -124,8 +124,8 @@ def output_embedding_gradients(
     Returns:
         `(target, non_target)`, each `[V, d]`; they sum to `G.T @ H`.
     """
-    hidden = hidden.reshape(-1, hidden.shape[-1]).float()  # [N, d]
-    grad_logits = grad_logits.reshape(hidden.shape[0], -1).float()  # [N, V]
+    hidden = upcast(hidden.reshape(-1, hidden.shape[-1]))  # [N, d] float32 (float64 stays)
+    grad_logits = upcast(grad_logits.reshape(hidden.shape[0], -1))  # [N, V]
     targets = targets.reshape(-1)  # [N]
     if targets.shape[0] != hidden.shape[0]:
         raise ValueError(f"targets has {targets.shape[0]} rows but hidden has {hidden.shape[0]}; they must match")

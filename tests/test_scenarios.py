@@ -21,13 +21,14 @@ from hf_selfish.scenarios import (
     targets_from_grad_logits,
 )
 
+from .tolerances import assert_close_scaled, assert_exact, close_scaled
+
 VOCAB = 50
-ATOL = 1e-6
 
 
 def reference_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float | None) -> torch.Tensor:
     """The selfish causal-LM loss written out: shift, mask logits below target - margin, F.cross_entropy."""
-    logits = logits[:, :-1].reshape(-1, logits.shape[-1]).float()  # [N, V]
+    logits = logits[:, :-1].reshape(-1, logits.shape[-1])  # [N, V]
     labels = labels[:, 1:].reshape(-1)  # [N]
     if margin is not None:
         target_logit = logits.gather(-1, labels.clamp(min=0).unsqueeze(-1))  # [N, 1]
@@ -64,7 +65,7 @@ def tiny_llama(pad_token_id: int | None = 0) -> LlamaForCausalLM:
         pad_token_id=pad_token_id,
         initializer_range=0.5,  # spread logits so that margin 2 masks a real share of them
     )
-    return LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).double().eval()  # float64: the split vectors equal autograd's tightly
 
 
 def tiny_gpt2() -> GPT2LMHeadModel:
@@ -80,7 +81,7 @@ def tiny_gpt2() -> GPT2LMHeadModel:
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    return GPT2LMHeadModel(config).eval()
+    return GPT2LMHeadModel(config).double().eval()
 
 
 def batch(seed: int = 1, shape: tuple[int, int] = (3, 12)) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -139,8 +140,8 @@ def test_untied_llama_vectors_equal_autograd_grads(margin):
 
     head_grad = model.lm_head.weight.grad
     embed_grad = model.model.embed_tokens.weight.grad
-    assert torch.allclose(vectors.target + vectors.non_target, head_grad, atol=ATOL)
-    assert torch.allclose(vectors.input, embed_grad, atol=ATOL)
+    assert_exact(vectors.target + vectors.non_target, head_grad)
+    assert_exact(vectors.input, embed_grad)
     assert torch.all(vectors.input[0] == 0)  # padding_idx row
     assert vectors.target.abs().sum() > 0 and vectors.non_target.abs().sum() > 0
     # .grad is left as autograd made it: compute_scenario_vectors does not accumulate into it
@@ -160,7 +161,7 @@ def test_num_items_in_batch_scales_the_vectors():
     mean = compute_scenario_norms(model, input_ids, labels, attention_mask, 2.0)
     items = int(labels[:, 1:].ne(-100).sum())
     over_double = compute_scenario_norms(model, input_ids, labels, attention_mask, 2.0, num_items_in_batch=2 * items)
-    assert torch.allclose(over_double.stacked() * 2, mean.stacked(), rtol=1e-5)
+    assert_exact(over_double.stacked() * 2, mean.stacked())
 
 
 def test_untied_llama_ce_and_selfish_give_different_non_target_vectors():
@@ -182,7 +183,7 @@ def test_tied_gpt2_three_vectors_sum_to_shared_weight_grad(margin):
     vectors = compute_scenario_vectors(model, input_ids, labels, attention_mask, margin)
 
     total = vectors.input + vectors.target + vectors.non_target
-    assert torch.allclose(total, model.transformer.wte.weight.grad, atol=ATOL)
+    assert_exact(total, model.transformer.wte.weight.grad)
     # each part alone is not the shared grad: the split is informative
     assert not torch.allclose(vectors.input, model.transformer.wte.weight.grad, atol=1e-3)
 
@@ -214,7 +215,7 @@ def test_masked_token_gets_no_non_target_gradient_under_margin_but_does_under_ce
     q1 = torch.softmax(torch.tensor([1.0, 3.0, 2.5]), 0)[0]  # token 3 masked at position 1
     q2 = torch.softmax(torch.tensor([0.0, 0.5, 1.0]), 0)[0]
     expected = (q1 * hidden[1] + q2 * hidden[2]) / 3
-    assert torch.allclose(non_target_selfish[0], expected, atol=ATOL)
+    assert close_scaled(non_target_selfish[0], expected)
 
 
 def test_target_vector_by_hand():
@@ -275,12 +276,12 @@ def test_recorder_sums_two_micro_batches_to_the_tied_grad(margin):
     vectors = recorder.pop_vectors()
 
     total = vectors.input + vectors.target + vectors.non_target
-    assert torch.allclose(total, model.transformer.wte.weight.grad, atol=ATOL)
+    assert_exact(total, model.transformer.wte.weight.grad)
     # same split as the label-based standalone computation (which uses labels, not the sign of G)
     parts = [compute_scenario_vectors(model, *b, margin=margin) for b in batches]
     for name in ("input", "target", "non_target"):
         expected = (getattr(parts[0], name) + getattr(parts[1], name)) / 2
-        assert torch.allclose(getattr(vectors, name), expected, atol=ATOL)
+        assert_exact(getattr(vectors, name), expected)
     assert recorder.pop_vectors() is None  # popped
 
 
@@ -303,7 +304,8 @@ def test_recorder_on_model_loss_matches_standalone_ce():
         model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss.backward()
     recorded = recorder.pop_vectors().norms()
     expected = compute_scenario_norms(model, input_ids, labels, attention_mask, None)
-    assert torch.allclose(recorded.stacked(), expected.stacked(), atol=1e-5)
+    # transformers' ForCausalLMLoss upcasts the logits to float32 even in a float64 model
+    assert_close_scaled(recorded.stacked(), expected.stacked())
 
 
 def test_save_and_load_round_trip(tmp_path):
