@@ -8,6 +8,7 @@ from hf_selfish import SelfishTrainer
 from .test_rivals import reference
 from .test_trainer import VOCAB, make_args, padded_dataset
 from .tiny_models import tiny_model
+from .tolerances import assert_exact
 
 
 def model_logits(model, dataset):
@@ -39,7 +40,7 @@ def test_focal_step_logs_the_focal_loss_and_evaluates_plain_ce(tmp_path):
 
 
 def _params_after_one_update(tmp_path, loss_name, loss_kwargs=None, counts=None):
-    model = tiny_model("gpt2", VOCAB, seed=2)
+    model = tiny_model("gpt2", VOCAB, seed=2, dtype=torch.float64)  # float64: CE and AGG steps compared exactly
     args = make_args(
         tmp_path / loss_name,
         loss_name=loss_name,
@@ -61,18 +62,18 @@ def test_agg_step_matches_ce_except_rare_rows_of_the_head(tmp_path, alpha):
     counts = [0] * 20 + [1000] * (VOCAB - 20)  # ids 0-19 never occur in "training": rare for any alpha > 0
     ce_params, ce_model, ce_log = _params_after_one_update(tmp_path / "ce", "ce")
     agg_params, agg_model, agg_log = _params_after_one_update(tmp_path / "agg", "agg", {"alpha": alpha}, counts)
-    assert agg_log["loss"] == pytest.approx(ce_log["loss"], rel=1e-6)  # the value is plain CE
+    assert agg_log["loss"] == pytest.approx(ce_log["loss"], rel=1e-10)  # the value is plain CE
     if alpha == 0:  # nothing is rare: the same update as CE
-        torch.testing.assert_close(agg_params, ce_params, rtol=1e-5, atol=1e-6)
+        assert_exact(agg_params, ce_params)
         return
     # GPT-2 ties the head to the input embedding: only the rows of the rare ids 0-19 get another update
     # (their push as negatives is gated); the transformer blocks see the ungated gradient of the hidden
     # states and move exactly as under CE
     ce_wte, agg_wte = ce_model.transformer.wte.weight.detach(), agg_model.transformer.wte.weight.detach()
     assert not torch.allclose(agg_wte[:20], ce_wte[:20], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(agg_wte[20:], ce_wte[20:], rtol=1e-5, atol=1e-6)
+    assert_exact(agg_wte[20:], ce_wte[20:])
     for (name, p_ce), p_agg in zip(ce_model.transformer.h.named_parameters(), agg_model.transformer.h.parameters()):
-        torch.testing.assert_close(p_agg, p_ce, rtol=1e-5, atol=1e-6, msg=name)
+        assert_exact(p_agg, p_ce, msg=name)
 
 
 def test_losses_needing_counts_refuse_to_start_without_them(tmp_path):

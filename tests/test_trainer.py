@@ -9,6 +9,7 @@ from hf_selfish import SelfishTrainer, SelfishTrainingArguments, loss_patch, sel
 
 from .test_loss import masked_reference
 from .tiny_models import tiny_model
+from .tolerances import assert_exact
 
 VOCAB = 67
 
@@ -88,7 +89,7 @@ def test_compute_loss_does_not_ask_the_model_for_its_loss(tmp_path):
 
 
 def _params_after_one_update(tmp_path, batch_size, accumulation, margin, loss_func=None):
-    model = tiny_model("llama", VOCAB, seed=3)
+    model = tiny_model("llama", VOCAB, seed=3, dtype=torch.float64)  # float64: the same sums in another order
     data = padded_dataset(16, seed=5)
     args = make_args(
         tmp_path,
@@ -112,21 +113,23 @@ def _params_after_one_update(tmp_path, batch_size, accumulation, margin, loss_fu
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, margin):
     big, big_loss = _params_after_one_update(tmp_path / "a", 16, 1, margin)
     acc, acc_loss = _params_after_one_update(tmp_path / "b", 4, 4, margin)
-    start = torch.cat([p.detach().flatten() for p in tiny_model("llama", VOCAB, seed=3).parameters()])
+    start = torch.cat(
+        [p.detach().flatten() for p in tiny_model("llama", VOCAB, seed=3, dtype=torch.float64).parameters()]
+    )
     assert not torch.allclose(big, start)  # the update really moved the weights
-    torch.testing.assert_close(acc, big, rtol=1e-5, atol=1e-5)
-    assert acc_loss == pytest.approx(big_loss, rel=1e-5)
+    assert_exact(acc, big)
+    assert acc_loss == pytest.approx(big_loss, rel=1e-10)
 
 
 def test_compute_loss_func_gradient_accumulation_matches(tmp_path):
     """`selfish_loss_func` plugged into the stock Trainer gives the same update as SelfishTrainer."""
     ours, _ = _params_after_one_update(tmp_path / "a", 16, 1, 0.05)
     func_acc, _ = _params_after_one_update(tmp_path / "b", 4, 4, 0.05, loss_func=selfish_loss_func(0.05))
-    torch.testing.assert_close(func_acc, ours, rtol=1e-5, atol=1e-5)
+    assert_exact(func_acc, ours)
 
 
 def test_eval_loss_is_plain_cross_entropy(tmp_path):
-    model = tiny_model("gpt2", VOCAB, seed=1)
+    model = tiny_model("gpt2", VOCAB, seed=1, dtype=torch.float64)
     data = padded_dataset(8, seed=2)
     # a random tiny model has near-uniform logits: a small margin makes the masking bite
     selfish = SelfishTrainer(model=model, args=make_args(tmp_path / "s", margin=0.05), eval_dataset=data)
@@ -186,7 +189,7 @@ def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, s
     monkeypatch.setattr(loss_patch, "linear_selfish_cross_entropy", spy)
 
     def update(fused):
-        model = tiny_model(model_type, VOCAB, seed=4)
+        model = tiny_model(model_type, VOCAB, seed=4, dtype=torch.float64)  # fused vs unfused: exact in float64
         args = make_args(
             tmp_path / str(fused),
             0.05,
@@ -208,9 +211,9 @@ def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, s
     fused, fused_log = update(True)
     assert sparse_flags and set(sparse_flags) == {sparse}  # selfish_fused_sparse reaches the op
     plain, plain_log = update(False)
-    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
-    assert fused_log["loss"] == pytest.approx(plain_log["loss"], rel=1e-5)
-    assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], abs=1e-7)
+    assert_exact(fused, plain)
+    assert fused_log["loss"] == pytest.approx(plain_log["loss"], rel=1e-10)
+    assert fused_log["selfish_masked_fraction"] == pytest.approx(plain_log["selfish_masked_fraction"], rel=1e-12)
 
 
 def test_fused_refuses_a_softcap_the_model_does_not_apply(tmp_path):

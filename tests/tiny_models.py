@@ -50,11 +50,11 @@ def tiny_config(model_type: str, vocab_size: int = 67, **overrides):
     return cls(**base)
 
 
-def tiny_model(model_type: str, vocab_size: int = 67, seed: int = 0, **overrides):
-    """A randomly initialised tiny causal LM in float32 eval-free (dropout off) form."""
+def tiny_model(model_type: str, vocab_size: int = 67, seed: int = 0, dtype: torch.dtype = torch.float32, **overrides):
+    """A randomly initialised tiny causal LM (dropout off), in float32 or, for exactness tests, float64."""
     torch.manual_seed(seed)
     config = tiny_config(model_type, vocab_size, **overrides)
     for name in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout", "hidden_dropout"):
         if hasattr(config, name):
             setattr(config, name, 0.0)
-    return AutoModelForCausalLM.from_config(config)
+    return AutoModelForCausalLM.from_config(config).to(dtype)
