@@ -14,6 +14,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Portability check (tests/tolerances.py): HF_SELFISH_TEST_FLUSH_DENORMAL=1 runs the suite with denormals flushed
+# to zero, as some CPUs and libraries set it; with ATEN_CPU_CAPABILITY=default/avx2/avx512 and OMP_NUM_THREADS=1/2
+# it shows that no test depends on the CPU it was written on.
+if os.environ.get("HF_SELFISH_TEST_FLUSH_DENORMAL") == "1":
+    torch.set_flush_denormal(True)
+
 
 def tinyshakespeare_path() -> Path:
     """$HF_SELFISH_TINYSHAKESPEARE if set, else `../shared/data/tinyshakespeare.txt` next to the repo root."""

@@ -25,6 +25,7 @@ from hf_selfish.evaluation import TokenStats, causal_nll_and_rank, group_metrics
 from hf_selfish.metric_names import RANK_BUCKETS_FILE as RANK_BUCKETS_FILENAME
 from hf_selfish.rank_buckets import RankBucketMetrics, rank_bucket_metric_path
 
+from .tolerances import assert_close_scaled
 from .torchrun import run_two_processes
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,7 +83,7 @@ def test_target_nll_and_rank_match_cross_entropy_and_counting():
     targets[0, 2] = targets[2, 6] = -100
     nll, rank = target_nll_and_rank(logits, targets)
     expected_nll = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="none").view(3, 7)
-    torch.testing.assert_close(nll, expected_nll, rtol=1e-5, atol=1e-6)
+    assert_close_scaled(nll, expected_nll)
     flat_logits, flat_targets = logits.reshape(-1, 11).numpy(), targets.reshape(-1).numpy()
     expected_rank = [0 if t == -100 else 1 + int((row > row[t]).sum()) for row, t in zip(flat_logits, flat_targets)]
     assert rank.reshape(-1).tolist() == expected_rank
