@@ -13,8 +13,14 @@ only while its FSDP unit is unsharded:
   would not: its backward takes the local shard of a gradient it assumes equal on every rank, so each
   rank would keep the gradient of its own micro-batch only.
 
-DeepSpeed ZeRO-3 partitions parameters the same way; it cannot be exercised here (no deepspeed
-install), so a partitioned head is refused with a clear error rather than trained on an empty weight.
+DeepSpeed ZeRO-3 partitions parameters too (``param.ds_id``; outside its module's forward a parameter
+is an empty ``(0,)`` tensor), but needs nothing from here: inside the engine's forward, reading
+``lm_head.weight`` through the module attribute makes DeepSpeed gather it and register it as an
+external parameter of the module whose forward runs (the patched causal LM): it stays whole for the
+fused loss, is gathered again for its backward, and its gradient is reduce-scattered into this rank's
+partition like any other. :func:`whole_parameter` passes a gathered ZeRO-3 parameter through and
+refuses one still partitioned (read outside the engine's forward, or through a reference kept from
+before) rather than train on an empty weight. ZeRO-2 keeps parameters whole: nothing to do.
 A PEFT adapter on the head (``target_modules`` with ``lm_head``) is refused too
 (:func:`refuse_adapted_head`): the head is then ``weight + B @ A`` and the fused loss, which multiplies by
 ``weight`` alone, would neither apply nor train the adapter.
@@ -26,7 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["refuse_adapted_head", "whole_head_parameters", "whole_parameter"]
+__all__ = ["refuse_adapted_head", "refuse_untested_deepspeed", "whole_head_parameters", "whole_parameter"]
 
 
 def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
@@ -40,6 +46,24 @@ def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
         )
 
 
+def refuse_untested_deepspeed(config: dict | None) -> None:
+    """Raise a ``ValueError`` for a DeepSpeed config the fused selfish loss is untested with.
+
+    ZeRO-2 and ZeRO-3 (parameters partitioned, in memory) are tested on two processes
+    (tests/test_deepspeed_fused.py). ZeRO-3 with ``offload_param`` (parameters kept on the CPU or NVMe
+    between uses) is not: refused by name.
+    """
+    zero = (config or {}).get("zero_optimization") or {}
+    offload = zero.get("offload_param") or {}
+    device = str(offload.get("device", "none")).lower()
+    if str(zero.get("stage", 0)) == "3" and device not in ("none", "auto"):
+        raise ValueError(
+            f"selfish_fused is untested with DeepSpeed ZeRO-3 offload_param (device={device!r}): the fused loss "
+            "reads the LM head's partitioned weight itself. Remove zero_optimization.offload_param (offload_optimizer "
+            "is fine), or train with selfish_fused=False"
+        )
+
+
 def whole_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(weight [V, d], bias [V] or None)`` of ``head`` as whole tensors whose gradients reach the parameters."""
     refuse_adapted_head(head, "the model")
@@ -50,23 +74,31 @@ def whole_head_parameters(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor |
 def whole_parameter(
     param: torch.Tensor | None, name: str = "weight", dtype: torch.dtype | None = None
 ) -> torch.Tensor | None:
-    """``param`` itself when whole; the all-gathered tensor of an FSDP2 ``DTensor`` shard; ZeRO-3 refused.
+    """``param`` itself when whole (ZeRO-3's gathered too); the all-gathered tensor of an FSDP2 ``DTensor`` shard.
 
     ``dtype``: the compute dtype of an FSDP2 ``MixedPrecisionPolicy`` (its ``param_dtype``), which FSDP2
     would have cast the unsharded parameter to; the shard itself keeps the storage dtype.
     """
     if param is None:
         return None
-    if hasattr(param, "ds_id"):  # DeepSpeed ZeRO-3 tags its partitioned parameters with ds_id
+    if _is_zero3_partitioned(param):
         raise ValueError(
-            f"the LM head's {name} is partitioned by DeepSpeed ZeRO-3 (shape {tuple(param.shape)} outside its "
-            "module's forward); the fused selfish loss is untested with DeepSpeed. Use FSDP2, or train unfused "
-            "(apply_selfish_loss(model, fused=False), selfish_fused=False)."
+            f"the LM head's {name} is partitioned by DeepSpeed ZeRO-3 (local shape {tuple(param.shape)}, whole "
+            f"{tuple(param.ds_shape)}): the fused selfish loss reads it inside the DeepSpeed engine's forward, where "
+            "DeepSpeed gathers it. Call the model through the engine (deepspeed.initialize, or the Trainer with "
+            "deepspeed=...), or train unfused (apply_selfish_loss(model, fused=False), selfish_fused=False)."
         )
     if _is_dtensor(param):
         whole = _GatherShards.apply(param)
         return whole if dtype is None else whole.to(dtype)  # the cast's backward returns the gradient in fp32
     return param
+
+
+def _is_zero3_partitioned(param: torch.Tensor) -> bool:
+    """True for a DeepSpeed ZeRO-3 parameter not gathered now (``ds_id`` tags it; its data is then empty)."""
+    if not hasattr(param, "ds_id"):
+        return False
+    return param.numel() != getattr(param, "ds_numel", param.numel())  # NOT_AVAILABLE: a (0,) placeholder
 
 
 def _fsdp_param_dtype(module: nn.Module) -> torch.dtype | None:

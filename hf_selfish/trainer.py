@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from .config import SelfishTrainingArguments
+from .distributed import refuse_untested_deepspeed
 from .loss_patch import apply_selfish_loss, selfish_loss_settings
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
@@ -101,12 +102,15 @@ class SelfishTrainer(Trainer):
             top_p=self.args.selfish_top_p,
         )
         if self.args.selfish_fused:
-            # FSDP2 is tested (tests/test_distributed_fused.py, hf_selfish.distributed); FSDP1 and DeepSpeed are not
-            if (self.is_fsdp_enabled and not self.accelerator.is_fsdp2) or self.is_deepspeed_enabled:
+            # FSDP2 and DeepSpeed ZeRO-2/3 are tested (tests/test_distributed_fused.py, tests/test_deepspeed_fused.py,
+            # hf_selfish.distributed); FSDP1 and ZeRO-3's parameter offload are not
+            if self.is_fsdp_enabled and not self.accelerator.is_fsdp2:
                 raise ValueError(
-                    "selfish_fused is tested under DDP and FSDP2 (fsdp_version: 2) only; FSDP1 and DeepSpeed shard the "
-                    "LM head's weight in ways it is not tested with: use FSDP2, or train with selfish_fused=False"
+                    "selfish_fused is tested under DDP, FSDP2 (fsdp_version: 2) and DeepSpeed ZeRO-2/3; FSDP1 shards "
+                    "the LM head's weight in a way it is not tested with: use FSDP2, or train with selfish_fused=False"
                 )
+            if self.is_deepspeed_enabled:
+                refuse_untested_deepspeed(self.accelerator.state.deepspeed_plugin.deepspeed_config)
             # the loss moves into the model's forward: its logits are never built while training
             apply_selfish_loss(self.model, self.margin_schedule.start, chunk_size=self.args.selfish_fused_chunk_size)
             selfish_loss_settings(self.model).sparse_backward = self.args.selfish_fused_sparse

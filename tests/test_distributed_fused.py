@@ -61,12 +61,37 @@ def test_two_process_fused_step_equals_one_process_unfused_step(two_process_step
         assert_close_scaled(result["params"][name], expected, rel=tol, msg=name)
 
 
-def test_a_zero3_partitioned_head_is_refused_and_a_whole_one_passes_through():
+def test_a_zero3_partitioned_head_is_refused_and_a_gathered_one_passes_through():
     from hf_selfish.distributed import whole_head_parameters
 
     head = torch.nn.Linear(4, 6, bias=True)
     weight, bias = whole_head_parameters(head)
     assert weight is head.weight and bias is head.bias  # whole (one process, DDP): the parameters themselves
-    head.weight.ds_id = 7  # what DeepSpeed ZeRO-3 attaches to the parameters it partitions
-    with pytest.raises(ValueError, match="partitioned by DeepSpeed ZeRO-3 .* untested with DeepSpeed"):
+    # what DeepSpeed ZeRO-3 attaches to the parameters it partitions; gathered (inside the engine's forward)
+    head.weight.ds_id, head.weight.ds_numel, head.weight.ds_shape = 7, 24, torch.Size([6, 4])
+    weight, _ = whole_head_parameters(head)
+    assert weight is head.weight
+    head.weight.data = torch.empty(0)  # partitioned: outside its module's forward the data is a (0,) placeholder
+    with pytest.raises(ValueError, match=r"partitioned by DeepSpeed ZeRO-3 \(local shape \(0,\), whole \(6, 4\)\)"):
         whole_head_parameters(head)
+
+
+@pytest.mark.parametrize(
+    "zero, refused",
+    [
+        ({"stage": 3, "offload_param": {"device": "cpu"}}, True),
+        ({"stage": 3, "offload_param": {"device": "nvme"}}, True),
+        ({"stage": 3, "offload_param": {"device": "none"}}, False),
+        ({"stage": 3, "offload_optimizer": {"device": "cpu"}}, False),
+        ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, False),
+        ({"stage": 3}, False),
+    ],
+)
+def test_zero3_parameter_offload_is_refused_by_name(zero, refused):
+    from hf_selfish.distributed import refuse_untested_deepspeed
+
+    if refused:
+        with pytest.raises(ValueError, match="untested with DeepSpeed ZeRO-3 offload_param"):
+            refuse_untested_deepspeed({"zero_optimization": zero})
+    else:
+        refuse_untested_deepspeed({"zero_optimization": zero})
