@@ -5,6 +5,8 @@ heads, a soft-capped Gemma 2 head; and unfused) under `deepspeed.initialize`; at
 partitioned (`stage3_param_persistence_threshold: 0`), and the fused loss reads it whole inside the
 engine's forward. The reference is computed here, independently: one process, the model's full logits
 (soft cap included), the unfused `selfish_causal_lm_loss` on the whole batch, the same SGD step.
+`tests/deepspeed_trainer_worker.py` does the same through `SelfishTrainer` with
+`SelfishTrainingArguments(use_cpu=True, deepspeed=...)`, fused and unfused, built under `zero.Init` at stage 3.
 Skipped where deepspeed is not installed (`pip install hf-selfish[deepspeed]`).
 """
 
@@ -26,12 +28,21 @@ pytest.importorskip("deepspeed")
 from .deepspeed_steps_worker import LAYOUTS, layout_model  # noqa: E402  (imports deepspeed)
 
 WORKER = Path(__file__).with_name("deepspeed_steps_worker.py")
+TRAINER_WORKER = Path(__file__).with_name("deepspeed_trainer_worker.py")
 STAGES = (2, 3)
+TRAINER_LAYOUTS = ("untied", "tied", "unfused")  # selfish_fused=True, True, False
 
 
-def reference_step(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss and parameters after one unfused selfish SGD step on the whole batch, in this process."""
+def reference_step(layout: str, initial: dict[str, torch.Tensor] | None = None):
+    """``(loss, parameters)`` after one unfused selfish SGD step on the whole batch, in this process.
+
+    ``initial``: parameters to start from (a model built under ``zero.Init`` draws other random weights).
+    """
     model = layout_model(layout)
+    if initial is not None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(initial[name])
     model.train()
     batch = step_batch()
     labels = batch.pop("labels")
@@ -52,22 +63,51 @@ def deepspeed_steps(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def deepspeed_trainer_steps(tmp_path_factory) -> Path:
+    """`SelfishTrainer` at ZeRO-2 and ZeRO-3, each layout (two torchrun launches); the folder of the results."""
+    out = tmp_path_factory.mktemp("deepspeed_trainer_steps")
+    for stage in STAGES:
+        run_two_processes(TRAINER_WORKER, str(stage), ",".join(TRAINER_LAYOUTS), out, timeout=600)
+    return out
+
+
+def assert_head_storage(head: dict[str, int], stage: int) -> None:
+    """ZeRO-3: the head partitioned (empty outside its forward, half of it, rounded up, on each rank); ZeRO-2: whole."""
+    if stage == 3:
+        assert head["local_numel"] == 0 and head["ds_numel"] == VOCAB * 32
+        assert head["partition_numel"] == (VOCAB * 32 + 1) // 2
+    else:
+        assert head["local_numel"] == VOCAB * 32 and head["ds_numel"] == -1
+
+
+def assert_step_matches(result: dict, loss: torch.Tensor, params: dict, initial: dict) -> None:
+    """The two-process loss and every updated parameter equal the reference's, in float32."""
+    assert_close_scaled(torch.as_tensor(result["loss"]), loss, rel=1e-5)
+    assert set(result["params"]) == set(params)
+    for name, expected in params.items():
+        assert not torch.equal(expected, initial[name]), f"{name} did not move: the test would not see a wrong step"
+        assert_close_scaled(result["params"][name], expected, rel=1e-5, msg=name)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_zero_step_equals_one_process_unfused_step(deepspeed_steps, stage, layout, one_thread):
     result = torch.load(deepspeed_steps / f"zero{stage}_{layout}.pt")
-    head = result["head"]
-    if stage == 3:  # partitioned: empty outside its forward, half of it (rounded up) on each rank
-        assert head["local_numel"] == 0 and head["ds_numel"] == VOCAB * 32
-        assert head["partition_numel"] == (VOCAB * 32 + 1) // 2
-    else:
-        assert head["local_numel"] == VOCAB * 32 and head["ds_numel"] == -1
+    assert_head_storage(result["head"], stage)
     assert result["logits_built"] == (layout == "unfused")  # fused: the loss came from the patch, no logits
     loss, params = reference_step(layout)
-    assert_close_scaled(result["loss"], loss, rel=1e-5)
-    initial = dict(layout_model(layout).named_parameters())
-    assert set(result["params"]) == set(params)
-    for name, expected in params.items():
-        assert not torch.equal(expected, initial[name]), f"{name} did not move: the test would not see a wrong step"
-        assert_close_scaled(result["params"][name], expected, rel=1e-5, msg=name)
+    initial = {name: p.detach() for name, p in layout_model(layout).named_parameters()}
+    assert_step_matches(result, loss, params, initial)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+@pytest.mark.parametrize("layout", TRAINER_LAYOUTS)
+def test_selfish_trainer_zero_step_equals_one_process_unfused_step(deepspeed_trainer_steps, stage, layout, one_thread):
+    result = torch.load(deepspeed_trainer_steps / f"trainer_zero{stage}_{layout}.pt")
+    assert result["engine"] == "DeepSpeedEngine"  # the Trainer really trained through DeepSpeed
+    assert_head_storage(result["head"], stage)  # at stage 3 built partitioned, under zero.Init
+    loss, params = reference_step("tied" if layout == "tied" else "untied", result["initial"])
+    assert_step_matches(result, loss, params, result["initial"])  # the loss: what the Trainer logged
