@@ -28,6 +28,8 @@ A PEFT adapter on the head (``target_modules`` with ``lm_head``) is refused too
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -46,17 +48,26 @@ def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
         )
 
 
-def refuse_untested_deepspeed(config: dict | None) -> None:
-    """Raise a ``ValueError`` for a DeepSpeed config the fused selfish loss is untested with.
+def refuse_untested_deepspeed(config: dict | None, *, fused: bool, head_readers: Sequence[str] = ()) -> None:
+    """Raise a ``ValueError`` naming what is untested under the DeepSpeed ``config`` (a ZeRO config dict).
 
-    ZeRO-2 and ZeRO-3 (parameters partitioned, in memory) are tested on two processes
-    (tests/test_deepspeed_fused.py). ZeRO-3 with ``offload_param`` (parameters kept on the CPU or NVMe
-    between uses) is not: refused by name.
+    ZeRO-2 and ZeRO-3 (parameters partitioned, in memory) are tested with the selfish loss, fused and
+    unfused, on two processes (tests/test_deepspeed_fused.py). Refused at ZeRO-3:
+
+    - the fused loss with ``offload_param`` (parameters kept on the CPU or NVMe between uses): untested;
+    - ``head_readers``: features that read the LM head's weight outside the model's forward (AGG, the
+      gradient scenarios), where ZeRO-3 keeps it partitioned (an empty tensor).
     """
     zero = (config or {}).get("zero_optimization") or {}
-    offload = zero.get("offload_param") or {}
-    device = str(offload.get("device", "none")).lower()
-    if str(zero.get("stage", 0)) == "3" and device not in ("none", "auto"):
+    if str(zero.get("stage", 0)) != "3":
+        return
+    for reader in head_readers:
+        raise ValueError(
+            f"{reader} reads the LM head's weight outside the model's forward, where DeepSpeed ZeRO-3 keeps it "
+            "partitioned; it is untested under ZeRO-3. Use ZeRO-2 (zero_stage: 2), FSDP2 or DDP for it."
+        )
+    device = str((zero.get("offload_param") or {}).get("device", "none")).lower()
+    if fused and device not in ("none", "auto"):
         raise ValueError(
             f"selfish_fused is untested with DeepSpeed ZeRO-3 offload_param (device={device!r}): the fused loss "
             "reads the LM head's partitioned weight itself. Remove zero_optimization.offload_param (offload_optimizer "

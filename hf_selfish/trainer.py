@@ -35,7 +35,8 @@ def output_vocab_size(model: nn.Module) -> int:
     """Rows of the model's output embedding (its logits' last dimension)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if head is not None and getattr(head, "weight", None) is not None:
-        return int(head.weight.shape[0])
+        shape = getattr(head.weight, "ds_shape", head.weight.shape)  # ZeRO-3: the whole shape, not the (0,) stub
+        return int(shape[0])
     return int(model.config.vocab_size)
 
 
@@ -109,12 +110,16 @@ class SelfishTrainer(Trainer):
                     "selfish_fused is tested under DDP, FSDP2 (fsdp_version: 2) and DeepSpeed ZeRO-2/3; FSDP1 shards "
                     "the LM head's weight in a way it is not tested with: use FSDP2, or train with selfish_fused=False"
                 )
-            if self.is_deepspeed_enabled:
-                refuse_untested_deepspeed(self.accelerator.state.deepspeed_plugin.deepspeed_config)
             # the loss moves into the model's forward: its logits are never built while training
             apply_selfish_loss(self.model, self.margin_schedule.start, chunk_size=self.args.selfish_fused_chunk_size)
             selfish_loss_settings(self.model).sparse_backward = self.args.selfish_fused_sparse
         loss_name = self.args.loss_name
+        if self.is_deepspeed_enabled:
+            refuse_untested_deepspeed(
+                self.accelerator.state.deepspeed_plugin.deepspeed_config,
+                fused=self.args.selfish_fused,
+                head_readers=self._head_readers(),
+            )
         if needs_token_counts(loss_name) and token_counts is None:
             raise ValueError(
                 f"loss_name={loss_name!r} needs token_counts, the train split's count of every token id: "
@@ -127,6 +132,15 @@ class SelfishTrainer(Trainer):
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
+
+    def _head_readers(self) -> list[str]:
+        """Features of this run that read the LM head's weight outside the model's forward (named for errors)."""
+        from .scenario_recorder import GradientScenarioCallback  # callbacks import the trainer's module
+
+        readers = [AGG_USER[0]] if needs_hidden(self.args.loss_name) else []
+        if any(isinstance(cb, GradientScenarioCallback) for cb in self.callback_handler.callbacks):
+            readers.append("the gradient scenarios (GradientScenarioCallback, selfish_log_scenarios_every)")
+        return readers
 
     def training_margin(self) -> float | None:
         """The margin applied at the current training step (``None`` = plain cross-entropy)."""

@@ -111,3 +111,39 @@ def test_selfish_trainer_zero_step_equals_one_process_unfused_step(deepspeed_tra
     assert_head_storage(result["head"], stage)  # at stage 3 built partitioned, under zero.Init
     loss, params = reference_step("tied" if layout == "tied" else "untied", result["initial"])
     assert_step_matches(result, loss, params, result["initial"])  # the loss: what the Trainer logged
+
+
+@pytest.fixture(scope="module")
+def accelerate_zero3_runs(tmp_path_factory) -> tuple[Path, Path]:
+    """`accelerate launch` with recipes/accelerate/deepspeed_zero3_cpu.yaml, fused and unfused (two launches)."""
+    from .test_any_causal_lm import write_corpus
+    from .test_fsdp2_trainer import RECIPE, train
+
+    root = tmp_path_factory.mktemp("deepspeed_accelerate")
+    corpus = write_corpus(root / "corpus.txt", n_lines=300)
+    (root / "recipe.yaml").write_text(RECIPE + f"train_file: {corpus}\n")
+    return train(root, "deepspeed_zero3_cpu.yaml", fused=True), train(root, "deepspeed_zero3_cpu.yaml", fused=False)
+
+
+@pytest.mark.slow
+def test_accelerate_zero3_recipe_fused_run_equals_unfused_run(accelerate_zero3_runs):
+    """The recipe as a user runs it (scripts/train.py, three AdamW steps): fused equals the model's own logits.
+
+    Both runs build the model under ``zero.Init`` (other random weights than DDP's for the same seed), so
+    the reference is the unfused run under the same config, not DDP.
+    """
+    from safetensors.torch import load_file
+
+    from .test_fsdp2_trainer import STEPS, train_logs
+
+    fused, unfused = accelerate_zero3_runs
+    fused_logs, unfused_logs = train_logs(fused), train_logs(unfused)
+    assert len(fused_logs) == len(unfused_logs) == STEPS
+    for got, reference in zip(fused_logs, unfused_logs):
+        assert got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+        assert got["selfish_masked_fraction"] == pytest.approx(reference["selfish_masked_fraction"], abs=2e-6)
+        assert 0.05 < reference["selfish_masked_fraction"] < 0.95  # the margin masks: not plain CE in disguise
+    weights, expected = load_file(fused / "model.safetensors"), load_file(unfused / "model.safetensors")
+    assert set(weights) == set(expected) and "lm_head.weight" in expected  # zero3_save_16bit_model gathers them
+    for name, tensor in expected.items():
+        assert_close_scaled(weights[name], tensor, rel=1e-4, msg=name)  # three AdamW steps, as for FSDP2

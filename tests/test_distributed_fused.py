@@ -77,21 +77,25 @@ def test_a_zero3_partitioned_head_is_refused_and_a_gathered_one_passes_through()
 
 
 @pytest.mark.parametrize(
-    "zero, refused",
+    "zero, fused, readers, refused",
     [
-        ({"stage": 3, "offload_param": {"device": "cpu"}}, True),
-        ({"stage": 3, "offload_param": {"device": "nvme"}}, True),
-        ({"stage": 3, "offload_param": {"device": "none"}}, False),
-        ({"stage": 3, "offload_optimizer": {"device": "cpu"}}, False),
-        ({"stage": 2, "offload_optimizer": {"device": "cpu"}}, False),
-        ({"stage": 3}, False),
+        ({"stage": 3, "offload_param": {"device": "cpu"}}, True, (), "untested with DeepSpeed ZeRO-3 offload_param"),
+        ({"stage": 3, "offload_param": {"device": "nvme"}}, True, (), "ZeRO-3 offload_param \\(device='nvme'\\)"),
+        ({"stage": 3, "offload_param": {"device": "cpu"}}, False, (), None),  # unfused: the model's own head
+        ({"stage": 3, "offload_param": {"device": "none"}}, True, (), None),
+        ({"stage": 3, "offload_optimizer": {"device": "cpu"}}, True, (), None),
+        ({"stage": 3}, True, ("agg (adaptive gradient gating)",), "agg \\(adaptive gradient gating\\) reads"),
+        ({"stage": 2}, True, ("agg (adaptive gradient gating)",), None),  # ZeRO-2 keeps parameters whole
+        ({"stage": 2, "offload_param": {"device": "cpu"}}, True, (), None),  # ignored by DeepSpeed below stage 3
+        ({"stage": 3}, True, (), None),
     ],
 )
-def test_zero3_parameter_offload_is_refused_by_name(zero, refused):
+def test_untested_deepspeed_settings_are_refused_by_name(zero, fused, readers, refused):
     from hf_selfish.distributed import refuse_untested_deepspeed
 
+    config = {"zero_optimization": zero}
     if refused:
-        with pytest.raises(ValueError, match="untested with DeepSpeed ZeRO-3 offload_param"):
-            refuse_untested_deepspeed({"zero_optimization": zero})
+        with pytest.raises(ValueError, match=refused):
+            refuse_untested_deepspeed(config, fused=fused, head_readers=readers)
     else:
-        refuse_untested_deepspeed({"zero_optimization": zero})
+        refuse_untested_deepspeed(config, fused=fused, head_readers=readers)
