@@ -41,7 +41,9 @@ def api_directives() -> set[str]:
 def public_names() -> list[tuple[str, str]]:
     """(name, the module it is exported from) for every public name the docs must render."""
     names = [(name, "hf_selfish") for name in hf_selfish.__all__]
-    names += [(name, "hf_selfish.integrations.trl") for name in importlib.import_module("hf_selfish.integrations.trl").__all__]
+    names += [
+        (name, "hf_selfish.integrations.trl") for name in importlib.import_module("hf_selfish.integrations.trl").__all__
+    ]
     ops = importlib.import_module("hf_selfish.ops")
     names += [(name, "hf_selfish.ops") for name in ops.__all__ if callable(getattr(ops, name))]
     return names
@@ -131,4 +133,3 @@ def test_docs_symlink_and_nav_pages_exist():
     nav = re.findall(r":\s*([\w/]+\.md)\s*$", (REPO / "mkdocs.yml").read_text(), re.MULTILINE)
     missing = [page for page in nav if not (DOCS / page).is_file()]
     assert nav and not missing, missing
-
