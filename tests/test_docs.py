@@ -133,3 +133,34 @@ def test_docs_symlink_and_nav_pages_exist():
     nav = re.findall(r":\s*([\w/]+\.md)\s*$", (REPO / "mkdocs.yml").read_text(), re.MULTILINE)
     missing = [page for page in nav if not (DOCS / page).is_file()]
     assert nav and not missing, missing
+
+
+def load_hooks():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mkdocs_hooks", REPO / "scripts" / "mkdocs_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_fields_table_lists_the_options_a_dataclass_adds():
+    """The options table has one row per field SelfishTrainingArguments adds, none of TrainingArguments'."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    from hf_selfish import SelfishTrainingArguments
+
+    table = load_hooks().fields_table("hf_selfish.config.SelfishTrainingArguments").splitlines()
+    keys = [row.split("|")[1].strip().strip("`") for row in table[2:]]
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    assert keys == [f.name for f in dataclasses.fields(SelfishTrainingArguments) if f.name not in inherited]
+    margin_row = table[2 + keys.index("selfish_margin")]
+    assert "`2.0`" in margin_row and "Keep logits >= logit[target] - margin" in margin_row
+
+
+def test_sphinx_roles_render_as_code():
+    hooks = load_hooks()
+    html = "<p>see :func:<code>apply_selfish_loss</code> and a ratio 1:2, per position::</p>"
+    assert hooks.on_page_content(html) == "<p>see <code>apply_selfish_loss</code> and a ratio 1:2, per position:</p>"
