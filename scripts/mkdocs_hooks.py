@@ -3,7 +3,8 @@
 - ``<!-- fields: hf_selfish.config.SelfishTrainingArguments -->`` on a page becomes a table of the fields that
   dataclass adds to its bases: name, default and the ``help`` of its metadata (what `HfArgumentParser` prints
   for ``--help``), so the options have one source, the code.
-- Sphinx roles left in docstrings (``:func:`x```) render as their code only: mkdocstrings does not read them.
+- Sphinx roles left in docstrings (``:func:`x```, ``:func:`~a.x```) render as the code ``x``: mkdocstrings
+  does not read them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import re
 from typing import Any
 
 FIELDS = re.compile(r"<!--\s*fields:\s*([\w.]+)\s*-->")
-ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|exc):(?=<code>)")
+ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|exc):<code>(~?)([^<]*)</code>")
 LITERAL_BLOCK = re.compile(r"::</p>")
 
 
@@ -52,4 +53,10 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 
 
 def on_page_content(html: str, **kwargs: Any) -> str:
-    return LITERAL_BLOCK.sub(":</p>", ROLE.sub("", html))
+    return LITERAL_BLOCK.sub(":</p>", ROLE.sub(_role, html))
+
+
+def _role(match: re.Match) -> str:
+    """``:func:`~a.b.c``` -> ``c`` (Sphinx's ``~``: the last part only), ``:func:`a.b``` -> ``a.b``."""
+    target = match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2)
+    return f"<code>{target}</code>"

@@ -162,5 +162,10 @@ def test_fields_table_lists_the_options_a_dataclass_adds():
 
 def test_sphinx_roles_render_as_code():
     hooks = load_hooks()
-    html = "<p>see :func:<code>apply_selfish_loss</code> and a ratio 1:2, per position::</p>"
-    assert hooks.on_page_content(html) == "<p>see <code>apply_selfish_loss</code> and a ratio 1:2, per position:</p>"
+    html = (
+        "<p>see :func:<code>apply_selfish_loss</code>, :mod:<code>~hf_selfish.ops.loss</code>, 1:2, per position::</p>"
+    )
+    assert (
+        hooks.on_page_content(html)
+        == "<p>see <code>apply_selfish_loss</code>, <code>loss</code>, 1:2, per position:</p>"
+    )
