@@ -41,9 +41,11 @@ def api_directives() -> set[str]:
 def public_names() -> list[tuple[str, str]]:
     """(name, the module it is exported from) for every public name the docs must render."""
     names = [(name, "hf_selfish") for name in hf_selfish.__all__]
-    names += [
-        (name, "hf_selfish.integrations.trl") for name in importlib.import_module("hf_selfish.integrations.trl").__all__
-    ]
+    try:  # the `trl` extra (part of `dev`)
+        trl_names = importlib.import_module("hf_selfish.integrations.trl").__all__
+    except ImportError:
+        trl_names = []
+    names += [(name, "hf_selfish.integrations.trl") for name in trl_names]
     ops = importlib.import_module("hf_selfish.ops")
     names += [(name, "hf_selfish.ops") for name in ops.__all__ if callable(getattr(ops, name))]
     return names
