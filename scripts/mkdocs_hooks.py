@@ -3,6 +3,8 @@
 - ``<!-- fields: hf_selfish.config.SelfishTrainingArguments -->`` on a page becomes a table of the fields that
   dataclass adds to its bases: name, default and the ``help`` of its metadata (what `HfArgumentParser` prints
   for ``--help``), so the options have one source, the code.
+- The build fails when a name of ``hf_selfish.__all__`` has no docstring or no heading on an API page
+  (mkdocstrings gives each rendered object an ``id`` of its dotted path).
 - Sphinx roles left in docstrings (``:func:`x```, ``:func:`~a.x```) render as the code ``x``: mkdocstrings
   does not read them.
 """
@@ -17,6 +19,8 @@ from typing import Any
 FIELDS = re.compile(r"<!--\s*fields:\s*([\w.]+)\s*-->")
 ROLE = re.compile(r":(?:func|mod|class|meth|attr|data|obj|exc):<code>(~?)([^<]*)</code>")
 LITERAL_BLOCK = re.compile(r"::</p>")
+OBJECT_ID = re.compile(r'id="(hf_selfish\.[\w.]+)"')
+_rendered: set[str] = set()
 
 
 def _import(path: str) -> Any:
@@ -52,8 +56,36 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     return FIELDS.sub(lambda m: fields_table(m.group(1)), markdown)
 
 
-def on_page_content(html: str, **kwargs: Any) -> str:
+def on_page_content(html: str, page: Any = None, **kwargs: Any) -> str:
+    if page is not None and page.file.src_uri.startswith("api/"):
+        _rendered.update(OBJECT_ID.findall(html))
     return LITERAL_BLOCK.sub(":</p>", ROLE.sub(_role, html))
+
+
+def undocumented(rendered: set[str]) -> list[str]:
+    """Names of ``hf_selfish.__all__`` without a docstring or without an object heading in ``rendered``."""
+    import inspect
+
+    import hf_selfish
+
+    missing = []
+    for name in hf_selfish.__all__:
+        has_heading = any(r == f"hf_selfish.{name}" or r.endswith(f".{name}") for r in rendered)
+        if not has_heading or not (inspect.getdoc(getattr(hf_selfish, name)) or "").strip():
+            missing.append(name)
+    return missing
+
+
+def on_post_build(**kwargs: Any) -> None:
+    from mkdocs.exceptions import PluginError
+
+    missing = undocumented(_rendered)
+    _rendered.clear()
+    if missing:
+        raise PluginError(
+            f"public names without a docstring or an API page: {', '.join(missing)}; "
+            "give each a docstring and a `::: hf_selfish.<module>.<name>` directive in docs/api/"
+        )
 
 
 def _role(match: re.Match) -> str:

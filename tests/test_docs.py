@@ -171,3 +171,11 @@ def test_sphinx_roles_render_as_code():
         hooks.on_page_content(html)
         == "<p>see <code>apply_selfish_loss</code>, <code>loss</code>, 1:2, per position:</p>"
     )
+
+
+def test_build_hook_names_undocumented_public_names():
+    """`make docs` fails on a public name without an API heading (the hook reads the rendered ids)."""
+    hooks = load_hooks()
+    ids = {f"hf_selfish.somewhere.{name}" for name in hf_selfish.__all__}
+    assert hooks.undocumented(ids) == []
+    assert hooks.undocumented(ids - {"hf_selfish.somewhere.TokenFrequency"}) == ["TokenFrequency"]
