@@ -1,6 +1,6 @@
 """Real logits: time and peak memory of linear + loss, forward + backward, on a real model's last hidden states.
 
-Random weights give unrealistic masking (issue 17), so this is ``bench_fused.py`` on the final hidden
+Random weights give unrealistic masking, so this is ``bench_fused.py`` on the final hidden
 states and LM-head weight of a real model over real text: SmolLM2-135M (V=49,152, d=576) on
 tinyshakespeare, gemma-3-270m (V=262,144, d=640) on the parallel Bible (nine languages, one per block).
 
