@@ -226,12 +226,19 @@ class SelfishTrainer(Trainer):
         """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.model_card.write_run_card`.
 
         Its metadata (base model, license, tags) is kept; the body states the training loss (selfish and
-        its margin, or plain cross-entropy) and holds the per-group table of the last evaluation.
+        its margin, or plain cross-entropy) and holds the per-group table of the last evaluation. Before any
+        evaluation (a checkpoint TRL saves early) the Trainer's own card stays.
         """
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
-        from .model_card import write_run_card  # huggingface_hub's card module: only when a card is made
+        from .model_card import last_eval_entry, write_run_card  # huggingface_hub's card module: only when needed
+
+        if last_eval_entry(self.state.log_history) is None:
+            # TRL's trainers write the card at every checkpoint, often before any evaluation: keep the Trainer's
+            # own card until there is an evaluation to report (a table of no numbers would be scored on nothing)
+            logger.info("model card: no evaluation yet, the Trainer's card is kept; hf_selfish's follows an evaluate()")
+            return
 
         settings = self.args.to_dict()
         settings["selfish_margin_value"] = self.margin_schedule.start  # "auto" resolved against the vocabulary
