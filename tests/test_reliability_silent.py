@@ -21,7 +21,7 @@ from hf_selfish.lab.arguments import DataArguments
 from hf_selfish.lab.compare import compare
 from hf_selfish.lab.data.bible import bible_datasets
 from hf_selfish.lab.recipe import load_recipe
-from hf_selfish.lab.results import load_results, missing_runs, write_results
+from hf_selfish.lab.results import load_results, write_results
 from hf_selfish.metric_names import FREQUENCY_FILE, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
 from hf_selfish.ops.loss import validate_margin
 from hf_selfish.reporting.report import write_report
@@ -236,6 +236,8 @@ def test_an_unfinished_comparison_names_its_missing_runs_and_gives_no_verdict(fi
 
 
 def test_arms_on_different_seeds_give_no_verdict_without_a_plan(finished, tmp_path):
+    from hf_selfish.lab.results import missing_runs
+
     _, run_dir = copy_of(finished, tmp_path)
     results = load_results(run_dir)
     del results["planned"]  # a results.json of an older version: the plan is every arm on every finished seed
