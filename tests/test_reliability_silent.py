@@ -268,6 +268,12 @@ def test_overwrite_advice_says_which_finished_runs_it_deletes(finished, tmp_path
         "or pass --overwrite to DELETE them (4 finished runs: baseline-seed42, baseline-seed43, selfish-seed42, "
         "selfish-seed43)"
     )
+    # --overwrite deletes what it said, the seeds the new command no longer reaches included
+    replaced = compare(
+        load_recipe(recipe, {"output_dir": str(run_dir), "learning_rate": "0.002", "overwrite": "true", "seeds": "1"})
+    )
+    assert finished_runs_of(replaced) == [("baseline", 42), ("selfish", 42)]
+    assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["baseline-seed42", "selfish-seed42"]
 
 
 # -------------------------------------------------------------------- 8. nothing to learn is refused
@@ -333,3 +339,12 @@ def test_a_sweep_of_distinct_margins_gives_one_arm_each(tmp_path):
     assert [arm.name for arm in recipe.arms] == ["baseline", "margin_1", "margin_2.5", "margin_auto"]
     margins = [recipe.arguments(arm).training.selfish_margin for arm in recipe.arms]
     assert margins == [None, 1.0, 2.5, "auto"]
+
+
+@pytest.mark.parametrize("second", ["2.0", "'2'"])
+def test_compare_refuses_two_arms_that_train_the_same_settings(tmp_path, capsys, second):
+    arms = "arms:\n  - {name: base, selfish_margin: null}\n  - {name: two, selfish_margin: 2}\n"
+    recipe = write_recipe(tmp_path, arms + f"  - {{name: also_two, selfish_margin: {second}}}\n")
+    error = cli_error(capsys, "compare", str(recipe))
+    assert "arms 'two' and 'also_two' train the same settings" in error
+    assert not (tmp_path / "run").exists()

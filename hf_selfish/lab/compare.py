@@ -22,7 +22,7 @@ from ..ops.margin import margin_label
 from .guards import RunDirLock, check_folder_kind, check_output_dir, remove_inside
 from .recipe import Arm, Recipe, RunArguments
 from .results import FINISHED, comparison_results, read_results_file, write_results
-from .run import RUN_NEUTRAL_ARGUMENTS, PreparedData, preflight, prepare_data, train_run
+from .run import RUN_NEUTRAL_ARGUMENTS, PreparedData, preflight, prepare_data, run_settings, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     check_no_conflicts(recipe)
     runs = comparison_runs(recipe)
+    check_distinct_arms(runs)
     base = recipe.arguments()
     if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
         raise ValueError(
@@ -170,6 +171,22 @@ def _finished_seeds_beyond(run_dir: Path, runs) -> tuple[int, ...]:
     planned = {seed for _, seed, _ in runs}
     finished = {r.get("seed") for r in recorded.get("runs") or [] if r.get("status") == FINISHED}
     return tuple(sorted(s for s in finished if isinstance(s, int) and s not in planned))
+
+
+def check_distinct_arms(runs) -> None:
+    """Refuse two arms that train the same settings (``selfish_margin: 2`` and ``2.0``, ``null`` and ``inf``): their
+    difference would be noise between two copies of one arm, reported as an effect."""
+    seen: dict[str, str] = {}
+    for arm, seed, args in runs:
+        if seed != runs[0][1]:
+            break
+        key = json.dumps(run_settings(args), sort_keys=True)
+        if key in seen:
+            raise ValueError(
+                f"arms {seen[key]!r} and {arm.name!r} train the same settings (the same loss and margin once read as "
+                "numbers): the comparison would compare an arm with itself; drop one or change its settings"
+            )
+        seen[key] = arm.name
 
 
 def check_no_conflicts(recipe: Recipe) -> None:
@@ -217,9 +234,15 @@ def _train_all(recipe: Recipe, runs, run_dir: Path, say: Callable[[str], None]) 
 
 
 def _clear_finished(run_dir: Path, runs) -> None:
-    """``--overwrite``: remove this comparison's own run folders and results.json, nothing else."""
-    for _, _, args in runs:
-        remove_inside(run_dir, args.training.output_dir)
+    """``--overwrite``: remove the run folders of this comparison and of the one recorded in results.json (its
+    seeds may be more), and results.json; nothing else."""
+    recorded = read_results_file(run_dir) or {}
+    folders = {Path(args.training.output_dir) for _, _, args in runs}
+    for run in [*(recorded.get("runs") or []), *(recorded.get("planned") or [])]:
+        if isinstance(run, dict) and run.get("arm") is not None and run.get("seed") is not None:
+            folders.add(run_dir / run_dir_name(str(run["arm"]), run["seed"]))
+    for folder in sorted(folders):
+        remove_inside(run_dir, folder)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 

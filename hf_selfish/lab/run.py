@@ -203,6 +203,7 @@ def train_run(
     """
     output_dir = Path(args.training.output_dir)
     settings = run_settings(args)
+    check_folder_kind(output_dir, "run")  # `preflight` says so first; the Python API is guarded too
     with RunDirLock(output_dir):
         finished = read_run_record(output_dir)
         # a run of other settings is never reused; an interrupted one may be resumed to more steps
