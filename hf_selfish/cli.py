@@ -46,7 +46,7 @@ def _build_parser() -> argparse.ArgumentParser:
             epilog="recipe keys: " + ", ".join(valid_keys()),
         )
         if name == "train":
-            cmd.add_argument("--arm", help="the recipe arm to train (default: the recipe's shared values)")
+            cmd.add_argument("--arm", help="the recipe arm to train (required when the recipe lists arms)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
     plot.add_argument("run_dir")
     report = sub.add_parser("report", help="rebuild report.md; optionally push report + plots to the Hub")
@@ -66,12 +66,7 @@ def _cmd_train(ns, overrides) -> None:
     from .lab.run import preflight, prepare_data, train_run
 
     recipe = load_recipe(ns.recipe, overrides)
-    arm = None
-    if ns.arm is not None:
-        arms = {a.name: a for a in recipe.arms}
-        if ns.arm not in arms:
-            raise ValueError(f"no arm {ns.arm!r} in the recipe; its arms are {sorted(arms)}")
-        arm = arms[ns.arm]
+    arm = recipe.arm(ns.arm)
     args = recipe.arguments(arm)
     for key, (own, used) in (arm.conflicts if arm else {}).items():
         logger.info("arm %s: --%s %s replaces the arm's own %r", arm.name, key, used, own)
@@ -100,6 +95,16 @@ def _cmd_compare(ns, overrides) -> None:
     print(f"compare took {time.perf_counter() - start:.0f} s")
 
 
+def _say_if_incomplete(run_dir) -> None:
+    """One line on stdout when a comparison has runs to finish: its report gives no verdict."""
+    from .lab.results import incomplete_reason, load_results
+    from .reporting.report import NO_VERDICT
+
+    reason = incomplete_reason(load_results(run_dir))
+    if reason:
+        print(f"incomplete comparison: {reason}. {NO_VERDICT}")
+
+
 def _cmd_plot(ns) -> None:
     from .reporting.plots import write_plots
     from .reporting.report import write_report
@@ -107,12 +112,14 @@ def _cmd_plot(ns) -> None:
     for path in write_plots(ns.run_dir):
         print(path)
     print(write_report(ns.run_dir))
+    _say_if_incomplete(ns.run_dir)
 
 
 def _cmd_report(ns) -> None:
     from .reporting.report import write_report
 
     print(write_report(ns.run_dir))
+    _say_if_incomplete(ns.run_dir)
     if ns.push:
         from .hub import push_report
 

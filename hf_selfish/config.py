@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin
+from .ops.params import check_flag
 from .ops.registry import LOSSES, check_loss_params, needs_hidden
 
 __all__ = ["SelfishTrainingArguments", "check_training_numbers"]
@@ -74,6 +75,11 @@ class SelfishTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        for name in ("selfish_fused", "selfish_fused_sparse"):  # bool("false") is True: never cast a flag
+            check_flag(name, getattr(self, name))
+        every = self.selfish_log_scenarios_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+            raise ValueError(f"selfish_log_scenarios_every must be a number of steps or None (off), got {every!r}")
         self.loss_kwargs = _check_loss(self.loss_name, self.loss_kwargs)
         self.selfish_margin = parse_margin(self.selfish_margin)
         self.selfish_margin_end = parse_margin(self.selfish_margin_end)

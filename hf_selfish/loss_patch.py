@@ -27,6 +27,7 @@ from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.logit_transform import make_logit_transform
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
+from .ops.params import check_flag
 from .patching import autocast_inputs, logit_transform_of, unwrap_model
 
 __all__ = [
@@ -72,7 +73,7 @@ def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fu
     Patching an already patched model updates its settings (patches never stack);
     :func:`remove_selfish_loss` restores the original forward.
     """
-    settings = SelfishLossSettings(validate_margin(margin), bool(fused), _check_chunk_size(chunk_size))
+    settings = SelfishLossSettings(validate_margin(margin), check_flag("fused", fused), _check_chunk_size(chunk_size))
     model = _inner_model(model)
     if fused:
         _check_reachable(model)

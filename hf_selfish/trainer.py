@@ -27,7 +27,44 @@ logger = logging.getLogger(__name__)
 # for errors about models whose head AGG cannot read: (what needs the head, what to do instead)
 AGG_USER = ("agg (adaptive gradient gating)", "Train this model with another loss_name.")
 
-__all__ = ["SelfishTrainer", "SelfishTrainingArguments", "output_vocab_size", "selfish_loss_func"]
+__all__ = [
+    "SelfishTrainer",
+    "SelfishTrainingArguments",
+    "check_train_dataset",
+    "has_labelled_token",
+    "output_vocab_size",
+    "selfish_loss_func",
+]
+
+
+def has_labelled_token(dataset, ignore_index: int = -100, batch_size: int = 1024, mask_columns=()) -> bool:
+    """Whether any row has a label a causal LM is trained or scored on (``labels[1:] != ignore_index``).
+
+    Rows without a ``labels`` column are labelled by their ``input_ids`` (what the collators do);
+    ``mask_columns`` (e.g. TRL's ``completion_mask``) keep a position only where every mask is 1.
+    """
+    column = "labels" if "labels" in dataset.column_names else "input_ids"
+    masks = [name for name in mask_columns if name in dataset.column_names]
+    for batch in dataset.select_columns([column, *masks]).iter(batch_size=batch_size):
+        for i, row in enumerate(batch[column]):
+            for j in range(1, len(row)):
+                if row[j] != ignore_index and all(batch[name][i][j] for name in masks):
+                    return True
+    return False
+
+
+def check_train_dataset(dataset, mask_columns=()) -> None:
+    """Refuse a map-style (`datasets.Dataset`) train split without one labelled token: every step would have
+    loss 0 and gradient 0, and the run would finish as if it had trained. Other datasets are not scanned."""
+    names = getattr(dataset, "column_names", None)
+    if not isinstance(names, list) or not ({"labels", "input_ids"} & set(names)) or not hasattr(dataset, "__len__"):
+        return
+    if not has_labelled_token(dataset, mask_columns=mask_columns):
+        raise ValueError(
+            f"the train dataset has no labelled token ({len(dataset)} rows, each shorter than two tokens or masked "
+            "out; a causal LM learns labels[1:]): every step would have loss 0 and change nothing; give rows with "
+            "text (an empty string is no example)"
+        )
 
 
 def output_vocab_size(model: nn.Module) -> int:
@@ -123,6 +160,14 @@ class SelfishTrainer(Trainer):
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
+
+    # dataset columns that mask labels in the collator (TRL's completion_mask, assistant_masks); none here
+    label_mask_columns: tuple[str, ...] = ()
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, after refusing a train split with nothing to learn (`check_train_dataset`)."""
+        check_train_dataset(self.train_dataset, self.label_mask_columns)
+        return super().train(*args, **kwargs)
 
     def training_margin(self) -> float | None:
         """The margin applied at the current training step (``None`` = plain cross-entropy)."""

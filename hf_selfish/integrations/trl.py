@@ -74,6 +74,12 @@ class SelfishSFTTrainer(SelfishTrainer, SFTTrainer):
             super().__init__(model, args, *pos, token_counts=token_counts, **kwargs)
         self._total_train_tokens = getattr(self, "_total_train_tokens", 0)
 
+    @property
+    def label_mask_columns(self) -> tuple[str, ...]:
+        """The columns TRL's collator masks labels with, as this config uses them (`check_train_dataset`)."""
+        columns = ("assistant_masks",) if self.args.assistant_only_loss else ()
+        return columns + (("completion_mask",) if self.args.completion_only_loss in (None, True) else ())
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """`SelfishTrainer.compute_loss` (one forward), plus TRL's ``num_tokens`` count while training."""
         inputs = {**inputs, "use_cache": False}  # as SFTTrainer: no KV cache in a loss forward

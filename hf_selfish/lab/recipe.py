@@ -31,7 +31,8 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from ..config import SelfishTrainingArguments
-from ..ops.margin import NULL_WORDS
+from ..ops.loss import validate_margin
+from ..ops.margin import NULL_WORDS, parse_margin
 from .arguments import DataArguments, ExperimentArguments, ModelArguments
 
 __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "DEFAULT_ARMS"]
@@ -71,6 +72,21 @@ class Recipe:
     values: dict[str, Any]
     arms: list[Arm]
     source: str | None = None
+    declares_arms: bool = False  # the recipe lists arms (or sweep_margins); else `DEFAULT_ARMS`
+
+    def arm(self, name: str | None) -> Arm | None:
+        """The arm ``name`` trains (``None``: the shared values, only for a recipe without arms)."""
+        names = [a.name for a in self.arms]
+        if name is None:
+            if self.declares_arms:
+                raise ValueError(
+                    f"the recipe has arms {', '.join(names)}: pick the one to train with --arm NAME (without it the "
+                    "run would train the shared values, neither arm)"
+                )
+            return None
+        if name not in names:
+            raise ValueError(f"no arm {name!r} in the recipe; its arms are {sorted(names)}")
+        return self.arms[names.index(name)]
 
     def arguments(self, arm: Arm | None = None, **extra: Any) -> RunArguments:
         """Parse the dataclasses for ``arm`` (shared values, then the arm's, then ``extra``)."""
@@ -101,6 +117,10 @@ def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 
+def _is_flag(action: argparse.Action) -> bool:
+    return action.type is string_to_bool or isinstance(action.const, bool)
+
+
 def _coerce(action: argparse.Action, value: Any) -> Any:
     """Convert a string (from YAML or the command line) with the field's own argparse type."""
     if isinstance(value, list):  # each item is one value of the list (never split again)
@@ -111,7 +131,7 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         return _check_integer(action, value)
     if value.strip() in NULL_WORDS:  # "none" stays a string: report_to: none
         return None
-    if action.type is string_to_bool or isinstance(action.const, bool):
+    if _is_flag(action):
         try:
             return string_to_bool(value)
         except argparse.ArgumentTypeError as err:
@@ -122,7 +142,16 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
 
 
 def _check_integer(action: argparse.Action, value: Any) -> Any:
-    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why)."""
+    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why).
+
+    A YAML boolean (``off``, ``no``, ``yes``, ...) is refused for every field that is not a flag: Python reads
+    False as 0, so ``selfish_margin: off`` would train margin 0.
+    """
+    if isinstance(value, bool) and not _is_flag(action):
+        raise ValueError(
+            f"recipe key {action.dest!r}: got {value!r}, a yes/no value (YAML reads off/no/false/on/yes/true as "
+            "one), but it takes no flag; write null for no value, a number, or quote a word ('no')"
+        )
     if action.type is int and isinstance(value, float):
         if not value.is_integer():
             raise ValueError(f"recipe key {action.dest!r}: expected an integer, got {value!r}")
@@ -197,12 +226,13 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         if raw_arms:
             raise ValueError("a recipe sets either `arms` or `sweep_margins`, not both")
         raw_arms = sweep_arms(sweep)
+    declares_arms = bool(raw_arms)
     raw_arms = raw_arms or [dict(a) for a in DEFAULT_ARMS]
     arms = [_parse_arm(raw, i, overrides) for i, raw in enumerate(raw_arms)]
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
-    recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
+    recipe = Recipe(values=values, arms=arms, source=str(path) if path else None, declares_arms=declares_arms)
     recipe.arguments()  # fail now, not after the first arm has trained
     for arm, raw in zip(arms, raw_arms):
         own = recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
@@ -236,12 +266,32 @@ _MISSING = object()
 
 
 def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
-    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin."""
+    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin.
+
+    Margins are compared as the loss reads them (`parse_margin`): ``2`` and ``2.0``, ``auto`` and ``AUTO``
+    are one margin, and ``inf`` / ``null`` is plain cross-entropy, the baseline itself; either would make two
+    arms train the same thing, so both are refused.
+    """
     if isinstance(margins, str):
         margins = margins.split(",")
     arms = [{"name": "baseline", "selfish_margin": None}]
+    seen: dict[Any, str] = {}
     for margin in margins:
+        if isinstance(margin, bool):
+            validate_margin(margin)  # raises: a yes/no value is no margin
         text = str(margin).strip()
+        value = parse_margin(text)
+        if value is None:
+            raise ValueError(
+                f"sweep_margins lists {text!r}, which is plain cross-entropy: the baseline arm already trains it; "
+                "drop it from the list"
+            )
+        if value in seen:
+            raise ValueError(
+                f"sweep_margins lists one margin twice ({seen[value]!r} and {text!r}, both {value}): two arms would "
+                "train the same thing; list each margin once"
+            )
+        seen[value] = text
         arms.append({"name": f"margin_{text}", "selfish_margin": text})
     return arms
 

@@ -56,12 +56,18 @@ def upcast(tensor: torch.Tensor) -> torch.Tensor:
 def validate_margin(margin: float | None) -> float | None:
     """Return ``margin`` as a float (``None`` for plain CE) or raise a ``ValueError`` naming it.
 
-    ``None`` and ``+inf`` mean "no masking". Negative, NaN or non-numeric margins are refused: a
-    negative margin would mask the target's own neighbourhood and change what the loss means.
+    ``None`` and ``+inf`` mean "no masking". Negative, NaN, non-numeric and boolean margins are refused: a
+    negative margin would mask the target's own neighbourhood and change what the loss means, and
+    ``float(False)`` is a margin of 0.
     """
     if margin is None:
         return None
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+    if isinstance(margin, bool):  # float(True) is 1.0: a yes/no value would silently train margin 0 or 1
+        raise ValueError(
+            f"selfish margin must be a non-negative number or None, got {margin!r}, a yes/no value (YAML reads "
+            "off/no/false/on/yes/true as one); write null for plain cross-entropy, or a number such as 2.0"
+        )
+    if not isinstance(margin, (int, float)):
         try:
             margin = float(margin)
         except (TypeError, ValueError):

@@ -14,7 +14,7 @@ import torch
 
 from .loss import check_label_range, flatten_aligned, validate_margin
 
-__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_params"]
+__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_flag", "check_params"]
 
 
 def _number(value: Any) -> float | None:
@@ -26,6 +26,13 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` when it is a bool, else a ``ValueError``: ``bool("false")`` is True, so a flag is never cast."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def _non_negative(loss: str, name: str, value: Any) -> float:

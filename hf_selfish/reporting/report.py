@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, load_results
+from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, incomplete_reason, load_results
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
@@ -210,6 +210,11 @@ def recipe_summary(results: Mapping[str, Any], summary: Summary) -> str:
         settings.append(f"vocabulary: {results['vocab_size']} tokens")
     if settings:
         lines += ["- " + s for s in settings]
+    shares = results.get("train_shares") or {}
+    if len(shares) > 1:
+        asked = f" (bible_share asked: {recipe['bible_share']})" if recipe.get("bible_share") is not None else ""
+        mix = ", ".join(f"{code} {share:.2%}" for code, share in shares.items())
+        lines.append(f"- training mix, share of the training characters: {mix}{asked}")
     seeds = sorted({r["seed"] for r in summary.runs if r["seed"] is not None})
     if seeds:
         lines.append(f"- seeds: {', '.join(map(str, seeds))}")
@@ -266,9 +271,11 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``)."""
     summary = summarize(results)
     other_stats = [s for s in MEAN_STATS if s != MAIN_STAT]
-    parts = [
-        f"# hf_selfish comparison: {summary.name}",
-        "",
+    incomplete = incomplete_reason(results)
+    parts = [f"# hf_selfish comparison: {summary.name}", ""]
+    if incomplete:
+        parts += [f"> **Incomplete comparison**: {incomplete}. {NO_VERDICT}", ""]
+    parts += [
         "## Recipe",
         "",
         recipe_summary(results, summary),
@@ -296,7 +303,7 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
         for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
             title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
             parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
-    parts += ["", "## Verdict", "", verdict(summary)]
+    parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
     parts += ["", "## Other metrics", ""]
@@ -307,6 +314,7 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     return "\n".join(parts).rstrip() + "\n"
 
 
+NO_VERDICT = "No verdict until every arm has finished the same seeds; re-run `hf-selfish compare` to finish them."
 CONTRAST_NOTE = (
     "Per-token-mean NLL (and the overall eval loss) of each arm minus the baseline's, paired by seed: mean "
     "[95% confidence interval, t over seeds], * when the interval excludes 0. Negative is better."
@@ -355,7 +363,10 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     report = run_dir / REPORT_FILE
     atomic_write_text(report, render_report(results, existing_plots(run_dir)))
     summary = summarize(results)
-    record = {**summary.to_json(), "verdict": verdict(summary)}
+    incomplete = incomplete_reason(results)
+    record = {**summary.to_json(), "verdict": None if incomplete else verdict(summary), "incomplete": incomplete}
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    if incomplete:
+        logger.warning("%s is incomplete: %s. %s", run_dir, incomplete, NO_VERDICT)
     logger.info("report written to %s", report)
     return report
