@@ -1,0 +1,89 @@
+"""Reliability: bad input that ended in a traceback, or in a line that named the wrong cause.
+
+Each test fails on the code before the fix. CLI errors are one line (``cli_error``) and come before training.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .test_bad_input import cli_error
+from .test_tuning import TABLE, _results
+
+# ------------------------------------------------------------------------ the tuning rule as `hf-selfish tune`
+
+
+def _tuning_dir(tmp_path: Path, results: dict) -> Path:
+    run_dir = tmp_path / "tune"
+    run_dir.mkdir()
+    (run_dir / "results.json").write_text(json.dumps(results))
+    return run_dir
+
+
+def test_tune_prints_the_table_and_the_chosen_values(tmp_path, capsys):
+    from hf_selfish.cli import main
+
+    assert main(["tune", str(_tuning_dir(tmp_path, _results(TABLE))), "--group", "rank_41-50"]) == 0
+    out = capsys.readouterr().out
+    assert "| selfish | selfish_margin | **2.0** | 2.0900 | **3.5000** | yes |" in out
+    assert out.strip().splitlines()[-4:] == [
+        "selfish: selfish_margin = 2.0",
+        "focal: gamma = 2.0",
+        "tlat_chi_square: T = 1.0",
+        "tlat_exponential: T = 1.0",
+    ]
+
+
+def test_tune_folders_without_results_are_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for folder in (tmp_path / "missing", tmp_path / "empty"):
+        assert "no results file at" in cli_error(capsys, "tune", str(folder))
+    truncated = _tuning_dir(tmp_path, _results(TABLE))
+    text = (truncated / "results.json").read_text()
+    (truncated / "results.json").write_text(text[: len(text) // 2])
+    assert "is not valid JSON" in cli_error(capsys, "tune", str(truncated))
+
+
+def test_tune_on_an_unfinished_comparison_says_so(tmp_path, capsys):
+    results = _results(TABLE)
+    for run in results["runs"]:
+        run["status"] = "running"
+    error = cli_error(capsys, "tune", str(_tuning_dir(tmp_path, results)))
+    assert "no finished run records a rare group" in error and "--group" in error
+
+
+def test_tune_an_unknown_group_names_the_recorded_ones(tmp_path, capsys):
+    error = cli_error(capsys, "tune", str(_tuning_dir(tmp_path, _results(TABLE))), "--group", "nosuch")
+    assert "target group 'nosuch': no finished run records 'eval_nosuch_nll'" in error
+    assert "groups recorded: rank_41-50" in error
+
+
+@pytest.mark.parametrize("limit", ["-1", "nan", "inf"])
+def test_tune_refuses_a_negative_or_non_finite_limit(tmp_path, capsys, limit):
+    run_dir = _tuning_dir(tmp_path, _results(TABLE))
+    error = cli_error(capsys, "tune", str(run_dir), "--group", "rank_41-50", "--max_loss_increase", limit)
+    assert "max_loss_increase must be a finite number >= 0" in error and limit in error
+
+
+def test_tune_a_language_the_runs_did_not_record_is_named(tmp_path, capsys):
+    run_dir = _tuning_dir(tmp_path, _results(TABLE))
+    error = cli_error(capsys, "tune", str(run_dir), "--language", "nya", "--main", "eng")
+    assert "has no finished run" not in error
+    assert "the baseline arm 'baseline''s finished runs record no 'eval_eng_loss'" in error
+    assert "recorded losses: eval_loss" in error
+    assert "--language and --main go together" in cli_error(capsys, "tune", str(run_dir), "--language", "nya")
+
+
+def test_the_tuning_script_is_the_tune_command(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "choose_rival_values.py"
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "missing")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("hf-selfish tune: error: no results file at")
