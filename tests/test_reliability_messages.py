@@ -87,3 +87,43 @@ def test_the_tuning_script_is_the_tune_command(tmp_path):
     )
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("hf-selfish tune: error: no results file at")
+
+
+# ------------------------------------------------------------------------------------ SelfishSFTTrainer inputs
+
+
+def _sft(tmp_path, dataset, **config):
+    """A SelfishSFTTrainer of the tiny Llama of test_trl on ``dataset`` (built, not trained)."""
+    pytest.importorskip("trl")
+    from hf_selfish.integrations.trl import SelfishSFTConfig, SelfishSFTTrainer
+
+    from .test_trl import OFFLINE_CPU, char_tokenizer, sft_model
+
+    tokenizer = char_tokenizer()
+    args = SelfishSFTConfig(output_dir=str(tmp_path / "sft"), max_steps=1, **OFFLINE_CPU, **config)
+    return SelfishSFTTrainer(sft_model(tokenizer), args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+def test_sft_an_empty_dataset_is_refused_by_name(tmp_path):
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match=r"train_dataset is empty \(0 rows\)"):
+        _sft(tmp_path, Dataset.from_dict({"text": []}))
+
+
+def test_sft_a_dataset_without_its_text_column_says_what_to_pass(tmp_path):
+    from datasets import Dataset
+
+    dataset = Dataset.from_dict({"content": ["the cat sat.", "a dog ran."]})
+    with pytest.raises(ValueError, match=r"has no 'text' column \(its columns: content\); pass .*dataset_text_field"):
+        _sft(tmp_path, dataset)
+    trainer = _sft(tmp_path, dataset, dataset_text_field="content")  # what the message says works
+    assert len(trainer.train_dataset) == 2 and "input_ids" in trainer.train_dataset.column_names
+
+
+def test_sft_assistant_only_loss_without_a_chat_template_says_what_to_pass(tmp_path):
+    from datasets import Dataset
+
+    chat = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]
+    with pytest.raises(ValueError, match=r"has no chat_template: set tokenizer.chat_template"):
+        _sft(tmp_path, Dataset.from_dict({"messages": chat}), assistant_only_loss=True)
