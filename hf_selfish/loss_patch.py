@@ -183,14 +183,14 @@ class _SelfishForward:
         has_labels = arguments.get("labels") is not None or arguments.get("shift_labels") is not None
         if not (self.model.training and has_labels):
             return self.original(*args, **kwargs)  # evaluation, generation: exactly as before
-        if not self.settings.fused:
-            return self._unfused(arguments)
-        return self._fused(arguments)
+        return_dict = _wants_return_dict(arguments.get("return_dict"), self.model.config)
+        result = self._fused(arguments) if self.settings.fused else self._unfused(arguments)
+        return result if return_dict else result.to_tuple()  # the model's own convention, on both paths
 
     def _unfused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput:
         """The selfish loss of the model's own logits (its transforms included)."""
         loss_kwargs = _pop_loss_kwargs(arguments)
-        outputs = self.original(**arguments, logits_to_keep=loss_kwargs["logits_to_keep"])
+        outputs = self.original(**arguments, logits_to_keep=loss_kwargs["logits_to_keep"], return_dict=True)
         loss, masked_fraction = selfish_causal_lm_loss(
             outputs.logits,
             loss_kwargs["labels"],
@@ -211,13 +211,13 @@ class _SelfishForward:
             masked_fraction=masked_fraction,
         )
 
-    def _fused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput | tuple:
+    def _fused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput:
         """Decoder -> last hidden state -> fused selfish loss; no logits."""
         loss_kwargs = _pop_loss_kwargs(arguments)
         if not self.verified:
             self._verify(arguments)
         arguments["use_cache"] = False  # a loss call never feeds generation: no KV cache
-        outputs = _decoder_of(self.model)(**arguments)
+        outputs = _decoder_of(self.model)(**arguments, return_dict=True)
         hidden = slice_logits_to_keep(outputs.last_hidden_state, loss_kwargs["logits_to_keep"])  # [B, T, d]
         loss, masked_fraction = self._loss(hidden, loss_kwargs)
         result = SelfishCausalLMOutput(
@@ -227,7 +227,7 @@ class _SelfishForward:
             attentions=outputs.attentions,
             masked_fraction=masked_fraction,
         )
-        return result if loss_kwargs["return_dict"] is not False else result.to_tuple()
+        return result
 
     def _loss(self, hidden: torch.Tensor, loss_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, masked_fraction)`` of ``hidden [B, T, d]`` against the (shifted) labels."""
@@ -263,8 +263,9 @@ class _SelfishForward:
         self.model.eval()
         try:
             with torch.no_grad():
-                expected = self.original(**arguments, logits_to_keep=1).logits.float()  # [B, 1, V]
-                hidden = _decoder_of(self.model)(**{**arguments, "use_cache": False}).last_hidden_state[:, -1:]
+                expected = self.original(**arguments, logits_to_keep=1, return_dict=True).logits.float()  # [B, 1, V]
+                decoder = _decoder_of(self.model)
+                hidden = decoder(**{**arguments, "use_cache": False}, return_dict=True).last_hidden_state[:, -1:]
                 got = self._transformed_head(hidden).float()  # [B, 1, V]
         finally:
             self.model.train(was_training)
@@ -300,6 +301,14 @@ def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) ->
         else:
             arguments[name] = value
     return arguments
+
+
+def _wants_return_dict(return_dict: bool | None, config) -> bool:
+    """What the model would return: an output object unless ``return_dict=False`` was passed, or left unset
+    with ``config.return_dict=False`` (transformers' ``can_return_tuple``)."""
+    if return_dict is not None:
+        return bool(return_dict)
+    return bool(getattr(config, "return_dict", True))
 
 
 def _pop_loss_kwargs(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -127,3 +127,60 @@ def test_sft_assistant_only_loss_without_a_chat_template_says_what_to_pass(tmp_p
     chat = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]
     with pytest.raises(ValueError, match=r"has no chat_template: set tokenizer.chat_template"):
         _sft(tmp_path, Dataset.from_dict({"messages": chat}), assistant_only_loss=True)
+
+
+# --------------------------------------------------------------------------- the patched forward's conventions
+
+
+def _patched(fused: bool):
+    from hf_selfish import apply_selfish_loss
+
+    from .tiny_models import tiny_model
+
+    model = tiny_model("llama", 31, seed=0, num_hidden_layers=1).double()
+    return apply_selfish_loss(model, 1.0, fused=fused).train()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_float_labels_are_one_clear_error_on_both_paths(fused):
+    import torch
+
+    ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(0))  # [B, T]
+    model = _patched(fused)
+    with pytest.raises(ValueError, match=r"labels must be integer token ids, got a float32 tensor; pass labels.long"):
+        model(input_ids=ids, labels=ids.float())
+    with pytest.raises(ValueError, match=r"shift_labels must be integer token ids, got a bool tensor"):
+        model(input_ids=ids, shift_labels=ids > 3)
+
+
+def test_float_labels_to_the_loss_functions_are_one_clear_error():
+    import torch
+
+    from hf_selfish.ops.loss import selfish_causal_lm_loss, selfish_cross_entropy
+
+    logits = torch.randn(2, 8, 31)  # [B, T, V]
+    labels = torch.randint(0, 31, (2, 8)).float()
+    with pytest.raises(ValueError, match="selfish_causal_lm_loss: labels must be integer token ids"):
+        selfish_causal_lm_loss(logits, labels, 1.0)
+    with pytest.raises(ValueError, match="labels must be integer token ids"):
+        selfish_cross_entropy(logits.flatten(0, 1), labels.flatten(), 1.0)
+
+
+def test_return_dict_false_gives_a_tuple_on_both_paths_as_the_model_does():
+    import torch
+
+    ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(1))  # [B, T]
+    own = _patched(False).eval()(input_ids=ids, return_dict=False)  # the model's own convention: a tuple
+    assert isinstance(own, tuple)
+    losses = {}
+    for fused in (True, False):
+        model = _patched(fused)
+        as_object = model(input_ids=ids, labels=ids)
+        as_tuple = model(input_ids=ids, labels=ids, return_dict=False)
+        assert isinstance(as_tuple, tuple) and not isinstance(as_object, tuple)
+        assert all(torch.equal(a, b) for a, b in zip(as_tuple, as_object.to_tuple(), strict=True))
+        losses[fused] = as_tuple[0]
+    # fused (float32 chunks) == unfused (float64 logits)
+    want = losses[False].float()
+    torch.testing.assert_close(losses[True], want, rtol=1e-5, atol=1e-5 * want.abs().item())
+    torch.testing.assert_close(_patched(False)(input_ids=ids, labels=ids, return_dict=False)[1], own[0])  # logits
