@@ -15,6 +15,7 @@ callable object holding its model, so ``copy.deepcopy(model)`` patches the copy,
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -274,12 +275,34 @@ class _SelfishForward:
         tolerance = 2e-2 if low_precision else 1e-4
         if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
             error = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-            raise ValueError(
-                f"{type(self.model).__name__}'s logits differ from its transformed output embedding of the decoder's "
-                f"last hidden state by up to {error:.3g}: the fused selfish loss cannot reach its head; "
-                "apply_selfish_loss(model, fused=False) works from the logits instead"
-            )
+            raise ValueError(self._mismatch_cause(error))
         self.verified = True
+
+    def _mismatch_cause(self, error: float) -> str:
+        """Why the logits differ, the likeliest cause first: non-finite head parameters, a forward another
+        library replaced (the fused loss bypasses it), and only then a head the fused loss cannot reach."""
+        name = type(self.model).__name__
+        weight, bias = whole_head_parameters(self.model.get_output_embeddings())
+        for part, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                count = int((~torch.isfinite(tensor)).sum())
+                return (
+                    f"{name}'s output embedding {part} holds {count} non-finite value(s) (NaN or inf): the model "
+                    "is broken before any loss; load or initialise it again (a diverged checkpoint?)"
+                )
+        library = _forward_replaced_by(self.model, self.previous)
+        if library is not None:
+            return (
+                f"{name}.forward was replaced by another library ({library}) before the selfish loss was applied, "
+                f"and its logits differ from the head's by up to {error:.3g}; the fused selfish loss would bypass "
+                "that patch: pass a model no other trainer or library patched (a fresh from_pretrained), or use "
+                "apply_selfish_loss(model, fused=False), which trains on the patched forward's logits"
+            )
+        return (
+            f"{name}'s logits differ from its transformed output embedding of the decoder's last hidden state by up "
+            f"to {error:.3g}: the fused selfish loss cannot reach its head; apply_selfish_loss(model, fused=False) "
+            "works from the logits instead"
+        )
 
     def _transformed_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """``softcap * tanh(scale * head(hidden) / softcap)`` as the fused loss computes it, ``[B, 1, V]``."""
@@ -289,6 +312,29 @@ class _SelfishForward:
         if transform is not None:
             transform.apply_(logits, None)  # in place; no derivative wanted
         return logits
+
+
+def _forward_replaced_by(model: torch.nn.Module, previous) -> str | None:
+    """The module of a forward another library put on ``model`` (its instance, or its class), else None.
+
+    Read from the function's globals: a ``functools.wraps`` patch copies the original's ``__module__``."""
+    candidates = [previous] if previous is not None else []
+    candidates.append(type(model).forward)
+    for forward in candidates:
+        module = _defining_module(forward)
+        if module and not module.startswith(("transformers", "torch", "hf_selfish")):
+            return module
+    return None
+
+
+def _defining_module(function) -> str | None:
+    """Where ``function`` (a function, bound method, partial or callable object) was written."""
+    while isinstance(function, functools.partial) or hasattr(function, "__func__"):
+        function = function.func if isinstance(function, functools.partial) else function.__func__
+    globals_ = getattr(function, "__globals__", None)
+    if isinstance(globals_, dict) and isinstance(globals_.get("__name__"), str):
+        return globals_["__name__"]
+    return getattr(type(function), "__module__", None)
 
 
 def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:

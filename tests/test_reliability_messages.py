@@ -184,3 +184,96 @@ def test_return_dict_false_gives_a_tuple_on_both_paths_as_the_model_does():
     want = losses[False].float()
     torch.testing.assert_close(losses[True], want, rtol=1e-5, atol=1e-5 * want.abs().item())
     torch.testing.assert_close(_patched(False)(input_ids=ids, labels=ids, return_dict=False)[1], own[0])  # logits
+
+
+# --------------------------------------------------------------- why the fused loss refuses a model: the cause
+
+
+def _llama():
+    from .tiny_models import tiny_model
+
+    return tiny_model("llama", 31, seed=0, num_hidden_layers=1)
+
+
+def _train_step_error(model) -> str:
+    import torch
+
+    from hf_selfish import apply_selfish_loss
+
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])  # [B=1, T=6]
+    with pytest.raises(ValueError) as info:
+        apply_selfish_loss(model, 1.0, fused=True).train()(input_ids=ids, labels=ids)
+    return str(info.value)
+
+
+def test_a_nan_in_the_head_is_named_as_such():
+    import torch
+
+    model = _llama()
+    with torch.no_grad():
+        model.lm_head.weight[3, 2] = float("nan")
+        model.lm_head.weight[5, 0] = float("inf")
+    error = _train_step_error(model)
+    assert "output embedding weight holds 2 non-finite value(s)" in error and "cannot reach its head" not in error
+
+
+def test_a_forward_another_library_replaced_is_named():
+    import functools
+    import types
+
+    library = types.ModuleType("otherlib.patching")  # a library that patches forward, as Liger or TRL do
+    exec(
+        "def forward(self, *args, **kwargs):\n"
+        "    out = type(self).forward(self, *args, **kwargs)\n"
+        "    out.logits = out.logits / 2.0\n"  # e.g. a temperature
+        "    return out\n",
+        library.__dict__,
+    )
+    model = _llama()
+    model.forward = types.MethodType(functools.wraps(type(model).forward)(library.forward), model)
+    error = _train_step_error(model)
+    assert "LlamaForCausalLM.forward was replaced by another library (otherlib.patching)" in error
+    assert "cannot reach its head" not in error
+
+
+def test_a_head_out_of_reach_is_still_said(monkeypatch):
+    import torch
+
+    model = _llama()
+    original = model.lm_head.forward
+    model.lm_head.forward = lambda hidden: original(hidden) + torch.ones(31)  # a hook-like change of the head
+    assert "the fused selfish loss cannot reach its head" in _train_step_error(model)
+
+
+def test_trl_patched_forward_trains_the_same_selfish_steps(tmp_path):
+    """TRL's SFTTrainer leaves its fused-head patch on ``model.forward``; SelfishSFTTrainer on that same model
+    object trains exactly as on an unpatched copy (TRL's patch passes through without ``fused_lm_head``)."""
+    trl = pytest.importorskip("trl")
+    import torch
+    from datasets import Dataset
+
+    from hf_selfish.integrations.trl import SelfishSFTConfig, SelfishSFTTrainer
+
+    from .test_trl import OFFLINE_CPU, TEXTS, char_tokenizer, sft_model
+
+    tokenizer, dataset = char_tokenizer(), Dataset.from_dict({"text": TEXTS})
+    losses = []
+    for patched_by_trl in (False, True):
+        model = sft_model(tokenizer)
+        if patched_by_trl:
+            trl_args = trl.SFTConfig(output_dir=str(tmp_path / "trl"), max_steps=1, **OFFLINE_CPU)
+            trl.SFTTrainer(model, args=trl_args, train_dataset=dataset, processing_class=tokenizer)
+            assert "forward" in vars(model)  # TRL's patch is on the instance
+        args = SelfishSFTConfig(
+            output_dir=str(tmp_path / f"s{int(patched_by_trl)}"),
+            selfish_margin=1.0,
+            selfish_fused=True,
+            max_steps=2,
+            logging_steps=1,
+            **OFFLINE_CPU,
+            seed=0,
+        )
+        trainer = SelfishSFTTrainer(model, args=args, train_dataset=dataset, processing_class=tokenizer)
+        trainer.train()
+        losses.append(torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e]))
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5 * losses[0].abs().max().item())
