@@ -277,3 +277,30 @@ def test_trl_patched_forward_trains_the_same_selfish_steps(tmp_path):
         trainer.train()
         losses.append(torch.tensor([e["loss"] for e in trainer.state.log_history if "loss" in e]))
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-5 * losses[0].abs().max().item())
+
+
+# ------------------------------------------------------------------------------------------ the public API
+
+
+def test_every_public_name_imports_from_the_package_and_has_a_docstring():
+    import hf_selfish
+
+    assert hf_selfish.__all__ == sorted(set(hf_selfish.__all__))
+    for name in hf_selfish.__all__:
+        exec(f"from hf_selfish import {name} as value", namespace := {})
+        doc = (namespace["value"].__doc__ or "").strip()
+        # a dataclass without a docstring gets its signature, "Name(field: type, ...)", as __doc__
+        assert doc and not doc.startswith(f"{name}("), f"hf_selfish.{name} has no docstring"
+
+
+def test_the_helpers_users_need_are_public():
+    import hf_selfish
+    from hf_selfish import loss_patch
+
+    needed = {"selfish_loss_settings", "SelfishLossSettings", "apply_selfish_loss", "remove_selfish_loss"}
+    needed |= {"SelfishTrainer", "SelfishTrainingArguments", "selfish_loss_func", "TokenFrequency"}
+    needed |= {"RankBucketEvalCallback", "attach_rank_bucket_eval", "rank_bucket_metric_path"}
+    assert needed <= set(hf_selfish.__all__), needed - set(hf_selfish.__all__)
+    assert set(loss_patch.__all__) <= set(hf_selfish.__all__)  # the patch's whole API, from one place
+    exec("from hf_selfish import selfish_loss_settings as f", namespace := {})
+    assert namespace["f"] is loss_patch.selfish_loss_settings
