@@ -139,6 +139,13 @@ def _check_loss(name: str, kwargs: dict | str | None) -> dict:
             f"such as '{{\"gamma\": 1.0}}'), got {kwargs!r}"
         )
     kwargs = dict(kwargs or {})
-    if name == "selfish" and "margin" in kwargs:
-        raise ValueError("the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin")
+    if name == "selfish" and kwargs:  # its one parameter, the margin, is selfish_margin (with its schedule)
+        if "margin" in kwargs:
+            raise ValueError(
+                "the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin"
+            )
+        raise ValueError(
+            f"loss 'selfish' takes no parameter {', '.join(map(repr, sorted(kwargs)))} in loss_kwargs (its margin is "
+            "set with selfish_margin); set loss_name to the loss these parameters belong to"
+        )
     return check_loss_params(name, kwargs)

@@ -304,3 +304,61 @@ def test_the_helpers_users_need_are_public():
     assert set(loss_patch.__all__) <= set(hf_selfish.__all__)  # the patch's whole API, from one place
     exec("from hf_selfish import selfish_loss_settings as f", namespace := {})
     assert namespace["f"] is loss_patch.selfish_loss_settings
+
+
+# ------------------------------------------------------------------- the command line wins for loss_kwargs
+
+RIVALS = (
+    "arms:\n"
+    "  - {name: baseline, loss_name: ce}\n"
+    "  - {name: selfish, loss_name: selfish, selfish_margin: 4.0}\n"
+    "  - {name: focal, loss_name: focal, loss_kwargs: {gamma: 0.5}}\n"
+)
+
+
+def _trained_arguments(monkeypatch, capsys, *argv):
+    """``hf-selfish train ...`` up to training: the arguments it would train with (nothing is prepared)."""
+    import hf_selfish.lab.run as run
+    from hf_selfish.cli import main
+
+    seen = []
+    monkeypatch.setattr(run, "prepare_data", lambda *a: None)
+
+    def fake_train_run(args, data, arm):
+        seen.append(args)
+        return {"arm": arm, "final": {"eval_loss": 1.0}, "global_step": 1, "train_seconds": 0, "output_dir": "x"}
+
+    monkeypatch.setattr(run, "train_run", fake_train_run)
+    code = main(list(argv))
+    assert code == 0, capsys.readouterr().err
+    return seen[0]
+
+
+@pytest.mark.parametrize("loss_name", [[], ["--loss_name", "focal"]])
+def test_train_an_arm_takes_loss_kwargs_from_the_command_line(tmp_path, capsys, monkeypatch, loss_name):
+    from .test_bad_input import write_recipe
+
+    recipe = str(write_recipe(tmp_path, RIVALS))
+    args = _trained_arguments(
+        monkeypatch, capsys, "train", recipe, "--arm", "focal", *loss_name, "--loss_kwargs", '{"gamma": 3}'
+    )
+    assert (args.training.loss_name, args.training.loss_kwargs) == ("focal", {"gamma": 3})
+
+
+def test_compare_still_refuses_replacing_an_arms_own_loss_kwargs(tmp_path, capsys):
+    from .test_bad_input import write_recipe
+
+    error = cli_error(capsys, "compare", str(write_recipe(tmp_path, RIVALS)), "--loss_kwargs", '{"gamma": 3}')
+    assert "would replace arm 'focal''s own loss_kwargs={'gamma': 0.5}" in error
+    assert not (tmp_path / "run").exists()
+
+
+def test_selfish_loss_kwargs_error_does_not_offer_the_margin():
+    from hf_selfish.lab.recipe import load_recipe
+
+    with pytest.raises(ValueError) as info:
+        load_recipe(None, {"loss_kwargs": '{"gamma": 3}'}).arguments()
+    assert "loss 'selfish' takes no parameter 'gamma' in loss_kwargs (its margin is set with selfish_margin)" in str(
+        info.value
+    )
+    assert "margin=2.0" not in str(info.value)

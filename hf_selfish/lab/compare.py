@@ -35,12 +35,12 @@ def run_name(recipe: Recipe) -> str:
 
 def comparison_dir(recipe: Recipe) -> Path:
     """Where a comparison writes: the recipe's ``output_dir``, else ``runs/<recipe name>``."""
-    return Path(recipe.arguments().training.output_dir or f"runs/{run_name(recipe)}")
+    return Path(recipe.shared_arguments().training.output_dir or f"runs/{run_name(recipe)}")
 
 
 def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
     """Every (arm, seed) of a recipe with its parsed arguments, each in ``<output_dir>/<arm>-seed<s>``."""
-    base = recipe.arguments()
+    base = recipe.shared_arguments()
     if base.experiment.seeds < 1:
         raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
     run_dir = comparison_dir(recipe)
@@ -111,7 +111,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     check_no_conflicts(recipe)
     runs = comparison_runs(recipe)
-    base = recipe.arguments()
+    base = recipe.shared_arguments()
     if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
         raise ValueError(
             f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "
