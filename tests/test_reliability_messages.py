@@ -362,3 +362,33 @@ def test_selfish_loss_kwargs_error_does_not_offer_the_margin():
         info.value
     )
     assert "margin=2.0" not in str(info.value)
+
+
+# --------------------------------------------------------------------------- non-finite numeric settings
+
+
+@pytest.mark.parametrize(
+    "command, flag, value",
+    [("compare", "--learning_rate", "nan"), ("train", "--weight_decay", "nan"), ("train", "--adam_beta2", "inf")],
+)
+def test_non_finite_settings_are_refused_at_load_naming_the_key(tmp_path, capsys, monkeypatch, command, flag, value):
+    import hf_selfish.lab.run as run
+
+    from .test_bad_input import write_recipe
+
+    monkeypatch.setattr(run, "prepare_lm_data", lambda *a, **k: pytest.fail("data was prepared"))
+    error = cli_error(capsys, command, str(write_recipe(tmp_path)), flag, value)
+    assert f"recipe key {flag[2:]!r}: {value} is not a finite number" in error
+    assert "would replace" not in error and not (tmp_path / "run").exists()
+
+
+def test_a_non_finite_value_in_a_recipe_file_or_an_arm_is_refused(tmp_path):
+    from hf_selfish.lab.recipe import load_recipe
+
+    from .test_bad_input import write_recipe
+
+    with pytest.raises(ValueError, match=r"recipe key 'learning_rate': nan is not a finite number"):
+        load_recipe(write_recipe(tmp_path, "learning_rate: .nan\n"))
+    arms = "arms:\n  - {name: a, max_grad_norm: .inf}\n"
+    with pytest.raises(ValueError, match=r"recipe key 'max_grad_norm': inf is not a finite number"):
+        load_recipe(write_recipe(tmp_path, arms))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -149,7 +150,17 @@ def _coerce_scalar(action: argparse.Action, value: str) -> Any:
 
 
 def _coerce_all(values: dict[str, Any], actions: dict[str, argparse.Action]) -> dict[str, Any]:
-    return {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    coerced = {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    for key, value in coerced.items():
+        _check_finite(key, value)
+    return coerced
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and infinity in a numeric setting: NaN compares unequal to itself and trains to NaN."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"recipe key {key!r}: {item!r} is not a finite number; give a number such as 0.01")
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
