@@ -98,6 +98,9 @@ class SelfishTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+MAX_SEED = 2**32 - 1  # the largest seed numpy's legacy generator (which transformers' set_seed seeds) takes
+
+
 def check_training_numbers(args: TrainingArguments) -> None:
     """Refuse values the Trainer would accept and then train nothing with (or fail on after data preparation).
 
@@ -116,6 +119,8 @@ def check_training_numbers(args: TrainingArguments) -> None:
             raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (random generators refuse negative seeds), got {args.seed!r}")
+    if args.seed > MAX_SEED:
+        raise ValueError(f"seed must be at most {MAX_SEED} (numpy's random generator refuses larger), got {args.seed}")
     if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" and args.eval_steps is not None:
         if not args.eval_steps > 0:
             raise ValueError(f"eval_steps must be positive with eval_strategy=steps, got {args.eval_steps!r}")

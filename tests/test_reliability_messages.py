@@ -392,3 +392,42 @@ def test_a_non_finite_value_in_a_recipe_file_or_an_arm_is_refused(tmp_path):
     arms = "arms:\n  - {name: a, max_grad_norm: .inf}\n"
     with pytest.raises(ValueError, match=r"recipe key 'max_grad_norm': inf is not a finite number"):
         load_recipe(write_recipe(tmp_path, arms))
+
+
+# ------------------------------------------------------------------------ Bible files, list settings, seeds
+
+
+def test_a_bible_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    from hf_selfish.lab.data.bible import read_bible
+
+    good = json.dumps({"book": 1, "chapter": 1, "verse": 1, "text": "In the beginning"}) + "\n"
+    bad = '{"book": 1, "chapter": 1, "verse": 2, "text": "caf\xe9"}\n'.encode("latin-1")  # é as one latin-1 byte
+    (tmp_path / "fra.jsonl").write_bytes(good.encode() + bad)
+    with pytest.raises(ValueError) as info:
+        read_bible(tmp_path, "fra")
+    message = str(info.value)
+    assert f"{tmp_path / 'fra.jsonl'}, line 2: not UTF-8 text (byte 0xe9 at column {bad.index(0xE9) + 1})" in message
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [("[]", []), ("[rus_synodal, nya_chichewa]", ["rus_synodal", "nya_chichewa"]), ("a,b", ["a", "b"])],
+)
+def test_a_list_setting_reads_a_yaml_list_from_the_command_line(value, expected):
+    from hf_selfish.lab.recipe import load_recipe, parse_overrides
+
+    recipe = load_recipe(None, parse_overrides(["--dataset_name", "bible", "--bible_small", value]))
+    assert recipe.arguments().data.bible_small == expected
+
+
+def test_a_seed_range_past_the_largest_seed_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    import hf_selfish.lab.run as run
+
+    from .test_bad_input import write_recipe
+
+    monkeypatch.setattr(run, "prepare_lm_data", lambda *a, **k: pytest.fail("data was prepared"))
+    recipe = str(write_recipe(tmp_path))
+    error = cli_error(capsys, "compare", recipe, "--seed", "4294967295", "--seeds", "2")
+    assert "seeds=2 starting at seed=4294967295 run up to seed 4294967296, above the largest seed 4294967295" in error
+    assert "--seed 4294967294 or lower" in error and not (tmp_path / "run").exists()
+    assert "seed must be at most 4294967295" in cli_error(capsys, "train", recipe, "--seed", "4294967296")

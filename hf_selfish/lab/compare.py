@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..config import MAX_SEED
 from ..metric_names import FREQUENCY_FILE, RESULTS_FILE, RUN_RESULT_FILE, run_dir_name
 from ..ops.margin import margin_label
 from .guards import RunDirLock, check_output_dir, remove_inside
@@ -43,6 +44,7 @@ def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
     base = recipe.shared_arguments()
     if base.experiment.seeds < 1:
         raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
+    check_seed_range(base.training.seed, base.experiment.seeds)
     run_dir = comparison_dir(recipe)
     runs = []
     for offset in range(base.experiment.seeds):
@@ -51,6 +53,16 @@ def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
             out = run_dir / run_dir_name(arm.name, seed)
             runs.append((arm, seed, recipe.arguments(arm, seed=seed, output_dir=str(out))))
     return runs
+
+
+def check_seed_range(first: int, seeds: int) -> None:
+    """Refuse a comparison whose last seed (``first + seeds - 1``) is beyond the largest seed, before any run trains."""
+    last = first + seeds - 1
+    if last > MAX_SEED:
+        raise ValueError(
+            f"seeds={seeds} starting at seed={first} run up to seed {last}, above the largest seed {MAX_SEED}; "
+            f"give --seed {MAX_SEED - seeds + 1} or lower"
+        )
 
 
 def _data_key(args: RunArguments) -> str:

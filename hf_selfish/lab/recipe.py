@@ -127,8 +127,22 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         except argparse.ArgumentTypeError as err:
             raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
     if action.nargs in ("+", "*"):
-        return [_coerce_scalar(action, v) for v in value.split(",")]
+        return [_coerce_scalar(action, str(v)) for v in _list_items(action, value)]
     return _coerce_scalar(action, value)
+
+
+def _list_items(action: argparse.Action, value: str) -> list[Any]:
+    """A list setting given as one string: ``a,b`` or a YAML/JSON list ``[a, b]`` (``[]``: none)."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value.split(",")
+    try:
+        items = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"recipe key {action.dest!r}: cannot read the list {value!r} ({err.__class__.__name__})"
+        ) from None
+    return items if isinstance(items, list) else value.split(",")
 
 
 def _check_integer(action: argparse.Action, value: Any) -> Any:
