@@ -431,3 +431,41 @@ def test_a_seed_range_past_the_largest_seed_is_refused_before_training(tmp_path,
     assert "seeds=2 starting at seed=4294967295 run up to seed 4294967296, above the largest seed 4294967295" in error
     assert "--seed 4294967294 or lower" in error and not (tmp_path / "run").exists()
     assert "seed must be at most 4294967295" in cli_error(capsys, "train", recipe, "--seed", "4294967296")
+
+
+# ------------------------------------------------------------------------------ permissions of written files
+
+
+@pytest.fixture
+def umask_027():
+    import os
+
+    previous = os.umask(0o027)  # not the usual 022, so the test sees the umask at work
+    yield 0o640
+    os.umask(previous)
+
+
+def test_saved_model_files_get_the_umasks_permissions(tmp_path, umask_027):
+    import stat
+
+    from hf_selfish import SelfishTrainer, SelfishTrainingArguments
+
+    from .tiny_models import tiny_model
+
+    args = SelfishTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
+    trainer = SelfishTrainer(model=tiny_model("llama", 31, seed=0, num_hidden_layers=1), args=args)
+    trainer.save_model(str(tmp_path / "out" / "final"))
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out" / "final").iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, umask_027), modes
+
+
+def test_safetensors_written_through_an_atomic_path_get_the_umasks_permissions(tmp_path, umask_027):
+    import stat
+
+    import torch
+
+    from hf_selfish.scenarios import ScenarioNorms, save_scenario_norms
+
+    norms = ScenarioNorms(*(torch.ones(5, dtype=torch.float64) for _ in range(3)))
+    save_scenario_norms(norms, tmp_path / "scenarios.safetensors")
+    assert stat.S_IMODE((tmp_path / "scenarios.safetensors").stat().st_mode) == umask_027
