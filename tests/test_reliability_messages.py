@@ -448,15 +448,23 @@ def umask_027():
 def test_saved_model_files_get_the_umasks_permissions(tmp_path, umask_027):
     import stat
 
+    from datasets import Dataset
+
     from hf_selfish import SelfishTrainer, SelfishTrainingArguments
 
     from .tiny_models import tiny_model
 
-    args = SelfishTrainingArguments(output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none")
-    trainer = SelfishTrainer(model=tiny_model("llama", 31, seed=0, num_hidden_layers=1), args=args)
+    ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 2
+    args = SelfishTrainingArguments(
+        output_dir=str(tmp_path / "out"), use_cpu=True, report_to="none", max_steps=1, save_steps=1, disable_tqdm=True
+    )
+    model = tiny_model("llama", 31, seed=0, num_hidden_layers=1)
+    trainer = SelfishTrainer(model=model, args=args, train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}))
+    trainer.train()  # writes checkpoint-1: weights, optimizer, scheduler, trainer state
     trainer.save_model(str(tmp_path / "out" / "final"))
-    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out" / "final").iterdir()}
-    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, umask_027), modes
+    for folder in ("checkpoint-1", "final"):
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out" / folder).iterdir()}
+        assert "model.safetensors" in modes and modes == dict.fromkeys(modes, umask_027), (folder, modes)
 
 
 def test_safetensors_written_through_an_atomic_path_get_the_umasks_permissions(tmp_path, umask_027):
