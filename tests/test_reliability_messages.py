@@ -5,13 +5,31 @@ Each test fails on the code before the fix. CLI errors are one line (``cli_error
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import stat
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
+from datasets import Dataset
 
-from .test_bad_input import cli_error
+import hf_selfish
+import hf_selfish.lab.run as run
+from hf_selfish import SelfishTrainer, SelfishTrainingArguments, apply_selfish_loss, loss_patch
+from hf_selfish.cli import main
+from hf_selfish.lab.data.bible import read_bible
+from hf_selfish.lab.recipe import load_recipe, parse_overrides
+from hf_selfish.ops.loss import selfish_causal_lm_loss, selfish_cross_entropy
+from hf_selfish.scenarios import ScenarioNorms, save_scenario_norms
+
+from .test_bad_input import cli_error, write_recipe
 from .test_tuning import TABLE, _results
+from .tiny_models import tiny_model
 
 # ------------------------------------------------------------------------ the tuning rule as `hf-selfish tune`
 
@@ -24,7 +42,6 @@ def _tuning_dir(tmp_path: Path, results: dict) -> Path:
 
 
 def test_tune_prints_the_table_and_the_chosen_values(tmp_path, capsys):
-    from hf_selfish.cli import main
 
     assert main(["tune", str(_tuning_dir(tmp_path, _results(TABLE))), "--group", "rank_41-50"]) == 0
     out = capsys.readouterr().out
@@ -49,8 +66,8 @@ def test_tune_folders_without_results_are_one_line(tmp_path, capsys):
 
 def test_tune_on_an_unfinished_comparison_says_so(tmp_path, capsys):
     results = _results(TABLE)
-    for run in results["runs"]:
-        run["status"] = "running"
+    for record in results["runs"]:
+        record["status"] = "running"
     error = cli_error(capsys, "tune", str(_tuning_dir(tmp_path, results)))
     assert "no finished run records a rare group" in error and "--group" in error
 
@@ -78,8 +95,6 @@ def test_tune_a_language_the_runs_did_not_record_is_named(tmp_path, capsys):
 
 
 def test_the_tuning_script_is_the_tune_command(tmp_path):
-    import subprocess
-    import sys
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "choose_rival_values.py"
     done = subprocess.run(
@@ -105,14 +120,12 @@ def _sft(tmp_path, dataset, **config):
 
 
 def test_sft_an_empty_dataset_is_refused_by_name(tmp_path):
-    from datasets import Dataset
 
     with pytest.raises(ValueError, match=r"train_dataset is empty \(0 rows\)"):
         _sft(tmp_path, Dataset.from_dict({"text": []}))
 
 
 def test_sft_a_dataset_without_its_text_column_says_what_to_pass(tmp_path):
-    from datasets import Dataset
 
     dataset = Dataset.from_dict({"content": ["the cat sat.", "a dog ran."]})
     with pytest.raises(ValueError, match=r"has no 'text' column \(its columns: content\); pass .*dataset_text_field"):
@@ -122,7 +135,6 @@ def test_sft_a_dataset_without_its_text_column_says_what_to_pass(tmp_path):
 
 
 def test_sft_assistant_only_loss_without_a_chat_template_says_what_to_pass(tmp_path):
-    from datasets import Dataset
 
     chat = [[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]]
     with pytest.raises(ValueError, match=r"has no chat_template: set tokenizer.chat_template"):
@@ -133,9 +145,6 @@ def test_sft_assistant_only_loss_without_a_chat_template_says_what_to_pass(tmp_p
 
 
 def _patched(fused: bool):
-    from hf_selfish import apply_selfish_loss
-
-    from .tiny_models import tiny_model
 
     model = tiny_model("llama", 31, seed=0, num_hidden_layers=1).double()
     return apply_selfish_loss(model, 1.0, fused=fused).train()
@@ -143,7 +152,6 @@ def _patched(fused: bool):
 
 @pytest.mark.parametrize("fused", [True, False])
 def test_float_labels_are_one_clear_error_on_both_paths(fused):
-    import torch
 
     ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(0))  # [B, T]
     model = _patched(fused)
@@ -154,9 +162,6 @@ def test_float_labels_are_one_clear_error_on_both_paths(fused):
 
 
 def test_float_labels_to_the_loss_functions_are_one_clear_error():
-    import torch
-
-    from hf_selfish.ops.loss import selfish_causal_lm_loss, selfish_cross_entropy
 
     logits = torch.randn(2, 8, 31)  # [B, T, V]
     labels = torch.randint(0, 31, (2, 8)).float()
@@ -167,7 +172,6 @@ def test_float_labels_to_the_loss_functions_are_one_clear_error():
 
 
 def test_return_dict_false_gives_a_tuple_on_both_paths_as_the_model_does():
-    import torch
 
     ids = torch.randint(0, 31, (2, 8), generator=torch.Generator().manual_seed(1))  # [B, T]
     own = _patched(False).eval()(input_ids=ids, return_dict=False)  # the model's own convention: a tuple
@@ -190,15 +194,11 @@ def test_return_dict_false_gives_a_tuple_on_both_paths_as_the_model_does():
 
 
 def _llama():
-    from .tiny_models import tiny_model
 
     return tiny_model("llama", 31, seed=0, num_hidden_layers=1)
 
 
 def _train_step_error(model) -> str:
-    import torch
-
-    from hf_selfish import apply_selfish_loss
 
     ids = torch.tensor([[1, 2, 3, 4, 5, 6]])  # [B=1, T=6]
     with pytest.raises(ValueError) as info:
@@ -207,7 +207,6 @@ def _train_step_error(model) -> str:
 
 
 def test_a_nan_in_the_head_is_named_as_such():
-    import torch
 
     model = _llama()
     with torch.no_grad():
@@ -218,8 +217,6 @@ def test_a_nan_in_the_head_is_named_as_such():
 
 
 def test_a_forward_another_library_replaced_is_named():
-    import functools
-    import types
 
     library = types.ModuleType("otherlib.patching")  # a library that patches forward, as Liger or TRL do
     exec(
@@ -237,7 +234,6 @@ def test_a_forward_another_library_replaced_is_named():
 
 
 def test_a_head_out_of_reach_is_still_said(monkeypatch):
-    import torch
 
     model = _llama()
     original = model.lm_head.forward
@@ -249,8 +245,6 @@ def test_trl_patched_forward_trains_the_same_selfish_steps(tmp_path):
     """TRL's SFTTrainer leaves its fused-head patch on ``model.forward``; SelfishSFTTrainer on that same model
     object trains exactly as on an unpatched copy (TRL's patch passes through without ``fused_lm_head``)."""
     trl = pytest.importorskip("trl")
-    import torch
-    from datasets import Dataset
 
     from hf_selfish.integrations.trl import SelfishSFTConfig, SelfishSFTTrainer
 
@@ -283,7 +277,6 @@ def test_trl_patched_forward_trains_the_same_selfish_steps(tmp_path):
 
 
 def test_every_public_name_imports_from_the_package_and_has_a_docstring():
-    import hf_selfish
 
     assert hf_selfish.__all__ == sorted(set(hf_selfish.__all__))
     for name in hf_selfish.__all__:
@@ -294,8 +287,6 @@ def test_every_public_name_imports_from_the_package_and_has_a_docstring():
 
 
 def test_the_helpers_users_need_are_public():
-    import hf_selfish
-    from hf_selfish import loss_patch
 
     needed = {"selfish_loss_settings", "SelfishLossSettings", "apply_selfish_loss", "remove_selfish_loss"}
     needed |= {"SelfishTrainer", "SelfishTrainingArguments", "selfish_loss_func", "TokenFrequency"}
@@ -318,8 +309,6 @@ RIVALS = (
 
 def _trained_arguments(monkeypatch, capsys, *argv):
     """``hf-selfish train ...`` up to training: the arguments it would train with (nothing is prepared)."""
-    import hf_selfish.lab.run as run
-    from hf_selfish.cli import main
 
     seen = []
     monkeypatch.setattr(run, "prepare_data", lambda *a: None)
@@ -336,7 +325,6 @@ def _trained_arguments(monkeypatch, capsys, *argv):
 
 @pytest.mark.parametrize("loss_name", [[], ["--loss_name", "focal"]])
 def test_train_an_arm_takes_loss_kwargs_from_the_command_line(tmp_path, capsys, monkeypatch, loss_name):
-    from .test_bad_input import write_recipe
 
     recipe = str(write_recipe(tmp_path, RIVALS))
     args = _trained_arguments(
@@ -346,7 +334,6 @@ def test_train_an_arm_takes_loss_kwargs_from_the_command_line(tmp_path, capsys, 
 
 
 def test_compare_still_refuses_replacing_an_arms_own_loss_kwargs(tmp_path, capsys):
-    from .test_bad_input import write_recipe
 
     error = cli_error(capsys, "compare", str(write_recipe(tmp_path, RIVALS)), "--loss_kwargs", '{"gamma": 3}')
     assert "would replace arm 'focal''s own loss_kwargs={'gamma': 0.5}" in error
@@ -354,7 +341,6 @@ def test_compare_still_refuses_replacing_an_arms_own_loss_kwargs(tmp_path, capsy
 
 
 def test_selfish_loss_kwargs_error_does_not_offer_the_margin():
-    from hf_selfish.lab.recipe import load_recipe
 
     with pytest.raises(ValueError) as info:
         load_recipe(None, {"loss_kwargs": '{"gamma": 3}'}).arguments()
@@ -372,9 +358,6 @@ def test_selfish_loss_kwargs_error_does_not_offer_the_margin():
     [("compare", "--learning_rate", "nan"), ("train", "--weight_decay", "nan"), ("train", "--adam_beta2", "inf")],
 )
 def test_non_finite_settings_are_refused_at_load_naming_the_key(tmp_path, capsys, monkeypatch, command, flag, value):
-    import hf_selfish.lab.run as run
-
-    from .test_bad_input import write_recipe
 
     monkeypatch.setattr(run, "prepare_lm_data", lambda *a, **k: pytest.fail("data was prepared"))
     error = cli_error(capsys, command, str(write_recipe(tmp_path)), flag, value)
@@ -383,9 +366,6 @@ def test_non_finite_settings_are_refused_at_load_naming_the_key(tmp_path, capsys
 
 
 def test_a_non_finite_value_in_a_recipe_file_or_an_arm_is_refused(tmp_path):
-    from hf_selfish.lab.recipe import load_recipe
-
-    from .test_bad_input import write_recipe
 
     with pytest.raises(ValueError, match=r"recipe key 'learning_rate': nan is not a finite number"):
         load_recipe(write_recipe(tmp_path, "learning_rate: .nan\n"))
@@ -398,7 +378,6 @@ def test_a_non_finite_value_in_a_recipe_file_or_an_arm_is_refused(tmp_path):
 
 
 def test_a_bible_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
-    from hf_selfish.lab.data.bible import read_bible
 
     good = json.dumps({"book": 1, "chapter": 1, "verse": 1, "text": "In the beginning"}) + "\n"
     bad = '{"book": 1, "chapter": 1, "verse": 2, "text": "caf\xe9"}\n'.encode("latin-1")  # é as one latin-1 byte
@@ -414,16 +393,12 @@ def test_a_bible_file_that_is_not_utf8_names_the_file_and_line(tmp_path):
     [("[]", []), ("[rus_synodal, nya_chichewa]", ["rus_synodal", "nya_chichewa"]), ("a,b", ["a", "b"])],
 )
 def test_a_list_setting_reads_a_yaml_list_from_the_command_line(value, expected):
-    from hf_selfish.lab.recipe import load_recipe, parse_overrides
 
     recipe = load_recipe(None, parse_overrides(["--dataset_name", "bible", "--bible_small", value]))
     assert recipe.arguments().data.bible_small == expected
 
 
 def test_a_seed_range_past_the_largest_seed_is_refused_before_training(tmp_path, capsys, monkeypatch):
-    import hf_selfish.lab.run as run
-
-    from .test_bad_input import write_recipe
 
     monkeypatch.setattr(run, "prepare_lm_data", lambda *a, **k: pytest.fail("data was prepared"))
     recipe = str(write_recipe(tmp_path))
@@ -438,7 +413,6 @@ def test_a_seed_range_past_the_largest_seed_is_refused_before_training(tmp_path,
 
 @pytest.fixture
 def umask_027():
-    import os
 
     previous = os.umask(0o027)  # not the usual 022, so the test sees the umask at work
     yield 0o640
@@ -446,13 +420,6 @@ def umask_027():
 
 
 def test_saved_model_files_get_the_umasks_permissions(tmp_path, umask_027):
-    import stat
-
-    from datasets import Dataset
-
-    from hf_selfish import SelfishTrainer, SelfishTrainingArguments
-
-    from .tiny_models import tiny_model
 
     ids = [[1, 2, 3, 4, 5, 6, 7, 8]] * 2
     args = SelfishTrainingArguments(
@@ -468,11 +435,6 @@ def test_saved_model_files_get_the_umasks_permissions(tmp_path, umask_027):
 
 
 def test_safetensors_written_through_an_atomic_path_get_the_umasks_permissions(tmp_path, umask_027):
-    import stat
-
-    import torch
-
-    from hf_selfish.scenarios import ScenarioNorms, save_scenario_norms
 
     norms = ScenarioNorms(*(torch.ones(5, dtype=torch.float64) for _ in range(3)))
     save_scenario_norms(norms, tmp_path / "scenarios.safetensors")
