@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
 import math
 import os
@@ -86,8 +87,9 @@ class Recipe:
 
         The shared values without `LOSS_KEYS`: a ``--loss_kwargs`` meant for an arm's own loss is checked
         against that arm's ``loss_name`` (`arguments`), not against a shared loss no arm of it trains."""
-        values = {k: v for k, v in self.values.items() if k not in LOSS_KEYS}
-        return Recipe(values, self.arms, self.source).arguments()
+        return dataclasses.replace(
+            self, values={k: v for k, v in self.values.items() if k not in LOSS_KEYS}
+        ).arguments()
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML-able data (what `results.json` records)."""
@@ -239,7 +241,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
         raise ValueError(f"arm names must be unique, got {names}")
     recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
     recipe.shared_arguments()  # fail now, not after the first arm has trained
-    own_recipe = Recipe(values=own_values, arms=arms, source=recipe.source)
+    own_recipe = dataclasses.replace(recipe, values=own_values)
     for arm, raw in zip(arms, raw_arms):
         _check_arm(own_recipe, recipe, arm, raw)
         arm.conflicts = _conflicts(own_recipe, recipe, arm, raw, overrides)
