@@ -233,7 +233,7 @@ def test_a_forward_another_library_replaced_is_named():
     assert "cannot reach its head" not in error
 
 
-def test_a_head_out_of_reach_is_still_said(monkeypatch):
+def test_a_head_out_of_reach_is_still_said():
 
     model = _llama()
     original = model.lm_head.forward
