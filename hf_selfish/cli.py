@@ -4,6 +4,8 @@
     hf-selfish train   recipes/tinyshakespeare_cpu.yaml [--arm selfish] [--key value ...]
     hf-selfish plot    runs/tinyshakespeare_cpu
     hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO]
+    hf-selfish tune    runs/rivals_tune_cpu [--group rank_41-50] [--max_loss_increase 0.05]
+    hf-selfish tune    runs/bible_nya_sweep_cpu --language nya_chichewa --main eng_web
 
 Any recipe field can be overridden after the recipe path (``--key value``). Library errors
 (`ValueError`) are printed as one line and exit with status 2. Ctrl-C and SIGTERM stop a run the same
@@ -52,7 +54,27 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.md; optionally push report + plots to the Hub")
     report.add_argument("run_dir")
     report.add_argument("--push", metavar="REPO_ID", help="Hub repository to upload the report and plots to")
+    _add_tune_parser(sub)
     return parser
+
+
+def _add_tune_parser(sub) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="print the tuning table of a tuning comparison and the value chosen per method",
+        description="Print the tuning table of a rival-loss tuning comparison (eval_split: tune) and the knob value "
+        "the rule chooses per method: among the values whose eval loss is at most max_loss_increase above the "
+        "baseline's, the lowest target NLL. The target defaults to the simulation's small language, else the rare "
+        "headline bucket; on a Bible mix, --language (with --main) minimises that language's eval loss among the "
+        "values that keep the main language's within the limit.",
+    )
+    tune.add_argument("run_dir", help="the folder `hf-selfish compare` wrote (it holds results.json)")
+    tune.add_argument("--group", help="target group (default: the small language, else the rare headline bucket)")
+    tune.add_argument(
+        "--max_loss_increase", type=float, default=None, help="relative eval-loss limit above the baseline (0.05: 5%%)"
+    )
+    tune.add_argument("--language", help="a Bible mix's small language: minimise its eval loss")
+    tune.add_argument("--main", help="with --language: the main language, whose eval loss is limited")
 
 
 def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -126,6 +148,15 @@ def _cmd_report(ns) -> None:
         print(push_report(ns.run_dir, ns.push))
 
 
+def _cmd_tune(ns) -> None:
+    from .lab.results import load_results
+    from .reporting.tuning import DEFAULT_MAX_LOSS_INCREASE, tuning_summary
+
+    limit = DEFAULT_MAX_LOSS_INCREASE if ns.max_loss_increase is None else ns.max_loss_increase
+    results = load_results(ns.run_dir)
+    print(tuning_summary(results, ns.group, limit, language=ns.language, main=ns.main))
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     ns, rest = _build_parser().parse_known_args(argv)
@@ -139,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if rest:
                     raise ValueError(f"unexpected arguments {rest}")
-                (_cmd_plot if ns.command == "plot" else _cmd_report)(ns)
+                {"plot": _cmd_plot, "report": _cmd_report, "tune": _cmd_tune}[ns.command](ns)
     except (ValueError, FileNotFoundError) as err:
         print(f"hf-selfish {ns.command}: error: {err}", file=sys.stderr)
         return 2

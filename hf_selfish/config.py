@@ -104,6 +104,9 @@ class SelfishTrainingArguments(TrainingArguments):
         super().__post_init__()
 
 
+MAX_SEED = 2**32 - 1  # the largest seed numpy's legacy generator (which transformers' set_seed seeds) takes
+
+
 def check_training_numbers(args: TrainingArguments) -> None:
     """Refuse values the Trainer would accept and then train nothing with (or fail on after data preparation).
 
@@ -122,6 +125,8 @@ def check_training_numbers(args: TrainingArguments) -> None:
             raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (random generators refuse negative seeds), got {args.seed!r}")
+    if args.seed > MAX_SEED:
+        raise ValueError(f"seed must be at most {MAX_SEED} (numpy's random generator refuses larger), got {args.seed}")
     if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" and args.eval_steps is not None:
         if not args.eval_steps > 0:
             raise ValueError(f"eval_steps must be positive with eval_strategy=steps, got {args.eval_steps!r}")
@@ -145,6 +150,13 @@ def _check_loss(name: str, kwargs: dict | str | None) -> dict:
             f"such as '{{\"gamma\": 1.0}}'), got {kwargs!r}"
         )
     kwargs = dict(kwargs or {})
-    if name == "selfish" and "margin" in kwargs:
-        raise ValueError("the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin")
+    if name == "selfish" and kwargs:  # its one parameter, the margin, is selfish_margin (with its schedule)
+        if "margin" in kwargs:
+            raise ValueError(
+                "the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin"
+            )
+        raise ValueError(
+            f"loss 'selfish' takes no parameter {', '.join(map(repr, sorted(kwargs)))} in loss_kwargs (its margin is "
+            "set with selfish_margin); set loss_name to the loss these parameters belong to"
+        )
     return check_loss_params(name, kwargs)

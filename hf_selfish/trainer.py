@@ -16,6 +16,7 @@ from torch import nn
 from transformers import Trainer
 
 from .config import SelfishTrainingArguments
+from .files import umask_permissions
 from .loss_patch import apply_selfish_loss, selfish_loss_settings
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
@@ -186,6 +187,15 @@ class SelfishTrainer(Trainer):
                 logs["selfish_masked_fraction"] = round(fraction, 6)
                 self._masked_fraction_sum, self._masked_fraction_count = None, 0
         super().log(logs, start_time)
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """`Trainer._save` (the model, its config, the tokenizer), then the files it wrote get the umask's
+        permissions: safetensors writes the weights ``0600`` whatever the umask."""
+        if not self.args.should_save:  # the process that writes sets the permissions
+            super()._save(output_dir, state_dict)
+            return
+        with umask_permissions(output_dir if output_dir is not None else self.args.output_dir):
+            super()._save(output_dir, state_dict)
 
     def compute_loss(
         self,

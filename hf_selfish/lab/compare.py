@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..config import MAX_SEED
 from ..metric_names import FREQUENCY_FILE, RESULTS_FILE, RUN_RESULT_FILE, run_dir_name
 from ..ops.margin import margin_label
 from .guards import RunDirLock, check_folder_kind, check_output_dir, remove_inside
@@ -35,7 +36,7 @@ def run_name(recipe: Recipe) -> str:
 
 def comparison_dir(recipe: Recipe) -> Path:
     """Where a comparison writes: the recipe's ``output_dir``, else ``runs/<recipe name>``."""
-    return Path(recipe.arguments().training.output_dir or f"runs/{run_name(recipe)}")
+    return Path(recipe.shared_arguments().training.output_dir or f"runs/{run_name(recipe)}")
 
 
 def comparison_runs(recipe: Recipe, kept_seeds: tuple[int, ...] = ()) -> list[tuple[Arm, int, RunArguments]]:
@@ -44,9 +45,10 @@ def comparison_runs(recipe: Recipe, kept_seeds: tuple[int, ...] = ()) -> list[tu
     ``kept_seeds``: seeds finished earlier that the recipe's ``seeds`` no longer reach; they stay part of the
     comparison (its seeds only grow), in seed order.
     """
-    base = recipe.arguments()
+    base = recipe.shared_arguments()
     if base.experiment.seeds < 1:
         raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
+    check_seed_range(base.training.seed, base.experiment.seeds)
     run_dir = comparison_dir(recipe)
     runs = []
     seeds = {base.training.seed + offset for offset in range(base.experiment.seeds)} | set(kept_seeds)
@@ -55,6 +57,16 @@ def comparison_runs(recipe: Recipe, kept_seeds: tuple[int, ...] = ()) -> list[tu
             out = run_dir / run_dir_name(arm.name, seed)
             runs.append((arm, seed, recipe.arguments(arm, seed=seed, output_dir=str(out))))
     return runs
+
+
+def check_seed_range(first: int, seeds: int) -> None:
+    """Refuse a comparison whose last seed (``first + seeds - 1``) is beyond the largest seed, before any run trains."""
+    last = first + seeds - 1
+    if last > MAX_SEED:
+        raise ValueError(
+            f"seeds={seeds} starting at seed={first} run up to seed {last}, above the largest seed {MAX_SEED}; "
+            f"give --seed {MAX_SEED - seeds + 1} or lower"
+        )
 
 
 def _data_key(args: RunArguments) -> str:
@@ -142,7 +154,7 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     check_no_conflicts(recipe)
     runs = comparison_runs(recipe)
     check_distinct_arms(runs)
-    base = recipe.arguments()
+    base = recipe.shared_arguments()
     if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
         raise ValueError(
             f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -39,7 +41,8 @@ __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "D
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
-# the keys that define an arm: a command-line override does not replace them where the arm sets them
+# the keys whose meaning depends on each other: loss_kwargs are checked against the loss_name they go with
+LOSS_KEYS = ("loss_name", "loss_kwargs")
 
 
 @dataclass
@@ -95,6 +98,15 @@ class Recipe:
         model, data, training, experiment = parser.parse_dict(_coerce_all(values, _actions(parser)))
         return RunArguments(model, data, training, experiment)
 
+    def shared_arguments(self) -> RunArguments:
+        """The settings a comparison reads once for all its arms (output_dir, seed, seeds, push_to_hub, ...).
+
+        The shared values without `LOSS_KEYS`: a ``--loss_kwargs`` meant for an arm's own loss is checked
+        against that arm's ``loss_name`` (`arguments`), not against a shared loss no arm of it trains."""
+        return dataclasses.replace(
+            self, values={k: v for k, v in self.values.items() if k not in LOSS_KEYS}
+        ).arguments()
+
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML-able data (what `results.json` records)."""
         return {**copy.deepcopy(self.values), "arms": [{"name": a.name, **a.overrides} for a in self.arms]}
@@ -137,8 +149,22 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         except argparse.ArgumentTypeError as err:
             raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
     if action.nargs in ("+", "*"):
-        return [_coerce_scalar(action, v) for v in value.split(",")]
+        return [_coerce_scalar(action, str(v)) for v in _list_items(action, value)]
     return _coerce_scalar(action, value)
+
+
+def _list_items(action: argparse.Action, value: str) -> list[Any]:
+    """A list setting given as one string: ``a,b`` or a YAML/JSON list ``[a, b]`` (``[]``: none)."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value.split(",")
+    try:
+        items = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"recipe key {action.dest!r}: cannot read the list {value!r} ({err.__class__.__name__})"
+        ) from None
+    return items if isinstance(items, list) else value.split(",")
 
 
 def _check_integer(action: argparse.Action, value: Any) -> Any:
@@ -169,7 +195,17 @@ def _coerce_scalar(action: argparse.Action, value: str) -> Any:
 
 
 def _coerce_all(values: dict[str, Any], actions: dict[str, argparse.Action]) -> dict[str, Any]:
-    return {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    coerced = {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    for key, value in coerced.items():
+        _check_finite(key, value)
+    return coerced
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and infinity in a numeric setting: NaN compares unequal to itself and trains to NaN."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"recipe key {key!r}: {item!r} is not a finite number; give a number such as 0.01")
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -220,6 +256,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     _check_keys(values, f"recipe {str(path) if path else '(defaults)'}")
     overrides = dict(overrides or {})
     _check_keys(overrides, "command-line overrides")
+    own_values = dict(values)  # the recipe's own, before the command line: what an arm sets itself
     values.update(overrides)
     sweep = values.get("sweep_margins")
     if sweep:
@@ -233,11 +270,23 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
     recipe = Recipe(values=values, arms=arms, source=str(path) if path else None, declares_arms=declares_arms)
-    recipe.arguments()  # fail now, not after the first arm has trained
+    recipe.shared_arguments()  # fail now, not after the first arm has trained
+    own_recipe = dataclasses.replace(recipe, values=own_values)
     for arm, raw in zip(arms, raw_arms):
-        own = recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
-        arm.conflicts = _conflicts(own, recipe.arguments(arm), overrides)
+        _check_arm(own_recipe, recipe, arm, raw)
+        arm.conflicts = _conflicts(own_recipe, recipe, arm, raw, overrides)
     return recipe
+
+
+def _check_arm(own_recipe: Recipe, recipe: Recipe, arm: Arm, raw: dict[str, Any]) -> None:
+    """Refuse an invalid arm now. One with a loss of its own that the command line's loss settings do not fit
+    (``--loss_kwargs`` meant for another arm's loss) fails only where it is used: `compare`, ``train --arm`` it."""
+    try:
+        recipe.arguments(arm)
+    except ValueError:
+        if not any(key in raw for key in LOSS_KEYS):
+            raise
+        own_recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))  # raises: the recipe's
 
 
 def _read_recipe_text(path: Path) -> str:
@@ -251,15 +300,41 @@ def _read_recipe_text(path: Path) -> str:
         raise ValueError(f"recipe {str(path)!r} is not a text file (not UTF-8); give a YAML recipe") from None
 
 
-def _conflicts(own: RunArguments, used: RunArguments, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Keys an arm sets itself whose value the command line changed: ``{key: (arm's, command line's)}``."""
+def _conflicts(
+    own_recipe: Recipe, recipe: Recipe, arm: Arm, raw: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """Keys an arm sets itself whose value the command line changed: ``{key: (arm's, command line's)}``.
+
+    The arm's own value is parsed from the recipe without the command line (so its ``loss_kwargs`` go with its
+    own ``loss_name``). Where the command line leaves the arm invalid (another loss's parameters), the command
+    line's value is reported as given: that arm fails only if it is trained (`compare` refuses the conflict first).
+    """
+    keys = [key for key in overrides if key in raw and key != "name"]
+    if not keys:
+        return {}
+    try:
+        own = own_recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
+    except ValueError:  # valid only with the command line's values: it replaced nothing that worked
+        return {}
+    try:
+        used = recipe.arguments(arm)
+    except ValueError:
+        used = None
     found = {}
-    for key in overrides:
-        for part in ("model", "data", "training", "experiment"):
-            mine, theirs = getattr(getattr(own, part), key, _MISSING), getattr(getattr(used, part), key, _MISSING)
-            if mine is not _MISSING and mine != theirs:
-                found[key] = (mine, theirs)
+    for key in keys:
+        mine = _field(own, key)
+        theirs = overrides[key] if used is None else _field(used, key)
+        if mine != theirs:
+            found[key] = (mine, theirs)
     return found
+
+
+def _field(args: RunArguments, key: str) -> Any:
+    for part in ("model", "data", "training", "experiment"):
+        value = getattr(getattr(args, part), key, _MISSING)
+        if value is not _MISSING:
+            return value
+    return _MISSING
 
 
 _MISSING = object()

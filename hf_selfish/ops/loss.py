@@ -35,6 +35,7 @@ __all__ = [
     "selfish_causal_lm_loss",
     "validate_margin",
     "shift_causal_labels",
+    "check_label_dtype",
     "check_label_range",
 ]
 
@@ -278,14 +279,27 @@ def resolve_shift_labels(
 ) -> torch.Tensor:
     """``shift_labels`` when given, else ``labels`` shifted like ``ForCausalLMLoss``; neither is an error."""
     if shift_labels is not None:
+        check_label_dtype(shift_labels, caller, "shift_labels")
         return shift_labels
     if labels is None:
         raise ValueError(f"{caller} needs `labels` or `shift_labels`, got neither")
+    check_label_dtype(labels, caller)
     return shift_causal_labels(labels, ignore_index)
 
 
+def check_label_dtype(labels: torch.Tensor, caller: str = "the selfish loss", name: str = "labels") -> None:
+    """Raise a ``ValueError`` unless ``labels`` hold integer token ids (torch would fail deep inside a gather)."""
+    dtype = labels.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"{caller}: {name} must be integer token ids, got a {str(dtype).removeprefix('torch.')} tensor; "
+            f"pass {name}.long() (or labels=input_ids.clone())"
+        )
+
+
 def check_label_range(labels: torch.Tensor, vocab_size: int, valid: torch.Tensor | None = None) -> None:
-    """Raise a ``ValueError`` naming the first (``valid``) label outside ``[0, vocab_size)``."""
+    """Raise a ``ValueError`` naming the first (``valid``) label outside ``[0, vocab_size)``, or a non-integer one."""
+    check_label_dtype(labels)
     bad = (labels < 0) | (labels >= vocab_size)
     if valid is not None:
         bad &= valid
