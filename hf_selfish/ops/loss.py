@@ -99,7 +99,8 @@ def mask_below_threshold(shifted: torch.Tensor, count: bool = False, above: floa
         F.threshold(shifted, above, float("-inf"), inplace=True)
         return None
     F.threshold(shifted, above, _COUNT_STAND_IN, inplace=True)
-    sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
+    narrow = shifted.shape[-1] < 2**24 and shifted.dtype != torch.float64
+    sum_dtype = torch.float32 if narrow else torch.float64
     sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
     F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
     return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()

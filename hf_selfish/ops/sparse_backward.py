@@ -70,7 +70,9 @@ def plan_sparse_backward(masked_logits: torch.Tensor, n_masked: torch.Tensor) ->
     n_rows, vocab_size = masked_logits.shape
     classes = kept_class(vocab_size - n_masked, vocab_size.bit_length() + 1)  # [c]
     n_classes = int(classes.max()) + 1  # only the classes present: the [Q, V] passes below scale with Q
-    column_max = torch.full((n_classes, vocab_size), float("-inf"), device=masked_logits.device)
+    column_max = torch.full(
+        (n_classes, vocab_size), float("-inf"), device=masked_logits.device, dtype=masked_logits.dtype
+    )
     index = classes.unsqueeze(1).expand(n_rows, vocab_size)
     column_max.scatter_reduce_(0, index, masked_logits, "amax")  # [Q, V]: one read-only pass
     running_max = column_max.clone()  # [Q, V]: max over the classes <= q (column_max stays per class)
@@ -144,8 +146,8 @@ class LinearGrads(NamedTuple):
     """Where a chunk's gradients go (``None``: not wanted)."""
 
     hidden: torch.Tensor | None  # [c, d] the chunk's rows of grad_hidden, input dtype
-    weight: torch.Tensor | None  # [V, d] float32 sum over chunks
-    bias: torch.Tensor | None  # [V] float32 sum over chunks
+    weight: torch.Tensor | None  # [V, d] float32 sum over chunks (float64 for float64 inputs)
+    bias: torch.Tensor | None  # [V] float32 sum over chunks (float64 for float64 inputs)
 
 
 def accumulate_block(
@@ -171,8 +173,8 @@ def accumulate_block(
             out.hidden.index_copy_(0, rows, grad_lowp @ weight_k)  # [r, d]
     if out.weight is not None:
         if columns is not None:
-            out.weight.index_add_(0, columns, (grad_lowp.T @ hidden_r).float())  # [k, d] into [V, d]
-        elif grad_lowp.dtype == torch.float32:
+            out.weight.index_add_(0, columns, (grad_lowp.T @ hidden_r).to(out.weight.dtype))  # [k, d] into [V, d]
+        elif grad_lowp.dtype == out.weight.dtype:  # float32 (or float64)
             out.weight.addmm_(grad_lowp.T, hidden_r)  # [V, d]
         else:
             out.weight.add_(grad_lowp.T @ hidden_r)  # [V, d]: half-precision matmul, float32 sum
