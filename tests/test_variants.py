@@ -44,9 +44,10 @@ def case(dtype=torch.float64, seed=0, bias=True, n=N):
 def loop_reference(hidden, weight, bias, labels, name, margin=2.0, frequent=None, num_items_in_batch=None):
     """``(loss, dh, dW, db)`` of loss ``name``, one position at a time in float64."""
     h, w = hidden.detach().double(), weight.detach().double()
-    b = bias.detach().double() if bias is not None else torch.zeros(V, dtype=torch.float64)
+    vocab = w.shape[0]
+    b = bias.detach().double() if bias is not None else torch.zeros(vocab, dtype=torch.float64)
     loss, dh = 0.0, torch.zeros_like(h)
-    dw, db = torch.zeros_like(w), torch.zeros(V, dtype=torch.float64)
+    dw, db = torch.zeros_like(w), torch.zeros(vocab, dtype=torch.float64)
     n_valid = 0
     for n in range(h.shape[0]):
         t = int(labels[n])
@@ -56,7 +57,7 @@ def loop_reference(hidden, weight, bias, labels, name, margin=2.0, frequent=None
         z = w @ h[n] + b  # [V]
         kept = [
             margin is None or v == t or z[v] >= z[t] - margin or (frequent is not None and bool(frequent[v]))
-            for v in range(V)
+            for v in range(vocab)
         ]
         z_kept = torch.where(torch.tensor(kept), z, torch.tensor(float("-inf"), dtype=torch.float64))
         g_full, g_sel = torch.softmax(z, 0), torch.softmax(z_kept, 0)

@@ -42,6 +42,7 @@ from .sparse_backward import (
     plan_sparse_backward,
     sparse_softmax_nll,
 )
+from .variants import FusedChunkVariant, check_fused_variant
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
@@ -121,9 +122,9 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse, transform, variant
     ):
         # hidden [n, d], weight [V, d], bias [V] or None, labels [n]; transform: LogitTransform or None;
-        # variant: _Variant (which side of the gradient is masked, which ids are never masked)
+        # variant: FusedChunkVariant (which side of the gradient is masked, which ids are never masked)
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
-        dtype = _compute_dtype(hidden)
+        dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32  # float64: exact tests
         want_hidden, want_weight, want_bias = needs_grad
         compute_grad = want_hidden or want_weight or want_bias
         grad_hidden = torch.empty_like(hidden) if want_hidden else None  # [n, d]
@@ -190,22 +191,6 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None, None
-
-
-class _Variant(NamedTuple):
-    """Which selfish variant the fused loss computes (see :func:`linear_selfish_cross_entropy`)."""
-
-    split: str | None = None  # None: one gradient; "head" / "hidden": the side that gets the masked softmax
-    always_kept: torch.Tensor | None = None  # [F] ids the margin never masks; None: none
-
-
-# the sides a split gradient can mask: the head's (output embedding, bias) or the hidden state's
-SPLITS = ("head", "hidden")
-
-
-def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
-    """float64 for float64 inputs (exact tests), else float32: the dtype of the chunk's logits and sums."""
-    return torch.float64 if hidden.dtype == torch.float64 else torch.float32
 
 
 def _derivative_buffer(transform: LogitTransform | None, buffer: torch.Tensor, compute_grad: bool):
@@ -351,9 +336,7 @@ def linear_selfish_cross_entropy(
     margin = validate_margin(margin)
     transform = make_logit_transform(logit_scale, softcap)
     _check_inputs(hidden, weight, bias, labels)
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be None, 'head' or 'hidden', got {split!r}")
-    always_kept, margin = _always_kept_ids(always_kept, weight.shape[0], margin)
+    always_kept, margin = check_fused_variant(split, always_kept, weight.shape[0], margin)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     vocab_size = weight.shape[0]
@@ -381,29 +364,11 @@ def linear_selfish_cross_entropy(
         return_masked_fraction,
         sparse_backward and margin is not None,
         transform,
-        _Variant(split, always_kept),
+        FusedChunkVariant(split, always_kept),
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)
     return loss
-
-
-def _always_kept_ids(
-    always_kept: torch.Tensor | None, vocab_size: int, margin: float | None
-) -> tuple[torch.Tensor | None, float | None]:
-    """``always_kept [V]`` bool as sorted ids ``[F]`` (``None`` when empty), and the margin (``None`` -- plain
-    cross-entropy -- when every id is kept: nothing could be masked)."""
-    if always_kept is None:
-        return None, margin
-    if always_kept.dtype != torch.bool or always_kept.shape != (vocab_size,):
-        raise ValueError(
-            f"always_kept must be a [vocab] = ({vocab_size},) bool tensor, got {always_kept.dtype} "
-            f"{tuple(always_kept.shape)}"
-        )
-    ids = always_kept.nonzero().squeeze(1)  # [F]
-    if ids.numel() == vocab_size:
-        return None, None
-    return (ids if ids.numel() else None), margin
 
 
 def _needs_grad(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[bool, bool, bool]:

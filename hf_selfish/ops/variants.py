@@ -46,7 +46,9 @@ from .loss import _reduce, check_label_range, keep_above
 from .params import aligned_rows, as_token_counts, check_params
 
 __all__ = [
+    "FusedChunkVariant",
     "FusedVariant",
+    "check_fused_variant",
     "SPLIT_OF",
     "frequent_tokens",
     "fused_variant",
@@ -209,6 +211,37 @@ def selfish_hidden_loss(
 for _fn in (selfish_head_loss, selfish_hidden_loss):
     _fn.needs_hidden = True
     _fn.takes_head = True  # calls the model's output-embedding module: the scenario recorder sees the head side
+
+
+class FusedChunkVariant(NamedTuple):
+    """Which selfish variant the fused loss computes per chunk (see :func:`linear_selfish_cross_entropy`)."""
+
+    split: str | None = None  # None: one gradient; "head" / "hidden": the side that gets the masked softmax
+    always_kept: torch.Tensor | None = None  # [F] ids the margin never masks; None: none
+
+
+# the sides a split gradient can mask: the head's (output embedding, bias) or the hidden state's
+SPLITS = ("head", "hidden")
+
+
+def check_fused_variant(
+    split: str | None, always_kept: torch.Tensor | None, vocab_size: int, margin: float | None
+) -> tuple[torch.Tensor | None, float | None]:
+    """The fused loss's ``split`` checked, ``always_kept [V]`` bool as sorted ids ``[F]`` (``None`` when empty),
+    and the margin (``None`` -- plain cross-entropy -- when every id is kept: nothing could be masked)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be None, 'head' or 'hidden', got {split!r}")
+    if always_kept is None:
+        return None, margin
+    if always_kept.dtype != torch.bool or always_kept.shape != (vocab_size,):
+        raise ValueError(
+            f"always_kept must be a [vocab] = ({vocab_size},) bool tensor, got {always_kept.dtype} "
+            f"{tuple(always_kept.shape)}"
+        )
+    ids = always_kept.nonzero().squeeze(1)  # [F]
+    if ids.numel() == vocab_size:
+        return None, None
+    return (ids if ids.numel() else None), margin
 
 
 class FusedVariant(NamedTuple):
