@@ -81,9 +81,13 @@ class SelfishTrainer(Trainer):
 
     ``args.loss_name`` picks the training loss (default ``"selfish"``, with ``selfish_margin``);
     ``args.loss_kwargs`` its parameters. ``token_counts`` (keyword argument) are the train split's
-    count of every token id, needed by ``tlat``, ``logit_adjustment`` and ``agg``. ``agg`` reads the
-    last hidden state (``output_hidden_states=True``, ``logits_to_keep=1``) and the weight of
-    ``model.get_output_embeddings()``.
+    count of every token id, needed by ``tlat``, ``logit_adjustment``, ``agg`` and ``selfish_rare``. ``agg``,
+    ``selfish_head`` and ``selfish_hidden`` read the last hidden state (``output_hidden_states=True``,
+    ``logits_to_keep=1``) and the weight of ``model.get_output_embeddings()``; the two selfish ones call that
+    module for the head side, so the gradient-scenario recorder sees it. With ``selfish_fused`` the selfish
+    variants (``selfish_head``, ``selfish_hidden``, ``selfish_rare``) run inside the patched forward instead, at
+    their ``loss_kwargs`` margin (constant; the margin schedule is the selfish loss's), and log the margin and
+    the masked fraction like it.
     """
 
     args: SelfishTrainingArguments

@@ -63,6 +63,14 @@ def test_method_of_reads_the_knob():
     assert method_of(_arm("f", "focal", gamma=0.5)) == ("focal", "gamma", 0.5)
     assert method_of(_arm("t", "tlat", form="chi_square", T=2.0)) == ("tlat_chi_square", "T", 2.0)
     assert method_of(_arm("b", "ce")) is None
+    head = {"name": "h", "loss_name": "selfish_head", "loss_kwargs": {"margin": 4.0}}
+    assert method_of(head) == ("selfish_head", "margin", 4.0)
+    annealed = {"name": "a", "selfish_margin": 1.0, "selfish_margin_schedule": "linear", "selfish_margin_end": "inf"}
+    assert method_of(annealed) == ("selfish_annealed", "selfish_margin", 1.0)
+    rare = {"name": "r", "loss_name": "selfish_rare", "loss_kwargs": {"margin": 1.0, "frequent_mass": 0.9}}
+    assert method_of(rare) == ("selfish_rare", "margin", 1.0)
+    rare["loss_kwargs"] = {"margin": 2.0, "frequent_mass": 0.5}
+    assert method_of(rare) == ("selfish_rare_frequent_mass", "frequent_mass", 0.5)
 
 
 def test_table_marks_the_choice_and_refuses_a_missing_baseline():
