@@ -121,6 +121,9 @@ def test_bad_loss_settings_in_a_recipe_are_named(tmp_path):
         load_recipe(write(tmp_path, "arms: [{name: f, loss_name: focal, loss_kwargs: {lam: 1}}]\n"))
     with pytest.raises(ValueError, match="loss_name must be one of"):
         load_recipe(write(tmp_path, "max_steps: 1\n"), {"loss_name": "nope"})
+    rare = "arms: [{name: r, loss_name: selfish_rare, loss_kwargs: {frequent_mass: 2}}]\n"
+    with pytest.raises(ValueError, match=r"selfish_rare: frequent_mass must be a number in \[0, 1\], got 2"):
+        load_recipe(write(tmp_path, rare))
 
 
 @pytest.mark.parametrize("name", ["rivals_cpu.yaml", "rivals_lowres_cpu.yaml"])

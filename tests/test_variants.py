@@ -272,3 +272,28 @@ def test_frequent_tokens_is_the_shortest_prefix_reaching_the_mass():
     assert ids(frequent_tokens(COUNTS, V, 12305 / 12306)) == [2, 3, 4, 5, 6, 7, 8, 9, 11, 12]  # not id 1
     assert ids(frequent_tokens(COUNTS, V, 1.0)) == list(range(V))  # ids never seen too: plain CE
     assert ids(frequent_tokens(COUNTS[:10], V, 0.9)) == [7, 8, 9]  # padded with zeros: 2800 < 0.9 * 3301 <= 3100
+
+
+@pytest.mark.parametrize("split", ["head", "hidden"])
+def test_fused_split_applies_the_logit_transform_on_both_sides(every_chunk_split, split):
+    """Scaled and soft-capped logits (Cohere, Gemma): each side's chain rule runs through the transform."""
+    hidden, weight, b, labels = case(seed=9)
+    scale, cap = 0.7, 3.0
+
+    def transformed(h, w, bias):
+        return cap * torch.tanh(scale * F.linear(h, w, bias) / cap)
+
+    def reference():
+        head_side = transformed(hidden.detach(), weight, b)  # gradient to weight and bias only
+        hidden_side = transformed(hidden, weight.detach(), b.detach())  # gradient to hidden only
+        masked_side, full_side = (head_side, hidden_side) if split == "head" else (hidden_side, head_side)
+        masked = selfish_cross_entropy(masked_side, labels, 1.0)
+        return F.cross_entropy(full_side, labels) + masked - masked.detach()
+
+    want = grads_of(reference(), hidden, weight, b)
+    for sparse in (False, True):
+        loss = linear_selfish_cross_entropy(
+            hidden, weight, labels, 1.0, bias=b, chunk_size=4, sparse_backward=sparse, split=split,
+            logit_scale=scale, softcap=cap,
+        )  # fmt: skip
+        assert_all_close(grads_of(loss, hidden, weight, b), want, f"split={split}, sparse={sparse}")
