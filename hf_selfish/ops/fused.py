@@ -20,7 +20,8 @@ kept entries minus the target's one-hot, exactly as autograd gives for the unfus
 ``masked_fill`` + ``F.cross_entropy``.
 
 ``logit_scale`` and ``softcap`` transform each chunk's logits before the mask, as Cohere and Gemma 2/3
-do after their head (:mod:`hf_selfish.ops.logit_transform`).
+do after their head (:mod:`hf_selfish.ops.logit_transform`). ``split`` and ``always_kept`` compute the selfish
+variants of :mod:`hf_selfish.ops.variants` (the mask on one side of the gradient; ids the mask never drops).
 
 Design notes and measurements: ``docs/design.md``. Limitations: ``backward`` runs once per forward
 (the gradients are handed to autograd, not kept); higher-order gradients are not supported.
@@ -137,7 +138,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=dtype, device=hidden.device)
         derivatives = _derivative_buffer(transform, buffer, compute_grad)  # [chunk, V] for a softcap, else None
         # a split gradient needs the chunk's logits twice: the masked softmax and the full one
-        masked_buffer = torch.empty_like(buffer) if variant.split is not None else None
+        full_buffer = torch.empty_like(buffer) if variant.split is not None else None
         # dloss/dz = dloss/dL * transform's constant factor (* 1 - tanh^2, applied per chunk)
         chunk_grad_scale = grad_scale * (1.0 if transform is None else transform.gradient_factor)
         for start in range(0, n_rows, chunk_size):
@@ -160,9 +161,11 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
                     _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
                 del logits, result  # the buffer is free again: the gradient is in the accumulators
                 continue
-            masked = masked_buffer[: end - start].copy_(logits)  # [c, V], the same (transformed) logits
-            full = _chunk_loss(logits, labels[start:end], None, scale, False)  # dense cross-entropy side
-            kept = _chunk_loss(masked, labels[start:end], margin, scale, count, sparse, variant.always_kept)
+            # the dense cross-entropy side first, written to the second buffer (the logits stay intact) ...
+            nll, grad = softmax_nll(logits, labels[start:end], scale, out=full_buffer[: end - start])
+            full = _ChunkResult(nll.sum(), n_masked.new_zeros(()), grad, None)
+            # ... then the masked side on the logits themselves, in place
+            kept = _chunk_loss(logits, labels[start:end], margin, scale, count, sparse, variant.always_kept)
             nll_sum += full.nll_sum  # the value of a split gradient is the cross-entropy (see the docstring)
             n_masked += kept.n_masked
             if compute_grad:
@@ -174,7 +177,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
                 _accumulate_chunk_grads(head_side.grad_logits, head_side.sparse, hidden_c, weight, out)
                 out = LinearGrads(grad_hidden_c, None, None)
                 _accumulate_chunk_grads(hidden_side.grad_logits, hidden_side.sparse, hidden_c, weight, out)
-            del logits, masked, full, kept
+            del logits, full, kept
 
         ctx.grads = (
             grad_hidden,
