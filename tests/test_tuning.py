@@ -135,3 +135,35 @@ def test_tuning_recipes_give_every_method_three_values_on_the_tuning_split(tune,
     assert tuned.data.eval_split == "tune" and reported.data.eval_split == "validation"
     assert dataclasses.replace(tuned.data, eval_split="validation") == reported.data  # same data otherwise
     assert tuned.model == reported.model
+
+
+def test_an_annealed_arm_is_recorded_with_its_schedule_and_tuned_as_its_own_method():
+    import json
+
+    from hf_selfish.lab.compare import _arm_summary
+    from hf_selfish.lab.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES / "variants_tune_cpu.yaml")
+    summaries = [_arm_summary(arm, recipe.arguments(arm), []) for arm in recipe.arms]
+    annealed = next(s for s in summaries if s["name"] == "selfish_annealed_margin2.0")
+    assert annealed == {
+        "name": "selfish_annealed_margin2.0",
+        "selfish_margin": 2.0,
+        "selfish_margin_setting": 2.0,
+        "selfish_margin_schedule": "linear",
+        "selfish_margin_end": "inf",
+    }
+    json.dumps(annealed, allow_nan=False)  # results.json stays strict JSON
+    methods = {}
+    for summary in summaries:
+        described = method_of(summary)
+        if described is not None:
+            methods.setdefault(described[0], []).append(described[2])
+    assert methods == {
+        "selfish": [1.0, 2.0, 4.0],
+        "selfish_head": [1.0, 2.0, 4.0],
+        "selfish_hidden": [1.0, 2.0, 4.0],
+        "selfish_rare": [1.0, 2.0, 4.0],
+        "selfish_rare_frequent_mass": [0.5, 0.99],  # its default 0.9 is the margin sweep's arm at margin 2
+        "selfish_annealed": [1.0, 2.0, 4.0],
+    }
