@@ -83,7 +83,6 @@ def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fu
     current = vars(model).get("forward")
     if isinstance(current, _SelfishForward):
         settings.sparse_backward = current.settings.sparse_backward
-        settings.split, settings.always_kept = current.settings.split, current.settings.always_kept
         current.settings = settings
         current.verified = False
         return model

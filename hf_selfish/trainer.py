@@ -135,10 +135,8 @@ class SelfishTrainer(Trainer):
             )
             settings = selfish_loss_settings(self.model)
             settings.split, settings.always_kept, self._fused_variant = variant.split, variant.always_kept, variant
-        elif needs_hidden(loss_name):
-            check_fusable(
-                self.model, HEAD_USERS.get(loss_name, AGG_USER)
-            )  # refuse heads it cannot read, before training
+        elif needs_hidden(loss_name):  # refuse heads it cannot read, before training
+            check_fusable(self.model, HEAD_USERS.get(loss_name, AGG_USER))
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
@@ -181,9 +179,7 @@ class SelfishTrainer(Trainer):
             loss = self._scale_for_token_averaging(loss, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
         margin = None
-        if (
-            model.training
-        ):  # a fused selfish variant keeps its loss_kwargs margin; the selfish loss follows its schedule
+        if model.training:  # a fused selfish variant keeps its loss_kwargs margin; the selfish loss its schedule
             margin = self.training_margin() if self._fused_variant is None else self._fused_variant.margin
         if self.args.selfish_fused and model.training:
             selfish_loss_settings(self.model).margin = margin  # the patched forward computes the loss

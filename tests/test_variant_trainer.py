@@ -155,3 +155,18 @@ def test_split_variants_accept_scenarios_agg_does_not(tmp_path):
         make_args(tmp_path, loss_name="agg", selfish_log_scenarios_every=1)
     with pytest.raises(ValueError, match="needs the full logits' gradient"):
         make_args(tmp_path, loss_name="selfish_head", selfish_fused=True, selfish_log_scenarios_every=1)
+
+
+def test_patching_again_is_the_selfish_loss_not_a_leftover_variant(tmp_path):
+    from hf_selfish import apply_selfish_loss
+    from hf_selfish.loss_patch import selfish_loss_settings
+
+    model = tiny_model("gpt2", VOCAB)
+    _, _, trainer = _one_step(tmp_path, "selfish_rare", {"margin": MARGIN}, fused=True)
+    settings = selfish_loss_settings(trainer.model)
+    assert settings.margin == MARGIN and settings.always_kept is not None and settings.split is None
+    apply_selfish_loss(model, 1.0)
+    selfish_loss_settings(model).split = "head"  # as SelfishTrainer sets it for selfish_head
+    apply_selfish_loss(model, 2.0)  # a later patch (a new trainer of the selfish loss) starts afresh
+    settings = selfish_loss_settings(model)
+    assert (settings.margin, settings.split, settings.always_kept) == (2.0, None, None)
