@@ -21,9 +21,11 @@ The two split variants need the hidden state and the head (``needs_hidden``, as 
 **plain cross-entropy**: no scalar has their gradient (it is a different softmax on each side), and
 of the two sides' losses cross-entropy is the one every arm shares -- evaluation's ``eval_loss`` is
 plain cross-entropy, so the training curve of a split arm reads on the same scale as the CE arm's and
-as its own evaluation. (``selfish_hidden``'s head side *is* cross-entropy, so its value is the loss
-whose gradient the output embedding follows; ``selfish_head``'s hidden side is.) How much is masked
-is logged separately (``selfish_masked_fraction``, fused path). ``selfish_rare`` is a loss of the
+as its own evaluation. It is also the loss one side really follows: for ``selfish_head`` the hidden
+state and every weight below the head, for ``selfish_hidden`` the output embedding. (The selfish
+loss's value would be the other side's, and is lower than cross-entropy by construction, so a split
+arm's curve would not read against either the CE arm's or the selfish arm's.) How much is masked is
+logged separately (``selfish_masked_fraction``, fused path). ``selfish_rare`` is a loss of the
 logits like the selfish loss; its value is its own (masked) loss.
 
 Each has two implementations with the same results: here, from ``[N, V]`` logits (the trainer's
