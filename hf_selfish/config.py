@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin
+from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin, parse_margin_end
 from .ops.params import check_flag
-from .ops.registry import LOSSES, check_loss_params, needs_hidden
+from .ops.registry import LOSSES, check_loss_params, needs_hidden, takes_head
 
-__all__ = ["SelfishTrainingArguments", "check_training_numbers"]
+# the losses the fused path computes (selfish_fused=True): the selfish loss and its variants
+FUSED_LOSSES = ("selfish", "selfish_head", "selfish_hidden", "selfish_rare")
+
+__all__ = ["FUSED_LOSSES", "SelfishTrainingArguments", "check_training_numbers"]
 
 
 @dataclass
@@ -47,7 +50,11 @@ class SelfishTrainingArguments(TrainingArguments):
         },
     )
     selfish_margin_end: float | str | None = field(
-        default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
+        default=None,
+        metadata={
+            "help": "End margin of a linear/cosine schedule (a number, 'auto', or 'inf': anneal to plain "
+            "cross-entropy, exp(-margin) going linearly to 0)."
+        },
     )
     selfish_log_scenarios_every: int | None = field(
         default=None,
@@ -82,21 +89,21 @@ class SelfishTrainingArguments(TrainingArguments):
             raise ValueError(f"selfish_log_scenarios_every must be a number of steps or None (off), got {every!r}")
         self.loss_kwargs = _check_loss(self.loss_name, self.loss_kwargs)
         self.selfish_margin = parse_margin(self.selfish_margin)
-        self.selfish_margin_end = parse_margin(self.selfish_margin_end)
+        self.selfish_margin_end = parse_margin_end(self.selfish_margin_end)
         check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
         if self.selfish_fused and self.selfish_log_scenarios_every:
             raise ValueError(
                 "selfish_log_scenarios_every needs the full logits' gradient, which the fused loss never builds; "
                 "turn off selfish_fused for diagnostic runs"
             )
-        if needs_hidden(self.loss_name) and self.selfish_log_scenarios_every:
+        if needs_hidden(self.loss_name) and not takes_head(self.loss_name) and self.selfish_log_scenarios_every:
             raise ValueError(
                 f"selfish_log_scenarios_every needs the gradient of the model's logits, which {self.loss_name} "
                 "(computed from the hidden states) never builds; set selfish_log_scenarios_every=None for it"
             )
-        if self.selfish_fused and self.loss_name != "selfish":
+        if self.selfish_fused and self.loss_name not in FUSED_LOSSES:
             raise ValueError(
-                f"selfish_fused computes the selfish loss only, but loss_name is {self.loss_name!r}; "
+                f"selfish_fused computes {', '.join(FUSED_LOSSES)} only, but loss_name is {self.loss_name!r}; "
                 "set selfish_fused=False to train another loss"
             )
         check_top_p(self.selfish_top_p)

@@ -58,6 +58,10 @@ class SelfishLossSettings:
     fused: bool = True  # False: the selfish loss of the model's own logits
     chunk_size: int | None = None  # rows per chunk of the fused loss; None: 256 MiB of float32 logits
     sparse_backward: bool = True  # the fused loss's exact sparse gradient matmuls
+    # the selfish variants (hf_selfish.ops.variants), fused only: the one side of the gradient that gets the
+    # masked softmax ("head" / "hidden"; None: both), and the [V] bool ids the margin never masks (selfish_rare)
+    split: str | None = None
+    always_kept: torch.Tensor | None = None
 
 
 def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fused: bool = True, chunk_size=None):
@@ -240,6 +244,10 @@ class _SelfishForward:
         weight, bias = whole_head_parameters(self.model.get_output_embeddings())  # whole under FSDP2 too
         hidden, weight, bias = autocast_inputs(hidden, weight, bias)
         scale, softcap = logit_transform_of(self.model)
+        always_kept = self.settings.always_kept
+        if always_kept is not None:
+            always_kept = always_kept.to(hidden.device)  # [V] bool; no copy once it is there
+            self.settings.always_kept = always_kept
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
             return linear_selfish_cross_entropy(
                 hidden,
@@ -254,6 +262,8 @@ class _SelfishForward:
                 sparse_backward=self.settings.sparse_backward,
                 logit_scale=scale,
                 softcap=softcap,
+                split=self.settings.split,
+                always_kept=always_kept,
             )
 
     def _verify(self, arguments: dict[str, Any]) -> None:

@@ -20,13 +20,19 @@ from .files import umask_permissions
 from .loss_patch import apply_selfish_loss, selfish_loss_settings
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
-from .ops.registry import get_loss, needs_hidden, needs_token_counts
+from .ops.registry import get_loss, needs_hidden, needs_token_counts, takes_head
+from .ops.variants import fused_variant
 from .patching import causal_lm_head_inputs, check_fusable
 
 logger = logging.getLogger(__name__)
 
-# for errors about models whose head AGG cannot read: (what needs the head, what to do instead)
+# for errors about models whose head a loss cannot read: (what needs the head, what to do instead)
 AGG_USER = ("agg (adaptive gradient gating)", "Train this model with another loss_name.")
+HEAD_USERS = {
+    "agg": AGG_USER,
+    "selfish_head": ("selfish_head", "Train it fused (selfish_fused=True), or with another loss_name."),
+    "selfish_hidden": ("selfish_hidden", "Train it fused (selfish_fused=True), or with another loss_name."),
+}
 
 __all__ = [
     "SelfishTrainer",
@@ -113,9 +119,13 @@ class SelfishTrainer(Trainer):
 
     ``args.loss_name`` picks the training loss (default ``"selfish"``, with ``selfish_margin``);
     ``args.loss_kwargs`` its parameters. ``token_counts`` (keyword argument) are the train split's
-    count of every token id, needed by ``tlat``, ``logit_adjustment`` and ``agg``. ``agg`` reads the
-    last hidden state (``output_hidden_states=True``, ``logits_to_keep=1``) and the weight of
-    ``model.get_output_embeddings()``.
+    count of every token id, needed by ``tlat``, ``logit_adjustment``, ``agg`` and ``selfish_rare``. ``agg``,
+    ``selfish_head`` and ``selfish_hidden`` read the last hidden state (``output_hidden_states=True``,
+    ``logits_to_keep=1``) and the weight of ``model.get_output_embeddings()``; the two selfish ones call that
+    module for the head side, so the gradient-scenario recorder sees it. With ``selfish_fused`` the selfish
+    variants (``selfish_head``, ``selfish_hidden``, ``selfish_rare``) run inside the patched forward instead, at
+    their ``loss_kwargs`` margin (constant; the margin schedule is the selfish loss's), and log the margin and
+    the masked fraction like it.
     """
 
     args: SelfishTrainingArguments
@@ -156,8 +166,15 @@ class SelfishTrainer(Trainer):
             )
         self.token_counts = None if token_counts is None else torch.as_tensor(token_counts, dtype=torch.float64)
         self._counts_on_device: dict[torch.device, torch.Tensor] = {}
-        if needs_hidden(loss_name):
-            check_fusable(self.model, AGG_USER)  # refuse models whose head it cannot read, before training
+        self._fused_variant = None  # the margin of a fused selfish variant (its settings are on the patch)
+        if self.args.selfish_fused and loss_name != "selfish":
+            variant = fused_variant(
+                loss_name, self.args.loss_kwargs or {}, self.token_counts, output_vocab_size(self.model)
+            )
+            settings = selfish_loss_settings(self.model)
+            settings.split, settings.always_kept, self._fused_variant = variant.split, variant.always_kept, variant
+        elif needs_hidden(loss_name):  # refuse heads it cannot read, before training
+            check_fusable(self.model, HEAD_USERS.get(loss_name, AGG_USER))
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
@@ -212,11 +229,13 @@ class SelfishTrainer(Trainer):
                 f"SelfishTrainer needs `labels` in every batch; got keys {sorted(inputs)}. "
                 "Use a causal-LM collator (DataCollatorForLanguageModeling(mlm=False)) or add labels."
             )
-        if model.training and self.args.loss_name != "selfish":
+        if model.training and self.args.loss_name != "selfish" and self._fused_variant is None:
             loss, outputs = self._rival_loss(model, inputs, labels, shift_labels, num_items_in_batch)
             loss = self._scale_for_token_averaging(loss, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
-        margin = self.training_margin() if model.training else None
+        margin = None
+        if model.training:  # a fused selfish variant keeps its loss_kwargs margin; the selfish loss its schedule
+            margin = self.training_margin() if self._fused_variant is None else self._fused_variant.margin
         if self.args.selfish_fused and model.training:
             selfish_loss_settings(self.model).margin = margin  # the patched forward computes the loss
             outputs = model(**inputs, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
@@ -246,7 +265,13 @@ class SelfishTrainer(Trainer):
         loss_fn = get_loss(name)
         shift_labels = resolve_shift_labels(labels, shift_labels, -100, "SelfishTrainer")
         if needs_hidden(name):
-            hidden, weight, bias = causal_lm_head_inputs(model, inputs, AGG_USER)  # [B, T, d], [V, d], [V]
+            user = HEAD_USERS.get(name, AGG_USER)
+            hidden, weight, bias = causal_lm_head_inputs(model, inputs, user)  # [B, T, d], [V, d], [V]
+            head = {}
+            if takes_head(name) and not torch.is_autocast_enabled(hidden.device.type):
+                # the split selfish variants call the head module itself: the scenario recorder's hooks see it
+                # (under autocast the head's float32 weight would not take the cast hidden state)
+                head = {"head": check_fusable(model, user)}
             with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
                 loss = loss_fn(
                     hidden,
@@ -255,6 +280,7 @@ class SelfishTrainer(Trainer):
                     bias=bias,
                     num_items_in_batch=num_items_in_batch,
                     token_counts=self._token_counts(hidden.device),
+                    **head,
                     **(self.args.loss_kwargs or {}),
                 )
             return loss, None

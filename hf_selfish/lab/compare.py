@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -279,7 +280,12 @@ def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) ->
         }
     resolved = [r["selfish_margin"] for r in records if r["arm"] == arm.name]
     margin = resolved[0] if resolved else training.selfish_margin
-    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": training.selfish_margin}
+    summary = {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": training.selfish_margin}
+    if training.selfish_margin_schedule != "constant":  # a margin schedule (the tuning table's own method)
+        end = training.selfish_margin_end
+        summary["selfish_margin_schedule"] = training.selfish_margin_schedule
+        summary["selfish_margin_end"] = "inf" if end == math.inf else end  # inf: annealed to plain CE (strict JSON)
+    return summary
 
 
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:

@@ -183,7 +183,7 @@ def build_trainer(
         eval_dataset=data.lm.datasets["validation"],
         processing_class=data.lm.tokenizer,
         data_collator=default_data_collator,
-        token_counts=data.frequency.counts,  # the train split's: tlat, logit_adjustment and agg need them
+        token_counts=data.frequency.counts,  # the train split's: tlat, logit_adjustment, agg, selfish_rare
         **kwargs,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the bars, with one short line per log

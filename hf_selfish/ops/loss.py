@@ -122,7 +122,8 @@ def mask_below_threshold(shifted: torch.Tensor, count: bool = False, above: floa
         F.threshold(shifted, above, float("-inf"), inplace=True)
         return None
     F.threshold(shifted, above, _COUNT_STAND_IN, inplace=True)
-    sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
+    narrow = shifted.shape[-1] < 2**24 and shifted.dtype != torch.float64
+    sum_dtype = torch.float32 if narrow else torch.float64
     sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
     F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
     return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
@@ -141,17 +142,19 @@ def take_saved(ctx, attribute: str, op_name: str):
 
 
 def softmax_nll(
-    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None
+    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """NLL of each row of ``masked [r, k]`` (float32, masked entries ``-inf``; consumed) at column ``target [r]``.
 
     Returns ``nll [r]`` and, unless ``grad_scale`` is ``None``, the logit gradient ``(p - onehot) *
-    grad_scale`` written over ``masked`` (exactly 0 on masked entries).
+    grad_scale`` written over ``masked`` (exactly 0 on masked entries); with ``out`` (``[r, k]``) written
+    there instead, ``masked`` left intact.
     """
     rows = torch.arange(masked.shape[0], device=masked.device)  # [r]
     target_logit = masked[rows, target]  # [r]
     row_max = masked.amax(dim=1, keepdim=True)  # [r, 1]; finite: the target is kept
-    probs = masked.sub_(row_max).exp_()  # [r, k] unnormalised, 0 on masked entries
+    shifted = masked.sub_(row_max) if out is None else torch.sub(masked, row_max, out=out)  # [r, k]
+    probs = shifted.exp_()  # [r, k] unnormalised, 0 on masked entries
     row_sum = probs.sum(dim=1, keepdim=True)  # [r, 1]
     nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit  # [r] = logsumexp - target
     if grad_scale is None:

@@ -49,6 +49,13 @@ def _fraction(loss: str, name: str, value: Any) -> float:
     return number
 
 
+def _unit_interval(loss: str, name: str, value: Any) -> float:
+    number = _number(value)
+    if number is None or not 0 <= number <= 1:
+        raise ValueError(f"{loss}: {name} must be a number in [0, 1], got {value!r}; pass e.g. {name}=0.9")
+    return number
+
+
 def _optional_non_negative(loss: str, name: str, value: Any) -> float | None:
     return None if value is None else _non_negative(loss, name, value)
 
@@ -85,6 +92,7 @@ PARAM_RULES = {
     "form": _tlat_form,
     "weight_drop": _fraction,
     "steps": _optional_positive,
+    "frequent_mass": _unit_interval,
 }
 
 

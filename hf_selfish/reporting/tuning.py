@@ -1,7 +1,8 @@
 """Choosing each rival loss's main knob from tuning runs (``eval_split: tune``), by one stated rule.
 
 Every arm of a tuning comparison is one method (its ``loss_name``; TLAT's two forms are two methods) at one
-value of its main knob (`KNOBS`). The rule (`choose_values`): among a method's values whose overall eval
+value of its main knob (`KNOBS`; the selfish loss annealed to CE is a method of its own, and so is
+``selfish_rare``'s ``frequent_mass`` away from its default 0.9). The rule (`choose_values`): among a method's values whose overall eval
 loss is at most ``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest
 per-token-mean NLL of the target group (the rare group the method is meant to help); when no value
 qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds. On a
@@ -44,7 +45,13 @@ KNOBS = {
     "logit_adjustment": "tau",
     "unlikelihood": "alpha",
     "agg": "alpha",
+    "selfish_head": "margin",
+    "selfish_hidden": "margin",
+    "selfish_rare": "margin",
 }
+# selfish_rare's second knob, tuned at its default margin as a method of its own
+RARE_MASS = "frequent_mass"
+RARE_DEFAULT_MASS = 0.9
 DEFAULT_MAX_LOSS_INCREASE = 0.05
 
 
@@ -56,6 +63,10 @@ def method_of(arm: Mapping[str, Any]) -> tuple[str, str, Any] | None:
     knob = KNOBS[loss]
     kwargs = arm.get("loss_kwargs") or {}
     method = f"tlat_{kwargs.get('form', 'exponential')}" if loss == "tlat" else loss
+    if loss == "selfish" and arm.get("selfish_margin_schedule", "constant") != "constant":
+        method = "selfish_annealed"  # its knob: the start margin
+    if loss == "selfish_rare" and kwargs.get(RARE_MASS, RARE_DEFAULT_MASS) != RARE_DEFAULT_MASS:
+        return f"selfish_rare_{RARE_MASS}", RARE_MASS, kwargs[RARE_MASS]  # the margin sweep holds the default mass
     value = arm.get("selfish_margin") if knob == "selfish_margin" else kwargs.get(knob)
     return method, knob, value
 
