@@ -2,6 +2,7 @@
 #   make compare   # the main job: baseline vs selfish on tinyshakespeare (recipes/tinyshakespeare_cpu.yaml)
 #   make test      # the test suite (make test-fast: without the slow multi-process/subprocess/real-model tests)
 #   make lint      # ruff check + ruff format --check (CI runs it before the tests)
+#   make release-check   # build sdist + wheel, install the wheel in a fresh venv, run the CLI from outside the tree
 # Both create .venv and install the package first (CPU torch pinned: a bare `torch` pulls CUDA).
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ ifneq ($(wildcard $(SHARED_BIBLE)),)
 export HF_SELFISH_BIBLE_DIR ?= $(SHARED_BIBLE)
 endif
 
-.PHONY: install test test-fast lint format compare
+.PHONY: install test test-fast lint format compare release-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +47,6 @@ format: $(VENV)/.installed
 
 compare: $(VENV)/.installed
 	$(VENV)/bin/hf-selfish compare $(RECIPE)
+
+release-check:
+	PYTHON=$(PYTHON) bash scripts/release_check.sh
