@@ -15,7 +15,7 @@ unset PYTHONPATH  # nothing from the source tree on the path: only what the whee
 started=$SECONDS
 step() { echo "release-check [$((SECONDS - started)) s]: $*"; }
 pip_install() {  # quiet; pip's full output only when it fails
-  "$venv_python" -m pip install --quiet --no-compile "$@" > "$work/pip.log" 2>  "$venv_python" -m pip install --quiet "$@" > "$work/pip.log" 2>&11 || { cat "$work/pip.log"; exit 1; }
+  "$venv_python" -m pip install --quiet --no-compile "$@" > "$work/pip.log" 2>&1 || { cat "$work/pip.log"; exit 1; }
 }
 
 step "fresh virtual environment in $work/venv"
