@@ -1,7 +1,9 @@
-"""One compact table for many arms: every arm's paired difference to the baseline, with its 95% interval.
+"""Compact tables for many arms: every arm's paired difference to the baseline, with its 95% interval.
 
-Rows are arms, columns the overall eval loss and the groups of the Pareto figure (the most frequent rank
-bucket, the rare ones, the small language): ``Δ [low, high] *`` as in every Δ column of report.md.
+`contrast_table`: rows are arms, columns the overall eval loss and the groups of the Pareto figure (the most
+frequent rank bucket, the rare ones, the small language). `language_contrast_table`: rows are languages, columns
+the baseline's value then each arm's Δ, for one statistic. A Δ reads ``Δ [low, high] *`` in every Δ column of
+report.md.
 """
 
 from __future__ import annotations

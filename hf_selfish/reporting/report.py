@@ -3,10 +3,11 @@
 It reads only the run directory (through `hf_selfish.lab.results`), so a report can be rebuilt at any
 time::
 
-    from hf_selfish.reporting import write_report
+    from hf_selfish.reporting.report import write_report
     write_report("runs/tinyshakespeare_cpu")        # -> report.md and summary.json in that folder
 
-The numbers come from `hf_selfish.reporting.summary`.
+The numbers come from `hf_selfish.reporting.summary` and `.subsets`; summary.json holds every number of
+report.md's tables (its layout: docs/guide/summary_json.md). No table is wider than `tables.MAX_TABLE_COLUMNS`.
 """
 
 from __future__ import annotations

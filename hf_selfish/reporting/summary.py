@@ -155,7 +155,6 @@ class Summary:
             "main_stat": MAIN_STAT,
             "groups": [group_json(row) for row in self.groups],
             "eval_loss": {name: _arm_json(arm) for name, arm in self.eval_loss.items()},
-            "before": {group: stat.to_json() for group, stat in self.before.items()},
             "runs": self.runs,
         }
 
