@@ -123,6 +123,8 @@ def _cmd_recipes(ns) -> None:
         print(f"{name:<{width}}  {describe_recipe(path)}")
     example = "tinyshakespeare_cpu" if "tinyshakespeare_cpu" in recipes else next(iter(recipes))
     print(f"\n{len(recipes)} recipes in {recipes_dir()}; run one by name: hf-selfish compare {example}")
+    if (recipes_dir() / "accelerate").is_dir():
+        print(f"accelerate configs (accelerate launch --config_file ...): {recipes_dir() / 'accelerate'}")
 
 
 def _cmd_report(ns) -> None:

@@ -51,7 +51,8 @@ def test_cli_recipes_lists_every_recipe_with_one_line(capsys):
     assert listed["finetune_causal_lm"] == (
         "Fine-tune a small pretrained causal LM on your own text: plain cross-entropy vs selfish loss (margin 2)."
     )
-    assert lines[-1].startswith(f"{len(listed)} recipes in {RECIPES}")
+    assert lines[-2].startswith(f"{len(listed)} recipes in {RECIPES}")
+    assert lines[-1].endswith(str(RECIPES / "accelerate"))  # the configs the recipes' comments launch with
 
 
 def test_describe_recipe_first_sentence_of_the_leading_comment(tmp_path):
