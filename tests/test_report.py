@@ -593,8 +593,9 @@ def _mix_metrics(rng, start=None):
     return out
 
 
-def make_mix_run_dir(path, arms=FIVE_ARMS, seeds=(1,)):
-    """A comparison folder written with the run-directory writers (`comparison_results`, `write_results`)."""
+def make_mix_run_dir(path, arms=FIVE_ARMS, seeds=(1,), sweep=False):
+    """A comparison folder written with the run-directory writers (`comparison_results`, `write_results`);
+    ``sweep``: a margin sweep (report.md gets the sweep tables)."""
     from hf_selfish.lab.results import comparison_results, write_results
 
     rng = np.random.default_rng(7)
@@ -620,7 +621,12 @@ def make_mix_run_dir(path, arms=FIVE_ARMS, seeds=(1,)):
     arm_list = [{"name": arm, "selfish_margin": None if i == 0 else 2.0} for i, arm in enumerate(arms)]
     results = comparison_results(
         name="mix",
-        recipe={"dataset_name": "bible", "max_steps": 20, "arms": arm_list},
+        recipe={
+            "dataset_name": "bible",
+            "max_steps": 20,
+            "arms": arm_list,
+            "sweep_margins": ["2", "4"] if sweep else None,
+        },
         vocab_size=20,
         tokens=None,
         train_counts=[100 - i for i in range(20)],
@@ -679,10 +685,11 @@ def _not_in(cells, record):
     ]
 
 
-@pytest.mark.parametrize("arms, seeds", [(FIVE_ARMS, (1,)), (FIVE_ARMS[:3], (1, 2, 3))])
-def test_every_number_of_report_tables_is_in_summary_json(tmp_path, arms, seeds):
-    make_mix_run_dir(tmp_path, arms, seeds)
+@pytest.mark.parametrize("arms, seeds, sweep", [(FIVE_ARMS, (1,), False), (FIVE_ARMS[:3], (1, 2, 3), True)])
+def test_every_number_of_report_tables_is_in_summary_json(tmp_path, arms, seeds, sweep):
+    make_mix_run_dir(tmp_path, arms, seeds, sweep)
     text = write_report(tmp_path).read_text()
+    assert ("## Margin sweep" in text) == sweep
     record = json.loads((tmp_path / "summary.json").read_text())
     tables = _markdown_tables(text)
     cells = [n for table in tables for row in table[1:] for cell in row for n in _numbers_in_cell(cell)]
