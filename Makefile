@@ -3,6 +3,7 @@
 #   make test      # the test suite (make test-fast: without the slow multi-process/subprocess/real-model tests)
 #   make lint      # ruff check + ruff format --check (CI runs it before the tests)
 #   make docs      # the documentation site: mkdocs build --strict into site/ (CI runs it after lint)
+#   make release-check   # build sdist + wheel, install the wheel in a fresh venv, run the CLI from outside the tree
 # Both create .venv and install the package first (CPU torch pinned: a bare `torch` pulls CUDA).
 
 PYTHON ?= python3
@@ -18,7 +19,7 @@ ifneq ($(wildcard $(SHARED_BIBLE)),)
 export HF_SELFISH_BIBLE_DIR ?= $(SHARED_BIBLE)
 endif
 
-.PHONY: install test test-fast lint format compare docs
+.PHONY: install test test-fast lint format compare docs release-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +51,6 @@ docs: $(VENV)/.installed
 
 compare: $(VENV)/.installed
 	$(VENV)/bin/hf-selfish compare $(RECIPE)
+
+release-check:
+	PYTHON=$(PYTHON) bash scripts/release_check.sh

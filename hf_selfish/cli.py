@@ -6,6 +6,7 @@
     hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO]
     hf-selfish tune    runs/rivals_tune_cpu [--group rank_41-50] [--max_loss_increase 0.05]
     hf-selfish tune    runs/bible_nya_sweep_cpu --language nya_chichewa --main eng_web
+    hf-selfish recipes                        # the bundled recipes: `compare tinyshakespeare_cpu` runs one by name
 
 Any recipe field can be overridden after the recipe path (``--key value``). Library errors
 (`ValueError`) are printed as one line and exit with status 2. Ctrl-C and SIGTERM stop a run the same
@@ -43,12 +44,14 @@ def _build_parser() -> argparse.ArgumentParser:
             name,
             help=text,
             usage=usage,
-            description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
+            description=f"{text}. RECIPE: a YAML recipe, or the name of a bundled one (`hf-selfish recipes`); "
+            "omit it to use defaults and overrides only. "
             "Overrides: --KEY VALUE for any recipe key.",
             epilog="recipe keys: " + ", ".join(valid_keys()),
         )
         if name == "train":
             cmd.add_argument("--arm", help="the recipe arm to train (required when the recipe lists arms)")
+    sub.add_parser("recipes", help="list the bundled recipes (RECIPE may be one of their names)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
     plot.add_argument("run_dir")
     report = sub.add_parser("report", help="rebuild report.md; optionally push report + plots to the Hub")
@@ -137,6 +140,21 @@ def _cmd_plot(ns) -> None:
     _say_if_incomplete(ns.run_dir)
 
 
+def _cmd_recipes(ns) -> None:
+    from .lab.bundled import bundled_recipes, describe_recipe, recipes_dir
+
+    recipes = bundled_recipes()
+    if not recipes:
+        raise ValueError("no bundled recipes found: this installation of hf_selfish lacks its recipes folder")
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {describe_recipe(path)}")
+    example = "tinyshakespeare_cpu" if "tinyshakespeare_cpu" in recipes else next(iter(recipes))
+    print(f"\n{len(recipes)} recipes in {recipes_dir()}; run one by name: hf-selfish compare {example}")
+    if (recipes_dir() / "accelerate").is_dir():
+        print(f"accelerate configs (accelerate launch --config_file ...): {recipes_dir() / 'accelerate'}")
+
+
 def _cmd_report(ns) -> None:
     from .reporting.report import write_report
 
@@ -170,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if rest:
                     raise ValueError(f"unexpected arguments {rest}")
-                {"plot": _cmd_plot, "report": _cmd_report, "tune": _cmd_tune}[ns.command](ns)
+                {"plot": _cmd_plot, "report": _cmd_report, "tune": _cmd_tune, "recipes": _cmd_recipes}[ns.command](ns)
     except (ValueError, FileNotFoundError) as err:
         print(f"hf-selfish {ns.command}: error: {err}", file=sys.stderr)
         return 2

@@ -163,7 +163,8 @@ def test_recipe_file_and_arguments(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
     assert (
         cli_error(capsys, "compare", str(missing))
-        == f"hf-selfish compare: error: recipe file '{missing}' does not exist"
+        == f"hf-selfish compare: error: recipe file '{missing}' does not exist; give the path of a YAML recipe or "
+        "the name of a bundled one (`hf-selfish recipes` lists them)"
     )
     recipe = write_recipe(tmp_path)
     assert cli_error(capsys, "compare", str(recipe), "stray") == (

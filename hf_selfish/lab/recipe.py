@@ -36,6 +36,7 @@ from ..config import SelfishTrainingArguments
 from ..ops.loss import validate_margin
 from ..ops.margin import NULL_WORDS, parse_margin
 from .arguments import DataArguments, ExperimentArguments, ModelArguments
+from .bundled import find_recipe
 
 __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "DEFAULT_ARMS"]
 
@@ -235,7 +236,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     """Read a YAML recipe (None: defaults only), apply ``overrides`` to every arm, validate keys."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = find_recipe(path)  # a file, else a bundled recipe's name (`hf-selfish recipes` lists them)
         text = _read_recipe_text(path)
         try:
             loaded = yaml.safe_load(text)
@@ -293,7 +294,10 @@ def _read_recipe_text(path: Path) -> str:
     if path.is_dir():
         raise ValueError(f"recipe {str(path)!r} is a directory; give the path of a YAML recipe file")
     if not path.is_file():
-        raise ValueError(f"recipe file {str(path)!r} does not exist")
+        raise ValueError(
+            f"recipe file {str(path)!r} does not exist; give the path of a YAML recipe or the name of a bundled one "
+            "(`hf-selfish recipes` lists them)"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

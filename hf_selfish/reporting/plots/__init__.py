@@ -31,7 +31,8 @@ from ...metric_names import RANKING_STATS
 from ..figures import figure_file
 from ..pareto import pareto_groups, pareto_points
 from ..series import mean_band
-from ..summary import headline_groups, is_sweep, subset_rows, summarize, sweep_rows
+from ..subsets import subset_rows
+from ..summary import headline_groups, is_sweep, summarize, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
 from .languages import plot_bits_per_char
