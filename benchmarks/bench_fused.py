@@ -6,7 +6,7 @@ trainer runs without fusion; it keeps one ``[N, V]`` tensor for backward instead
 
 All three run side by side in one process on the same random ``hidden [N, d]``, ``weight [V, d]``
 and labels, interleaved repeat by repeat (so a busy machine slows them alike), and the script
-prints a markdown table with the ratios to the unfused selfish loss. Targets (issue 7): at
+prints a markdown table with the ratios to the unfused selfish loss. Targets of the fused loss: at
 V=128256 the fused loss needs <= 25% of the unfused selfish peak memory and <= 1.3x its time.
 
 Peak memory is the increase over what was allocated before the call (inputs and weights excluded,
@@ -19,7 +19,7 @@ gradients included):
   tracemalloc). glibc's ``malloc_trim`` runs first, so memory freed by the previous call is not
   silently reused (which would hide part of this call's peak).
 
-``--realistic`` compares the fused loss's dense and sparse backward (issue 17) on random inputs that
+``--realistic`` compares the fused loss's dense and sparse backward on random inputs that
 mask like a trained model's (``realistic_masking.py``: 98-99% of the entries masked at margin 2, labels
 drawn from the model's own softmax), by default at N=4096, d=576, V=49152 (SmolLM2-135M) and N=2048,
 d=640, V=262144 (Gemma 3), and prints the masked fraction and what the sparse backward skips.

@@ -1,6 +1,6 @@
 """Real logits: time and peak memory of linear + loss, forward + backward, on a real model's last hidden states.
 
-Random weights give unrealistic masking (issue 17), so this is ``bench_fused.py`` on the final hidden
+Random weights give unrealistic masking, so this is ``bench_fused.py`` on the final hidden
 states and LM-head weight of a real model over real text: SmolLM2-135M (V=49,152, d=576) on
 tinyshakespeare, gemma-3-270m (V=262,144, d=640) on the parallel Bible (nine languages, one per block).
 
@@ -14,7 +14,13 @@ machine slows them alike):
   has no such keyword;
 * (e) Apple's Cut Cross-Entropy ``linear_cross_entropy(..., impl="torch_compile")`` (plain CE): its
   compile time is measured apart, on the first 64 rows, before the timed runs;
-* (ref) ``hidden @ W.T`` alone, forward only: the one matmul no exact method can skip, a lower bound.
+* (ref) ``hidden @ W.T`` alone, forward only: the one matmul no exact method can skip, a lower bound;
+* the selfish variants (:mod:`hf_selfish.ops.variants`), fused with the sparse backward, each timed
+  against (d) too (targets: at most 1.5x (d) for the split variants, 1.1x for selfish_rare):
+  (f) ``selfish_head`` and (g) ``selfish_hidden`` (``split``: the masked side over the kept columns,
+  the cross-entropy side dense), (h) ``selfish_rare`` (``always_kept``: the most frequent ids making
+  up ``--frequent-mass`` of the tokens; their counts are those of the extracted labels, standing in
+  for a train split's).
 
 The hidden states are extracted once per (model, text) by a child process (the timing process never
 holds the model) and cached in ``--cache-dir`` (default /tmp): ``outputs.hidden_states[-1]`` (the
@@ -59,6 +65,7 @@ from bench_fused import (
 )
 
 from hf_selfish.ops.fused import default_chunk_size, linear_selfish_cross_entropy
+from hf_selfish.ops.variants import frequent_tokens
 
 BLOCK = 512  # labelled rows per sequence: BOS + 512 tokens, each position predicts the next
 BIBLE_DIR = "/work/shared/data/bible"
@@ -203,6 +210,32 @@ def linear_selfish_fused_sparse(hidden, weight, labels, config: BenchConfig) -> 
     )
 
 
+def has_variants() -> bool:
+    return "split" in inspect.signature(linear_selfish_cross_entropy).parameters
+
+
+def fused_split(split: str):
+    """(f) / (g): a split selfish variant, fused, sparse backward on its masked side."""
+
+    def loss(hidden, weight, labels, config: BenchConfig) -> torch.Tensor:
+        return linear_selfish_cross_entropy(
+            hidden, weight, labels, config.margin, chunk_size=config.chunk_size, split=split
+        )
+
+    return loss
+
+
+def fused_rare(always_kept: torch.Tensor | None):
+    """(h): selfish_rare, fused, sparse backward; ``always_kept [V]`` bool, the frequent ids."""
+
+    def loss(hidden, weight, labels, config: BenchConfig) -> torch.Tensor:
+        return linear_selfish_cross_entropy(
+            hidden, weight, labels, config.margin, chunk_size=config.chunk_size, always_kept=always_kept
+        )
+
+    return loss
+
+
 def cut_cross_entropy_fn():
     """``cut_cross_entropy.linear_cross_entropy`` or None when the package (or triton) is missing."""
     try:
@@ -234,9 +267,10 @@ class Method:
     available: str | None = None  # None: runs; else why not
 
 
-def methods() -> list[Method]:
+def methods(always_kept: torch.Tensor | None = None) -> list[Method]:
     sparse = None if has_sparse_backward() else "not available (no sparse_backward keyword)"
     cce = None if cut_cross_entropy_fn() is not None else "not available (pip install cut-cross-entropy triton)"
+    variants = None if has_variants() else "not available (no split / always_kept keyword)"
     return [
         Method("a", "(a) linear + F.cross_entropy", linear_cross_entropy, False, 3),
         Method("b", "(b) linear + selfish_cross_entropy", linear_selfish_loss_py, True, 2),
@@ -244,7 +278,15 @@ def methods() -> list[Method]:
         Method("d", "(d) fused selfish, sparse backward", linear_selfish_fused_sparse, True, 0, sparse),
         Method("e", "(e) CCE torch_compile (plain CE)", cce_torch_compile, False, 1.2, cce),
         Method("ref", "(ref) hidden @ W.T only, no backward", logits_matmul_only, False, 1),
+        Method("f", "(f) fused selfish_head, sparse", fused_split("head"), True, 0, variants),
+        Method("g", "(g) fused selfish_hidden, sparse", fused_split("hidden"), True, 0, variants),
+        Method("h", "(h) fused selfish_rare, sparse", fused_rare(always_kept), True, 0, variants),
     ]
+
+
+def label_frequent_ids(labels: torch.Tensor, vocab_size: int, frequent_mass: float) -> torch.Tensor:
+    """``[V]`` bool: the most frequent ids making up ``frequent_mass`` of ``labels`` (the extracted tokens)."""
+    return frequent_tokens(torch.bincount(labels, minlength=vocab_size), vocab_size, frequent_mass)
 
 
 # ---- measuring ----
@@ -342,29 +384,36 @@ def profile(hidden, weight, labels, config: BenchConfig, todo: list[Method]) -> 
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def time_ratios(row: Row, ref: Row | None) -> str:
+    """``min / min`` and ``median / median`` of ``row`` against ``ref`` ("—" without it)."""
+    if ref is None:
+        return "—"
+    return f"{min(row.times_s) / min(ref.times_s):.2f}x / {statistics.median(row.times_s) / statistics.median(ref.times_s):.2f}x"
+
+
 def markdown_table(results: list[tuple[BenchConfig, dict, list[Row]]]) -> str:
     lines = [
-        "| tokens x vocab | method | fwd+bwd s (min / median) | time vs (a) (min / median) | peak MiB | memory vs (a) | masked fraction |",
-        "|---|---|---|---|---|---|---|",
+        "| tokens x vocab | method | fwd+bwd s (min / median) | time vs (a) (min / median) | time vs (d) (min / median) "
+        "| peak MiB | memory vs (a) | masked fraction |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config, stats, rows in results:
         ref = next((r for r in rows if r.method.key == "a" and r.times_s), None)
+        fused = next((r for r in rows if r.method.key == "d" and r.times_s), None)
         for r in rows:
             shape = f"{config.n} x {config.vocab}"
             if r.skipped:
-                lines.append(f"| {shape} | {r.method.label} | {r.skipped} | | | | |")
+                lines.append(f"| {shape} | {r.method.label} | {r.skipped} | | | | | |")
                 continue
             t_min, t_med = min(r.times_s), statistics.median(r.times_s)
-            time_ratio = (
-                f"{t_min / min(ref.times_s):.2f}x / {t_med / statistics.median(ref.times_s):.2f}x" if ref else "—"
-            )
+            time_ratio, fused_ratio = time_ratios(r, ref), time_ratios(r, fused)
             mem_ratio = f"{r.peak_mib / ref.peak_mib:.3f}x" if ref and ref.peak_mib > 0 else "—"
             masked = f"{stats['masked_fraction']:.5f}" if r.method.selfish else "— (plain CE)"
             if r.method.key == "ref":
                 masked = "—"
             lines.append(
-                f"| {shape} | {r.method.label} | {t_min:.2f} / {t_med:.2f} | {time_ratio} | {r.peak_mib:.0f} "
-                f"| {mem_ratio} | {masked} |"
+                f"| {shape} | {r.method.label} | {t_min:.2f} / {t_med:.2f} | {time_ratio} | {fused_ratio} "
+                f"| {r.peak_mib:.0f} | {mem_ratio} | {masked} |"
             )
     return "\n".join(lines)
 
@@ -378,7 +427,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=None, help="fused rows per chunk (default: heuristic)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--methods", nargs="+", choices=["a", "b", "c", "d", "e", "ref"], default=None)
+    parser.add_argument("--methods", nargs="+", choices=["a", "b", "c", "d", "e", "ref", "f", "g", "h"], default=None)
+    parser.add_argument("--frequent-mass", type=float, default=0.9, help="selfish_rare's (h) frequent ids")
     parser.add_argument("--profile", nargs="*", default=[], help="methods to profile once after timing (c d ...)")
     parser.add_argument("--reserve-gib", type=float, default=3.0, help="memory to leave to others when deciding")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -412,7 +462,9 @@ def main(argv=None) -> None:
         # inductor reads this at its first compile: a warm cache turns a ~20 s compile into ~3 s
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_fused_real_inductor_")
         atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], ignore_errors=True)
-    todo = [m for m in methods() if args.methods is None or m.key in args.methods]
+    frequent = label_frequent_ids(data["labels"], data["weight"].shape[0], args.frequent_mass)  # [V] bool
+    print(f"selfish_rare (h): {int(frequent.sum())} frequent ids make up {args.frequent_mass} of the tokens")
+    todo = [m for m in methods(frequent) if args.methods is None or m.key in args.methods]
     results, compile_note = [], "not run"
     for n in sorted(args.n):
         hidden, weight, labels = data["hidden"][:n], data["weight"], data["labels"][:n]
@@ -438,7 +490,7 @@ def main(argv=None) -> None:
     print(
         f"\nmodel={args.real} ({meta['gguf_file']}) text={args.text} ({meta['streams']} stream(s), blocks of {BLOCK}) "
         f"d={data['hidden'].shape[1]} V={data['weight'].shape[0]} model CE={meta['model_ce']:.3f} "
-        f"softcap={meta['softcap']} margin={args.margin} threads={torch.get_num_threads()} repeats={args.repeats} "
+        f"softcap={meta['softcap']} margin={args.margin} frequent_mass={args.frequent_mass} threads={torch.get_num_threads()} repeats={args.repeats} "
         f"(+{args.warmup} warmup) fused chunk={chunks} memory=peak RSS increase "
         f"({'VmHWM reset' if CpuPeakMemory().use_hwm else 'psutil sampling'}) CCE compile={compile_note} "
         f"(inductor cache {os.environ.get('TORCHINDUCTOR_CACHE_DIR', 'default')}) "

@@ -1,5 +1,5 @@
 """The main job's overhead: one arm through `SelfishTrainer` (as `hf-selfish compare` runs it) vs a plain
-PyTorch loop over the same `GPT2LMHeadModel`, side by side (issue 17, part 3).
+PyTorch loop over the same `GPT2LMHeadModel`, side by side.
 
 (a) hf-selfish: the recipe's arguments (`load_recipe` + overrides), `prepare_data` once, then `train_run`:
     the Trainer with rank-bucket evaluation, gradient scenarios, logging, checkpoints, run record.
@@ -32,7 +32,7 @@ Timing: CPU time of one thread (`torch.set_num_threads(1)`, `time.process_time()
     HF_SELFISH_TINYSHAKESPEARE=... PYTHONPATH=. python benchmarks/bench_overhead.py [--repeats 2]
         [--lockstep 1] [--profile] [--arm selfish] [--threads 1]
 
-Target (issue 17): (a) <= 1.15x (b).
+Target: (a) <= 1.15x (b).
 """
 
 from __future__ import annotations

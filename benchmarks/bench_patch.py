@@ -14,7 +14,7 @@ weights and batch:
 
 Peak memory is the increase of the process's resident set over the step (``CpuPeakMemory`` of
 ``bench_fused.py``: the kernel's high-water mark, reset before each step), parameter gradients
-included. Target (issue 14): the patched step's loss-related peak <= 25% of the stock forward +
+included. Target: the patched step's loss-related peak <= 25% of the stock forward +
 selfish loss's.
 
 Usage::

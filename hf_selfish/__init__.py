@@ -7,8 +7,10 @@ Marginalization of Low-Resource Language Tokens by Cross-Entropy Loss" (LoResLM 
     args = SelfishTrainingArguments(output_dir="out", selfish_margin=2.0)   # None: plain CE
     trainer = SelfishTrainer(model=model, args=args, train_dataset=train, eval_dataset=val)
 
-Names are imported on first use (as transformers does), so ``from hf_selfish import
-selfish_cross_entropy`` loads torch only, and ``import hf_selfish`` loads nothing heavy.
+The public API is `__all__`, one list: every name in it is imported from ``hf_selfish`` and documented
+by its docstring. Names are imported on first use (as transformers does), so ``from hf_selfish import
+selfish_cross_entropy`` loads torch only, and ``import hf_selfish`` loads nothing heavy. The optional TRL
+integration lives in `hf_selfish.integrations.trl` (it needs the ``trl`` extra).
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ _EXPORTS = {
     "linear_selfish_cross_entropy": ".ops.fused",
     "apply_selfish_loss": ".loss_patch",
     "remove_selfish_loss": ".loss_patch",
+    "selfish_loss_settings": ".loss_patch",
+    "SelfishLossSettings": ".loss_patch",
+    "SelfishCausalLMOutput": ".loss_patch",
     "SelfishTrainingArguments": ".config",
     "SelfishTrainer": ".trainer",
     "selfish_loss_func": ".trainer",
     "RankBucketEvalCallback": ".callbacks",
     "GradientScenarioCallback": ".callbacks",
+    "attach_rank_bucket_eval": ".callbacks",
+    "rank_bucket_metric_path": ".rank_buckets",
     "TokenFrequency": ".frequency",
 }
 

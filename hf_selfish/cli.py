@@ -4,6 +4,9 @@
     hf-selfish train   recipes/tinyshakespeare_cpu.yaml [--arm selfish] [--key value ...]
     hf-selfish plot    runs/tinyshakespeare_cpu
     hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO]
+    hf-selfish tune    runs/rivals_tune_cpu [--group rank_41-50] [--max_loss_increase 0.05]
+    hf-selfish tune    runs/bible_nya_sweep_cpu --language nya_chichewa --main eng_web
+    hf-selfish recipes                        # the bundled recipes: `compare tinyshakespeare_cpu` runs one by name
 
 Any recipe field can be overridden after the recipe path (``--key value``). Library errors
 (`ValueError`) are printed as one line and exit with status 2. Ctrl-C and SIGTERM stop a run the same
@@ -41,18 +44,40 @@ def _build_parser() -> argparse.ArgumentParser:
             name,
             help=text,
             usage=usage,
-            description=f"{text}. RECIPE: a YAML recipe (omit to use defaults and overrides only). "
+            description=f"{text}. RECIPE: a YAML recipe, or the name of a bundled one (`hf-selfish recipes`); "
+            "omit it to use defaults and overrides only. "
             "Overrides: --KEY VALUE for any recipe key.",
             epilog="recipe keys: " + ", ".join(valid_keys()),
         )
         if name == "train":
-            cmd.add_argument("--arm", help="the recipe arm to train (default: the recipe's shared values)")
+            cmd.add_argument("--arm", help="the recipe arm to train (required when the recipe lists arms)")
+    sub.add_parser("recipes", help="list the bundled recipes (RECIPE may be one of their names)")
     plot = sub.add_parser("plot", help="rebuild report.md and plots/ of a comparison run directory")
     plot.add_argument("run_dir")
     report = sub.add_parser("report", help="rebuild report.md; optionally push report + plots to the Hub")
     report.add_argument("run_dir")
     report.add_argument("--push", metavar="REPO_ID", help="Hub repository to upload the report and plots to")
+    _add_tune_parser(sub)
     return parser
+
+
+def _add_tune_parser(sub) -> None:
+    tune = sub.add_parser(
+        "tune",
+        help="print the tuning table of a tuning comparison and the value chosen per method",
+        description="Print the tuning table of a rival-loss tuning comparison (eval_split: tune) and the knob value "
+        "the rule chooses per method: among the values whose eval loss is at most max_loss_increase above the "
+        "baseline's, the lowest target NLL. The target defaults to the simulation's small language, else the rare "
+        "headline bucket; on a Bible mix, --language (with --main) minimises that language's eval loss among the "
+        "values that keep the main language's within the limit.",
+    )
+    tune.add_argument("run_dir", help="the folder `hf-selfish compare` wrote (it holds results.json)")
+    tune.add_argument("--group", help="target group (default: the small language, else the rare headline bucket)")
+    tune.add_argument(
+        "--max_loss_increase", type=float, default=None, help="relative eval-loss limit above the baseline (0.05: 5%%)"
+    )
+    tune.add_argument("--language", help="a Bible mix's small language: minimise its eval loss")
+    tune.add_argument("--main", help="with --language: the main language, whose eval loss is limited")
 
 
 def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -66,12 +91,7 @@ def _cmd_train(ns, overrides) -> None:
     from .lab.run import preflight, prepare_data, train_run
 
     recipe = load_recipe(ns.recipe, overrides)
-    arm = None
-    if ns.arm is not None:
-        arms = {a.name: a for a in recipe.arms}
-        if ns.arm not in arms:
-            raise ValueError(f"no arm {ns.arm!r} in the recipe; its arms are {sorted(arms)}")
-        arm = arms[ns.arm]
+    arm = recipe.arm(ns.arm)
     args = recipe.arguments(arm)
     for key, (own, used) in (arm.conflicts if arm else {}).items():
         logger.info("arm %s: --%s %s replaces the arm's own %r", arm.name, key, used, own)
@@ -100,6 +120,16 @@ def _cmd_compare(ns, overrides) -> None:
     print(f"compare took {time.perf_counter() - start:.0f} s")
 
 
+def _say_if_incomplete(run_dir) -> None:
+    """One line on stdout when a comparison has runs to finish: its report gives no verdict."""
+    from .lab.results import incomplete_reason, load_results
+    from .reporting.report import NO_VERDICT
+
+    reason = incomplete_reason(load_results(run_dir))
+    if reason:
+        print(f"incomplete comparison: {reason}. {NO_VERDICT}")
+
+
 def _cmd_plot(ns) -> None:
     from .reporting.plots import write_plots
     from .reporting.report import write_report
@@ -107,16 +137,42 @@ def _cmd_plot(ns) -> None:
     for path in write_plots(ns.run_dir):
         print(path)
     print(write_report(ns.run_dir))
+    _say_if_incomplete(ns.run_dir)
+
+
+def _cmd_recipes(ns) -> None:
+    from .lab.bundled import bundled_recipes, describe_recipe, recipes_dir
+
+    recipes = bundled_recipes()
+    if not recipes:
+        raise ValueError("no bundled recipes found: this installation of hf_selfish lacks its recipes folder")
+    width = max(map(len, recipes))
+    for name, path in recipes.items():
+        print(f"{name:<{width}}  {describe_recipe(path)}")
+    example = "tinyshakespeare_cpu" if "tinyshakespeare_cpu" in recipes else next(iter(recipes))
+    print(f"\n{len(recipes)} recipes in {recipes_dir()}; run one by name: hf-selfish compare {example}")
+    if (recipes_dir() / "accelerate").is_dir():
+        print(f"accelerate configs (accelerate launch --config_file ...): {recipes_dir() / 'accelerate'}")
 
 
 def _cmd_report(ns) -> None:
     from .reporting.report import write_report
 
     print(write_report(ns.run_dir))
+    _say_if_incomplete(ns.run_dir)
     if ns.push:
         from .hub import push_report
 
         print(push_report(ns.run_dir, ns.push))
+
+
+def _cmd_tune(ns) -> None:
+    from .lab.results import load_results
+    from .reporting.tuning import DEFAULT_MAX_LOSS_INCREASE, tuning_summary
+
+    limit = DEFAULT_MAX_LOSS_INCREASE if ns.max_loss_increase is None else ns.max_loss_increase
+    results = load_results(ns.run_dir)
+    print(tuning_summary(results, ns.group, limit, language=ns.language, main=ns.main))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 if rest:
                     raise ValueError(f"unexpected arguments {rest}")
-                (_cmd_plot if ns.command == "plot" else _cmd_report)(ns)
+                {"plot": _cmd_plot, "report": _cmd_report, "tune": _cmd_tune, "recipes": _cmd_recipes}[ns.command](ns)
     except (ValueError, FileNotFoundError) as err:
         print(f"hf-selfish {ns.command}: error: {err}", file=sys.stderr)
         return 2

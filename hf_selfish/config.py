@@ -7,10 +7,14 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
-from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin
-from .ops.registry import LOSSES, check_loss_params, needs_hidden
+from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin, parse_margin_end
+from .ops.params import check_flag
+from .ops.registry import LOSSES, check_loss_params, needs_hidden, takes_head
 
-__all__ = ["SelfishTrainingArguments", "check_training_numbers"]
+# the losses the fused path computes (selfish_fused=True): the selfish loss and its variants
+FUSED_LOSSES = ("selfish", "selfish_head", "selfish_hidden", "selfish_rare")
+
+__all__ = ["FUSED_LOSSES", "SelfishTrainingArguments", "check_training_numbers"]
 
 
 @dataclass
@@ -46,7 +50,11 @@ class SelfishTrainingArguments(TrainingArguments):
         },
     )
     selfish_margin_end: float | str | None = field(
-        default=None, metadata={"help": "End margin of a linear/cosine schedule (a number or 'auto')."}
+        default=None,
+        metadata={
+            "help": "End margin of a linear/cosine schedule (a number, 'auto', or 'inf': anneal to plain "
+            "cross-entropy, exp(-margin) going linearly to 0)."
+        },
     )
     selfish_log_scenarios_every: int | None = field(
         default=None,
@@ -74,28 +82,36 @@ class SelfishTrainingArguments(TrainingArguments):
     )
 
     def __post_init__(self):
+        for name in ("selfish_fused", "selfish_fused_sparse"):  # bool("false") is True: never cast a flag
+            check_flag(name, getattr(self, name))
+        every = self.selfish_log_scenarios_every
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 0):
+            raise ValueError(f"selfish_log_scenarios_every must be a number of steps or None (off), got {every!r}")
         self.loss_kwargs = _check_loss(self.loss_name, self.loss_kwargs)
         self.selfish_margin = parse_margin(self.selfish_margin)
-        self.selfish_margin_end = parse_margin(self.selfish_margin_end)
+        self.selfish_margin_end = parse_margin_end(self.selfish_margin_end)
         check_schedule(self.selfish_margin_schedule, self.selfish_margin, self.selfish_margin_end)
         if self.selfish_fused and self.selfish_log_scenarios_every:
             raise ValueError(
                 "selfish_log_scenarios_every needs the full logits' gradient, which the fused loss never builds; "
                 "turn off selfish_fused for diagnostic runs"
             )
-        if needs_hidden(self.loss_name) and self.selfish_log_scenarios_every:
+        if needs_hidden(self.loss_name) and not takes_head(self.loss_name) and self.selfish_log_scenarios_every:
             raise ValueError(
                 f"selfish_log_scenarios_every needs the gradient of the model's logits, which {self.loss_name} "
                 "(computed from the hidden states) never builds; set selfish_log_scenarios_every=None for it"
             )
-        if self.selfish_fused and self.loss_name != "selfish":
+        if self.selfish_fused and self.loss_name not in FUSED_LOSSES:
             raise ValueError(
-                f"selfish_fused computes the selfish loss only, but loss_name is {self.loss_name!r}; "
+                f"selfish_fused computes {', '.join(FUSED_LOSSES)} only, but loss_name is {self.loss_name!r}; "
                 "set selfish_fused=False to train another loss"
             )
         check_top_p(self.selfish_top_p)
         check_training_numbers(self)
         super().__post_init__()
+
+
+MAX_SEED = 2**32 - 1  # the largest seed numpy's legacy generator (which transformers' set_seed seeds) takes
 
 
 def check_training_numbers(args: TrainingArguments) -> None:
@@ -116,6 +132,8 @@ def check_training_numbers(args: TrainingArguments) -> None:
             raise ValueError(f"{name} must be an integer of at least 1, got {value!r}")
     if isinstance(args.seed, bool) or not isinstance(args.seed, int) or args.seed < 0:
         raise ValueError(f"seed must be an integer >= 0 (random generators refuse negative seeds), got {args.seed!r}")
+    if args.seed > MAX_SEED:
+        raise ValueError(f"seed must be at most {MAX_SEED} (numpy's random generator refuses larger), got {args.seed}")
     if str(getattr(args.eval_strategy, "value", args.eval_strategy)) == "steps" and args.eval_steps is not None:
         if not args.eval_steps > 0:
             raise ValueError(f"eval_steps must be positive with eval_strategy=steps, got {args.eval_steps!r}")
@@ -139,6 +157,13 @@ def _check_loss(name: str, kwargs: dict | str | None) -> dict:
             f"such as '{{\"gamma\": 1.0}}'), got {kwargs!r}"
         )
     kwargs = dict(kwargs or {})
-    if name == "selfish" and "margin" in kwargs:
-        raise ValueError("the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin")
+    if name == "selfish" and kwargs:  # its one parameter, the margin, is selfish_margin (with its schedule)
+        if "margin" in kwargs:
+            raise ValueError(
+                "the selfish loss takes its margin from selfish_margin, not loss_kwargs; set selfish_margin"
+            )
+        raise ValueError(
+            f"loss 'selfish' takes no parameter {', '.join(map(repr, sorted(kwargs)))} in loss_kwargs (its margin is "
+            "set with selfish_margin); set loss_name to the loss these parameters belong to"
+        )
     return check_loss_params(name, kwargs)

@@ -1,22 +1,25 @@
 """Crash-safe file writes: write a temporary file beside the target, then `os.replace` it.
 
-A run interrupted mid-write leaves either the old file or the new one, never half of one.
+A run interrupted mid-write leaves either the old file or the new one, never half of one. Every file
+hf-selfish writes, the model weights included, gets the permissions ``open()`` gives under the umask
+(`umask_mode`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "read_json"]
+__all__ = ["atomic_path", "atomic_write_text", "atomic_write_json", "read_json", "umask_mode", "umask_permissions"]
 
 
-@contextmanager
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
     """A temporary path beside ``path`` to write to; renamed onto ``path`` if the block succeeds.
 
@@ -27,9 +30,9 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
     try:
         yield Path(tmp)
+        os.chmod(tmp, umask_mode())  # mkstemp (and some writers) make 0600; give the file what open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -40,6 +43,43 @@ def _umask() -> int:
     current = os.umask(0)  # reading the umask means setting it: put it back at once
     os.umask(current)
     return current
+
+
+def umask_mode() -> int:
+    """The permissions ``open()`` gives a new file under the current umask (``0o644`` under ``022``)."""
+    return 0o666 & ~_umask()
+
+
+@contextlib.contextmanager
+def umask_permissions(folder: str | os.PathLike) -> Iterator[None]:
+    """Files written below ``folder`` inside the block get `umask_mode` (the one place that sets it).
+
+    Some writers create their files ``0600`` whatever the umask (safetensors, as ``save_pretrained`` calls it,
+    ``tempfile.mkstemp``); a file created or changed inside the block is set to what ``open()`` would give.
+    """
+    before = _stamps(folder)
+    yield
+    mode = umask_mode()
+    for path, stamp in _stamps(folder).items():
+        if before.get(path) != stamp:
+            with contextlib.suppress(FileNotFoundError):  # replaced meanwhile
+                os.chmod(path, mode)
+
+
+def _stamps(folder: str | os.PathLike) -> dict[Path, tuple[int, int, int]]:
+    """``{file: (inode, size, mtime_ns)}`` of the plain files below ``folder`` ({} when it does not exist)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return {}
+    stamps = {}
+    for path in folder.rglob("*"):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:  # removed meanwhile (a checkpoint rotated out)
+            continue
+        if stat.S_ISREG(info.st_mode):
+            stamps[path] = (info.st_ino, info.st_size, info.st_mtime_ns)
+    return stamps
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -15,6 +15,7 @@ callable object holding its model, so ``copy.deepcopy(model)`` patches the copy,
 
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
 from .ops.logit_transform import make_logit_transform
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
+from .ops.params import check_flag
 from .patching import autocast_inputs, logit_transform_of, unwrap_model
 
 __all__ = [
@@ -56,6 +58,10 @@ class SelfishLossSettings:
     fused: bool = True  # False: the selfish loss of the model's own logits
     chunk_size: int | None = None  # rows per chunk of the fused loss; None: 256 MiB of float32 logits
     sparse_backward: bool = True  # the fused loss's exact sparse gradient matmuls
+    # the selfish variants (hf_selfish.ops.variants), fused only: the one side of the gradient that gets the
+    # masked softmax ("head" / "hidden"; None: both), and the [V] bool ids the margin never masks (selfish_rare)
+    split: str | None = None
+    always_kept: torch.Tensor | None = None
 
 
 def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fused: bool = True, chunk_size=None):
@@ -72,7 +78,7 @@ def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fu
     Patching an already patched model updates its settings (patches never stack);
     :func:`remove_selfish_loss` restores the original forward.
     """
-    settings = SelfishLossSettings(validate_margin(margin), bool(fused), _check_chunk_size(chunk_size))
+    settings = SelfishLossSettings(validate_margin(margin), check_flag("fused", fused), _check_chunk_size(chunk_size))
     model = _inner_model(model)
     if fused:
         _check_reachable(model)
@@ -183,14 +189,14 @@ class _SelfishForward:
         has_labels = arguments.get("labels") is not None or arguments.get("shift_labels") is not None
         if not (self.model.training and has_labels):
             return self.original(*args, **kwargs)  # evaluation, generation: exactly as before
-        if not self.settings.fused:
-            return self._unfused(arguments)
-        return self._fused(arguments)
+        return_dict = _wants_return_dict(arguments.get("return_dict"), self.model.config)
+        result = self._fused(arguments) if self.settings.fused else self._unfused(arguments)
+        return result if return_dict else result.to_tuple()  # the model's own convention, on both paths
 
     def _unfused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput:
         """The selfish loss of the model's own logits (its transforms included)."""
         loss_kwargs = _pop_loss_kwargs(arguments)
-        outputs = self.original(**arguments, logits_to_keep=loss_kwargs["logits_to_keep"])
+        outputs = self.original(**arguments, logits_to_keep=loss_kwargs["logits_to_keep"], return_dict=True)
         loss, masked_fraction = selfish_causal_lm_loss(
             outputs.logits,
             loss_kwargs["labels"],
@@ -211,13 +217,13 @@ class _SelfishForward:
             masked_fraction=masked_fraction,
         )
 
-    def _fused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput | tuple:
+    def _fused(self, arguments: dict[str, Any]) -> SelfishCausalLMOutput:
         """Decoder -> last hidden state -> fused selfish loss; no logits."""
         loss_kwargs = _pop_loss_kwargs(arguments)
         if not self.verified:
             self._verify(arguments)
         arguments["use_cache"] = False  # a loss call never feeds generation: no KV cache
-        outputs = _decoder_of(self.model)(**arguments)
+        outputs = _decoder_of(self.model)(**arguments, return_dict=True)
         hidden = slice_logits_to_keep(outputs.last_hidden_state, loss_kwargs["logits_to_keep"])  # [B, T, d]
         loss, masked_fraction = self._loss(hidden, loss_kwargs)
         result = SelfishCausalLMOutput(
@@ -227,7 +233,7 @@ class _SelfishForward:
             attentions=outputs.attentions,
             masked_fraction=masked_fraction,
         )
-        return result if loss_kwargs["return_dict"] is not False else result.to_tuple()
+        return result
 
     def _loss(self, hidden: torch.Tensor, loss_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``(loss, masked_fraction)`` of ``hidden [B, T, d]`` against the (shifted) labels."""
@@ -238,6 +244,10 @@ class _SelfishForward:
         weight, bias = whole_head_parameters(self.model.get_output_embeddings())  # whole under FSDP2 too
         hidden, weight, bias = autocast_inputs(hidden, weight, bias)
         scale, softcap = logit_transform_of(self.model)
+        always_kept = self.settings.always_kept
+        if always_kept is not None:
+            always_kept = always_kept.to(hidden.device)  # [V] bool; no copy once it is there
+            self.settings.always_kept = always_kept
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
             return linear_selfish_cross_entropy(
                 hidden,
@@ -252,6 +262,8 @@ class _SelfishForward:
                 sparse_backward=self.settings.sparse_backward,
                 logit_scale=scale,
                 softcap=softcap,
+                split=self.settings.split,
+                always_kept=always_kept,
             )
 
     def _verify(self, arguments: dict[str, Any]) -> None:
@@ -263,8 +275,9 @@ class _SelfishForward:
         self.model.eval()
         try:
             with torch.no_grad():
-                expected = self.original(**arguments, logits_to_keep=1).logits.float()  # [B, 1, V]
-                hidden = _decoder_of(self.model)(**{**arguments, "use_cache": False}).last_hidden_state[:, -1:]
+                expected = self.original(**arguments, logits_to_keep=1, return_dict=True).logits.float()  # [B, 1, V]
+                decoder = _decoder_of(self.model)
+                hidden = decoder(**{**arguments, "use_cache": False}, return_dict=True).last_hidden_state[:, -1:]
                 got = self._transformed_head(hidden).float()  # [B, 1, V]
         finally:
             self.model.train(was_training)
@@ -276,12 +289,34 @@ class _SelfishForward:
         tolerance = 2e-2 if low_precision else 1e-4
         if got.shape != expected.shape or not torch.allclose(got, expected, rtol=tolerance, atol=tolerance):
             error = (got - expected).abs().max().item() if got.shape == expected.shape else float("nan")
-            raise ValueError(
-                f"{type(self.model).__name__}'s logits differ from its transformed output embedding of the decoder's "
-                f"last hidden state by up to {error:.3g}: the fused selfish loss cannot reach its head; "
-                "apply_selfish_loss(model, fused=False) works from the logits instead"
-            )
+            raise ValueError(self._mismatch_cause(error))
         self.verified = True
+
+    def _mismatch_cause(self, error: float) -> str:
+        """Why the logits differ, the likeliest cause first: non-finite head parameters, a forward another
+        library replaced (the fused loss bypasses it), and only then a head the fused loss cannot reach."""
+        name = type(self.model).__name__
+        weight, bias = whole_head_parameters(self.model.get_output_embeddings())
+        for part, tensor in (("weight", weight), ("bias", bias)):
+            if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                count = int((~torch.isfinite(tensor)).sum())
+                return (
+                    f"{name}'s output embedding {part} holds {count} non-finite value(s) (NaN or inf): the model "
+                    "is broken before any loss; load or initialise it again (a diverged checkpoint?)"
+                )
+        library = _forward_replaced_by(self.model, self.previous)
+        if library is not None:
+            return (
+                f"{name}.forward was replaced by another library ({library}) before the selfish loss was applied, "
+                f"and its logits differ from the head's by up to {error:.3g}; the fused selfish loss would bypass "
+                "that patch: pass a model no other trainer or library patched (a fresh from_pretrained), or use "
+                "apply_selfish_loss(model, fused=False), which trains on the patched forward's logits"
+            )
+        return (
+            f"{name}'s logits differ from its transformed output embedding of the decoder's last hidden state by up "
+            f"to {error:.3g}: the fused selfish loss cannot reach its head; apply_selfish_loss(model, fused=False) "
+            "works from the logits instead"
+        )
 
     def _transformed_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """``softcap * tanh(scale * head(hidden) / softcap)`` as the fused loss computes it, ``[B, 1, V]``."""
@@ -291,6 +326,29 @@ class _SelfishForward:
         if transform is not None:
             transform.apply_(logits, None)  # in place; no derivative wanted
         return logits
+
+
+def _forward_replaced_by(model: torch.nn.Module, previous) -> str | None:
+    """The module of a forward another library put on ``model`` (its instance, or its class), else None.
+
+    Read from the function's globals: a ``functools.wraps`` patch copies the original's ``__module__``."""
+    candidates = [previous] if previous is not None else []
+    candidates.append(type(model).forward)
+    for forward in candidates:
+        module = _defining_module(forward)
+        if module and not module.startswith(("transformers", "torch", "hf_selfish")):
+            return module
+    return None
+
+
+def _defining_module(function) -> str | None:
+    """Where ``function`` (a function, bound method, partial or callable object) was written."""
+    while isinstance(function, functools.partial) or hasattr(function, "__func__"):
+        function = function.func if isinstance(function, functools.partial) else function.__func__
+    globals_ = getattr(function, "__globals__", None)
+    if isinstance(globals_, dict) and isinstance(globals_.get("__name__"), str):
+        return globals_["__name__"]
+    return getattr(type(function), "__module__", None)
 
 
 def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -303,6 +361,14 @@ def _named_arguments(signature: inspect.Signature, args: tuple, kwargs: dict) ->
         else:
             arguments[name] = value
     return arguments
+
+
+def _wants_return_dict(return_dict: bool | None, config) -> bool:
+    """What the model would return: an output object unless ``return_dict=False`` was passed, or left unset
+    with ``config.return_dict=False`` (transformers' ``can_return_tuple``)."""
+    if return_dict is not None:
+        return bool(return_dict)
+    return bool(getattr(config, "return_dict", True))
 
 
 def _pop_loss_kwargs(arguments: dict[str, Any]) -> dict[str, Any]:

@@ -17,18 +17,62 @@ from transformers import Trainer
 
 from .config import SelfishTrainingArguments
 from .distributed import refuse_untested_deepspeed
+from .files import umask_permissions
 from .loss_patch import apply_selfish_loss, selfish_loss_settings
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.margin import MarginSchedule
-from .ops.registry import get_loss, needs_hidden, needs_token_counts
+from .ops.registry import get_loss, needs_hidden, needs_token_counts, takes_head
+from .ops.variants import fused_variant
 from .patching import causal_lm_head_inputs, check_fusable
 
 logger = logging.getLogger(__name__)
 
-# for errors about models whose head AGG cannot read: (what needs the head, what to do instead)
+# for errors about models whose head a loss cannot read: (what needs the head, what to do instead)
 AGG_USER = ("agg (adaptive gradient gating)", "Train this model with another loss_name.")
+HEAD_USERS = {
+    "agg": AGG_USER,
+    "selfish_head": ("selfish_head", "Train it fused (selfish_fused=True), or with another loss_name."),
+    "selfish_hidden": ("selfish_hidden", "Train it fused (selfish_fused=True), or with another loss_name."),
+}
 
-__all__ = ["SelfishTrainer", "SelfishTrainingArguments", "output_vocab_size", "selfish_loss_func"]
+__all__ = [
+    "SelfishTrainer",
+    "SelfishTrainingArguments",
+    "check_train_dataset",
+    "has_labelled_token",
+    "output_vocab_size",
+    "selfish_loss_func",
+]
+
+
+def has_labelled_token(dataset, ignore_index: int = -100, batch_size: int = 1024, mask_columns=()) -> bool:
+    """Whether any row has a label a causal LM is trained or scored on (``labels[1:] != ignore_index``).
+
+    Rows without a ``labels`` column are labelled by their ``input_ids`` (what the collators do);
+    ``mask_columns`` (e.g. TRL's ``completion_mask``) keep a position only where every mask is 1.
+    """
+    column = "labels" if "labels" in dataset.column_names else "input_ids"
+    masks = [name for name in mask_columns if name in dataset.column_names]
+    for batch in dataset.select_columns([column, *masks]).iter(batch_size=batch_size):
+        for i, row in enumerate(batch[column]):
+            for j in range(1, len(row)):
+                if row[j] != ignore_index and all(batch[name][i][j] for name in masks):
+                    return True
+    return False
+
+
+def check_train_dataset(dataset, mask_columns=()) -> None:
+    """Refuse a map-style (`datasets.Dataset`) train split without one labelled token: every step would have
+    loss 0 and gradient 0, and the run would finish as if it had trained. Other datasets are not scanned."""
+    names = getattr(dataset, "column_names", None)
+    if not isinstance(names, list) or not ({"labels", "input_ids"} & set(names)) or not hasattr(dataset, "__len__"):
+        return
+    if not has_labelled_token(dataset, mask_columns=mask_columns):
+        raise ValueError(
+            f"the train dataset has no labelled token ({len(dataset)} rows, each shorter than two tokens or masked "
+            "out; a causal LM learns labels[1:]): every step would have loss 0 and change nothing; give rows with "
+            "text (an empty string is no example)"
+        )
 
 
 def output_vocab_size(model: nn.Module) -> int:
@@ -77,9 +121,13 @@ class SelfishTrainer(Trainer):
 
     ``args.loss_name`` picks the training loss (default ``"selfish"``, with ``selfish_margin``);
     ``args.loss_kwargs`` its parameters. ``token_counts`` (keyword argument) are the train split's
-    count of every token id, needed by ``tlat``, ``logit_adjustment`` and ``agg``. ``agg`` reads the
-    last hidden state (``output_hidden_states=True``, ``logits_to_keep=1``) and the weight of
-    ``model.get_output_embeddings()``.
+    count of every token id, needed by ``tlat``, ``logit_adjustment``, ``agg`` and ``selfish_rare``. ``agg``,
+    ``selfish_head`` and ``selfish_hidden`` read the last hidden state (``output_hidden_states=True``,
+    ``logits_to_keep=1``) and the weight of ``model.get_output_embeddings()``; the two selfish ones call that
+    module for the head side, so the gradient-scenario recorder sees it. With ``selfish_fused`` the selfish
+    variants (``selfish_head``, ``selfish_hidden``, ``selfish_rare``) run inside the patched forward instead, at
+    their ``loss_kwargs`` margin (constant; the margin schedule is the selfish loss's), and log the margin and
+    the masked fraction like it.
     """
 
     args: SelfishTrainingArguments
@@ -127,8 +175,15 @@ class SelfishTrainer(Trainer):
             )
         self.token_counts = None if token_counts is None else torch.as_tensor(token_counts, dtype=torch.float64)
         self._counts_on_device: dict[torch.device, torch.Tensor] = {}
-        if needs_hidden(loss_name):
-            check_fusable(self.model, AGG_USER)  # refuse models whose head it cannot read, before training
+        self._fused_variant = None  # the margin of a fused selfish variant (its settings are on the patch)
+        if self.args.selfish_fused and loss_name != "selfish":
+            variant = fused_variant(
+                loss_name, self.args.loss_kwargs or {}, self.token_counts, output_vocab_size(self.model)
+            )
+            settings = selfish_loss_settings(self.model)
+            settings.split, settings.always_kept, self._fused_variant = variant.split, variant.always_kept, variant
+        elif needs_hidden(loss_name):  # refuse heads it cannot read, before training
+            check_fusable(self.model, HEAD_USERS.get(loss_name, AGG_USER))
         self._masked_fraction_sum: torch.Tensor | None = None  # over micro-batches since the last log
         self._masked_fraction_count = 0
         self._last_margin: float | None = None
@@ -137,10 +192,20 @@ class SelfishTrainer(Trainer):
         """Features of this run that read the LM head's weight outside the model's forward (named for errors)."""
         from .scenario_recorder import GradientScenarioCallback  # callbacks import the trainer's module
 
-        readers = [AGG_USER[0]] if needs_hidden(self.args.loss_name) else []
+        name = self.args.loss_name
+        fused_variant_run = self.args.selfish_fused and name != "selfish"  # inside the patched forward instead
+        readers = [HEAD_USERS.get(name, AGG_USER)[0]] if needs_hidden(name) and not fused_variant_run else []
         if any(isinstance(cb, GradientScenarioCallback) for cb in self.callback_handler.callbacks):
             readers.append("the gradient scenarios (GradientScenarioCallback, selfish_log_scenarios_every)")
         return readers
+
+    # dataset columns that mask labels in the collator (TRL's completion_mask, assistant_masks); none here
+    label_mask_columns: tuple[str, ...] = ()
+
+    def train(self, *args, **kwargs):
+        """`Trainer.train`, after refusing a train split with nothing to learn (`check_train_dataset`)."""
+        check_train_dataset(self.train_dataset, self.label_mask_columns)
+        return super().train(*args, **kwargs)
 
     def training_margin(self) -> float | None:
         """The margin applied at the current training step (``None`` = plain cross-entropy)."""
@@ -160,6 +225,15 @@ class SelfishTrainer(Trainer):
                 self._masked_fraction_sum, self._masked_fraction_count = None, 0
         super().log(logs, start_time)
 
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """`Trainer._save` (the model, its config, the tokenizer), then the files it wrote get the umask's
+        permissions: safetensors writes the weights ``0600`` whatever the umask."""
+        if not self.args.should_save:  # the process that writes sets the permissions
+            super()._save(output_dir, state_dict)
+            return
+        with umask_permissions(output_dir if output_dir is not None else self.args.output_dir):
+            super()._save(output_dir, state_dict)
+
     def compute_loss(
         self,
         model: nn.Module,
@@ -175,11 +249,13 @@ class SelfishTrainer(Trainer):
                 f"SelfishTrainer needs `labels` in every batch; got keys {sorted(inputs)}. "
                 "Use a causal-LM collator (DataCollatorForLanguageModeling(mlm=False)) or add labels."
             )
-        if model.training and self.args.loss_name != "selfish":
+        if model.training and self.args.loss_name != "selfish" and self._fused_variant is None:
             loss, outputs = self._rival_loss(model, inputs, labels, shift_labels, num_items_in_batch)
             loss = self._scale_for_token_averaging(loss, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
-        margin = self.training_margin() if model.training else None
+        margin = None
+        if model.training:  # a fused selfish variant keeps its loss_kwargs margin; the selfish loss its schedule
+            margin = self.training_margin() if self._fused_variant is None else self._fused_variant.margin
         if self.args.selfish_fused and model.training:
             selfish_loss_settings(self.model).margin = margin  # the patched forward computes the loss
             outputs = model(**inputs, labels=labels, shift_labels=shift_labels, num_items_in_batch=num_items_in_batch)
@@ -209,7 +285,13 @@ class SelfishTrainer(Trainer):
         loss_fn = get_loss(name)
         shift_labels = resolve_shift_labels(labels, shift_labels, -100, "SelfishTrainer")
         if needs_hidden(name):
-            hidden, weight, bias = causal_lm_head_inputs(model, inputs, AGG_USER)  # [B, T, d], [V, d], [V]
+            user = HEAD_USERS.get(name, AGG_USER)
+            hidden, weight, bias = causal_lm_head_inputs(model, inputs, user)  # [B, T, d], [V, d], [V]
+            head = {}
+            if takes_head(name) and not torch.is_autocast_enabled(hidden.device.type):
+                # the split selfish variants call the head module itself: the scenario recorder's hooks see it
+                # (under autocast the head's float32 weight would not take the cast hidden state)
+                head = {"head": check_fusable(model, user)}
             with torch.autocast(hidden.device.type, enabled=False):  # dtypes are explicit from here on
                 loss = loss_fn(
                     hidden,
@@ -218,6 +300,7 @@ class SelfishTrainer(Trainer):
                     bias=bias,
                     num_items_in_batch=num_items_in_batch,
                     token_counts=self._token_counts(hidden.device),
+                    **head,
                     **(self.args.loss_kwargs or {}),
                 )
             return loss, None
@@ -244,12 +327,19 @@ class SelfishTrainer(Trainer):
         """`push_to_hub` calls this: the Trainer's card, rewritten by `hf_selfish.model_card.write_run_card`.
 
         Its metadata (base model, license, tags) is kept; the body states the training loss (selfish and
-        its margin, or plain cross-entropy) and holds the per-group table of the last evaluation.
+        its margin, or plain cross-entropy) and holds the per-group table of the last evaluation. Before any
+        evaluation (a checkpoint TRL saves early) the Trainer's own card stays.
         """
         super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
-        from .model_card import write_run_card  # huggingface_hub's card module: only when a card is made
+        from .model_card import last_eval_entry, write_run_card  # huggingface_hub's card module: only when needed
+
+        if last_eval_entry(self.state.log_history) is None:
+            # TRL's trainers write the card at every checkpoint, often before any evaluation: keep the Trainer's
+            # own card until there is an evaluation to report (a table of no numbers would be scored on nothing)
+            logger.info("model card: no evaluation yet, the Trainer's card is kept; hf_selfish's follows an evaluate()")
+            return
 
         settings = self.args.to_dict()
         settings["selfish_margin_value"] = self.margin_schedule.start  # "auto" resolved against the vocabulary

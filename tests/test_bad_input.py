@@ -163,7 +163,8 @@ def test_recipe_file_and_arguments(tmp_path, capsys):
     missing = tmp_path / "missing.yaml"
     assert (
         cli_error(capsys, "compare", str(missing))
-        == f"hf-selfish compare: error: recipe file '{missing}' does not exist"
+        == f"hf-selfish compare: error: recipe file '{missing}' does not exist; give the path of a YAML recipe or "
+        "the name of a bundled one (`hf-selfish recipes` lists them)"
     )
     recipe = write_recipe(tmp_path)
     assert cli_error(capsys, "compare", str(recipe), "stray") == (
@@ -304,7 +305,9 @@ def trainer_args(tmp_path, **overrides) -> SelfishTrainingArguments:
 def test_training_on_batches_without_labels_stays_finite(tmp_path):
     model = tiny_model("gpt2", vocab_size=VOCAB)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    data = Dataset.from_dict({"input_ids": [[1, 2, 3, 4, 5, 6]] * 8, "labels": [[-100] * 6] * 8})
+    # a plain list: `SelfishTrainer.train` refuses a `datasets.Dataset` without a labelled token (check_train_dataset),
+    # and batches without labels must still give a finite loss (a split can have some)
+    data = [{"input_ids": [1, 2, 3, 4, 5, 6], "labels": [-100] * 6}] * 8
     trainer = SelfishTrainer(
         model=model,
         args=trainer_args(tmp_path, weight_decay=0.0),

@@ -167,8 +167,9 @@ def test_bits_per_character_per_language_from_results():
 
     from hf_selfish.reporting.contrasts import language_contrast_table
     from hf_selfish.reporting.plots.languages import bits_per_char_bars
-    from hf_selfish.reporting.report import language_table
-    from hf_selfish.reporting.summary import subset_rows, summarize
+    from hf_selfish.reporting.report import language_tables
+    from hf_selfish.reporting.subsets import subset_rows
+    from hf_selfish.reporting.summary import summarize
 
     def run(arm, seed, loss):
         final = {
@@ -198,10 +199,15 @@ def test_bits_per_character_per_language_from_results():
     assert row.arms["baseline"]["bits_per_char"].values == pytest.approx((4.0, 8.0))  # 2 bits/token / 0.5
     assert row.delta["selfish"]["bits_per_char"].values == pytest.approx((-2.0, -4.0))
     assert row.arms["selfish"]["nll"].values == pytest.approx((math.log(2) + 1, 2 * math.log(2) + 1))
-    assert row.before.values == pytest.approx((16.0, 18.0, 16.0, 18.0))  # (7 + seed) bits/token / 0.5, every run
-    table = language_table([row], summarize(results)).splitlines()
-    assert table[0].startswith("| language | eval tokens | bits/char before training | bits/char baseline |")
-    assert table[2].startswith("| nya | 90 | 17.0000 ± 1.1547 | 6.0000 ± 2.8284 |")
+    # (7 + seed) bits/token / 0.5, one value per seed (both arms of a seed start from the same model)
+    assert row.before.values == pytest.approx((16.0, 18.0))
+    table = language_tables([row], summarize(results)).splitlines()
+    assert table[:2] == ["**Bits per character**", ""]
+    assert table[2] == "| language | eval tokens | before training | baseline (mean ± sd) | Δ selfish |"
+    # sd of (16, 18) = sqrt(2); -3 +- t(0.975, df 1) * sd(-2, -4) / sqrt(2) = -3 +- 12.7062
+    assert table[4] == "| nya | 90 | 17.0000 ± 1.4142 | 6.0000 ± 2.8284 | -3.0000 [-15.7062, +9.7062] |"
+    nll = table[table.index("**Per-token-mean NLL**") + 4]
+    assert nll.startswith(f"| nya | {3 * math.log(2) + 1:.4f} ± {math.sqrt(2) * math.log(2):.4f} | -")
     # the figure's bars are the same numbers: before (16, 18), baseline (4, 8), selfish - baseline (-2, -4)
     absolute, change = bits_per_char_bars([row], ["baseline", "selfish"])
     assert [(b.series, b.mean) for b in absolute] == [("before training", 17.0), ("baseline", 6.0), ("selfish", 3.0)]
@@ -214,7 +220,7 @@ def test_bits_per_character_per_language_from_results():
     assert compact[2] == "| nya | 6.0000 ± 2.8284 | -3.0000 [-15.7062, +9.7062] |"  # -3 +- 12.7062
     for run in results["runs"]:
         run["history"] = run["history"][1:]  # no evaluation before training: no column
-    assert "before" not in language_table(subset_rows(results), summarize(results))
+    assert "before" not in language_tables(subset_rows(results), summarize(results))
     assert [b.series for b in bits_per_char_bars(subset_rows(results), ["baseline", "selfish"])[0]] == [
         "baseline",
         "selfish",
@@ -244,7 +250,7 @@ def test_each_language_gets_its_frequency_groups_with_the_model_before_training(
     (rank, unseen) = english.groups
     assert rank.tokens == 7 and rank.arms["baseline"].stats["nll"].values == (2.0, 3.0)
     assert rank.arms["selfish"].delta["nll"].values == (-0.5, -1.0) and unseen.absent
-    assert english.before["rank_1-10"].values == (4.0, 5.0, 4.0, 5.0)
+    assert english.before["rank_1-10"].values == (4.0, 5.0)  # one per seed: the arms of a seed start alike
     assert english.eval_loss["baseline"].stats["eval_loss"].values == (1.0, 1.0)
     assert summarize(results).groups[0].arms["baseline"].stats["nll"].values == (99.0, 99.0)  # the whole eval set
     assert not summarize(results).before
@@ -253,6 +259,6 @@ def test_each_language_gets_its_frequency_groups_with_the_model_before_training(
     assert "| bucket | eval tokens (types) | before training | baseline | selfish | Δ selfish-baseline |" in section
     # paired differences (-0.5, -1.0): -0.75 +- t(0.975, df 1) * sd / sqrt(2) = -0.75 +- 12.706 * 0.35355 / 1.41421
     assert (
-        "| ranks 1-10 | 7 (3) | 4.5000 ± 0.5774 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 [-3.9266, +2.4266] |"
+        "| ranks 1-10 | 7 (3) | 4.5000 ± 0.7071 | 2.5000 ± 0.7071 | 1.7500 ± 0.3536 | -0.7500 [-3.9266, +2.4266] |"
         in section
     )

@@ -150,7 +150,7 @@ def comparison_dir(tmp_path: Path) -> Path:
     run_dir = tmp_path / "cmp"
     (run_dir / "plots").mkdir(parents=True)
     (run_dir / "report.md").write_text("# tiny comparison\n\n| arm | eval_loss |\n|---|---|\n| selfish | 3.1 |\n")
-    (run_dir / "results.json").write_text(json.dumps({"format": 1, "runs": []}))
+    (run_dir / "results.json").write_text(json.dumps({"format": 1, "arms": [{"name": "selfish"}], "runs": []}))
     (run_dir / "token_frequency.json").write_text("{}")
     (run_dir / "plots" / "rank_nll.png").write_bytes(b"\x89PNG fake")
     (run_dir / "baseline-seed0").mkdir()

@@ -104,3 +104,30 @@ def test_baseline_logs_no_margin(tmp_path):
     )
     trainer.train()
     assert "selfish_margin" not in trainer.state.log_history[0]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_schedule_can_anneal_to_no_masking(tmp_path, kind):
+    """End margin inf: exp(-margin) goes from exp(-start) to 0 along the schedule; plain CE from the end on."""
+    schedule = MarginSchedule(start=2.0, end=math.inf, kind=kind)
+    assert schedule.at(0, 100) == 2.0
+    for step in (10, 25, 50, 99):
+        progress = step / 100 if kind == "linear" else 0.5 * (1 - math.cos(math.pi * step / 100))
+        assert math.exp(-schedule.at(step, 100)) == pytest.approx(math.exp(-2.0) * (1 - progress), rel=1e-12)
+    assert schedule.at(50, 100) == pytest.approx(2.0 + math.log(2.0))  # half the ratio: ln 2 more margin
+    assert schedule.at(100, 100) is None and schedule.at(150, 100) is None
+    for written in ("inf", ".inf", float("inf")):
+        args = make_args(tmp_path, margin=2.0, selfish_margin_end=written, selfish_margin_schedule=kind)
+        assert args.selfish_margin_end == math.inf
+    with pytest.raises(ValueError, match="selfish_margin_end"):  # unset is still refused, not read as inf
+        make_args(tmp_path, margin=2.0, selfish_margin_end=None, selfish_margin_schedule=kind)
+
+
+def test_trainer_anneals_to_plain_ce(tmp_path):
+    model = tiny_model("gpt2", 67)
+    args = make_args(tmp_path, margin=2.0, selfish_margin_end="inf", selfish_margin_schedule="linear", max_steps=4)
+    trainer = SelfishTrainer(model=model, args=args, train_dataset=padded_dataset(16))
+    trainer.train()
+    margins = [e["selfish_margin"] for e in trainer.state.log_history if "selfish_margin" in e]
+    assert margins == pytest.approx([round(2.0 - math.log1p(-s / 4), 6) for s in range(4)])
+    assert trainer.training_margin() is None  # at the end: no masking

@@ -9,8 +9,10 @@ from PIL import Image
 from hf_selfish.reporting.plots import (
     display_token,
     frequency_order,
+    head_non_target_share,
     load_scenarios,
     plot_group_delta,
+    plot_head_share_comparison,
     plot_language_metrics,
     plot_margin_sweep,
     plot_scenarios,
@@ -34,6 +36,7 @@ EXPECTED = {
     "scenarios_baseline.png",
     "scenarios_selfish.png",
     "scenarios_non_target_comparison.png",
+    "scenarios_head_share.png",
 }
 
 
@@ -93,6 +96,7 @@ def test_write_plots_skips_what_was_not_recorded(tmp_path):
         "scenarios_baseline.png",
         "scenarios_selfish.png",
         "scenarios_non_target_comparison.png",
+        "scenarios_head_share.png",
     }
 
 
@@ -152,6 +156,17 @@ def test_scenarios_plots_and_loading(tmp_path):
         )
     )
     assert no_temp_files(tmp_path)
+
+
+def test_head_share_is_non_target_over_the_output_embeddings_total(tmp_path):
+    norms = {"input": np.array([9.0, 1.0, 0.0]), "target": np.array([3.0, 0.0, 0.0]), "non_target": [1.0, 2.0, 0.0]}
+    share = head_non_target_share(norms)
+    np.testing.assert_allclose(share[:2], [0.25, 1.0])  # the input role (scenario 1) is left out
+    assert np.isnan(share[2])  # no head gradient: no share
+    per_arm = {"selfish": norms, "selfish_head": {k: np.asarray(v) * 2 for k, v in norms.items()}}
+    assert_png(plot_head_share_comparison(per_arm, tmp_path / "share.png", tokens=["a", "b", "c"]))
+    with pytest.raises(ValueError, match="at least one arm"):
+        plot_head_share_comparison({}, tmp_path / "none.png")
 
 
 def test_scenarios_bad_input(tmp_path):

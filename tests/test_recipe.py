@@ -1,5 +1,6 @@
 """Recipes: YAML + command-line overrides -> argument dataclasses, arms, sweeps, key errors."""
 
+import math
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,9 @@ def test_bad_loss_settings_in_a_recipe_are_named(tmp_path):
         load_recipe(write(tmp_path, "arms: [{name: f, loss_name: focal, loss_kwargs: {lam: 1}}]\n"))
     with pytest.raises(ValueError, match="loss_name must be one of"):
         load_recipe(write(tmp_path, "max_steps: 1\n"), {"loss_name": "nope"})
+    rare = "arms: [{name: r, loss_name: selfish_rare, loss_kwargs: {frequent_mass: 2}}]\n"
+    with pytest.raises(ValueError, match=r"selfish_rare: frequent_mass must be a number in \[0, 1\], got 2"):
+        load_recipe(write(tmp_path, rare))
 
 
 @pytest.mark.parametrize("name", ["rivals_cpu.yaml", "rivals_lowres_cpu.yaml"])
@@ -132,7 +136,82 @@ def test_the_rival_recipes_have_one_arm_per_loss(name):
         training = recipe.arguments(arm).training
         loss = training.loss_name if training.loss_name != "selfish" or training.selfish_margin else "ce"
         trained.setdefault(loss, []).append(arm.name)
-    assert set(trained) == set(LOSSES)
+    # the selfish variants have recipes of their own (variants_cpu.yaml and the Bible variants)
+    assert set(trained) == set(LOSSES) - {"selfish_head", "selfish_hidden", "selfish_rare"}
+
+
+# the arms of the variants recipes: (loss, its knobs, margin schedule, scenarios recorded)
+ANNEALED = ("selfish", 2.0, ("linear", math.inf))
+VARIANT_ARMS = [
+    ("ce", None),
+    ("selfish", 2.0),
+    ("selfish_head", {"margin": 2.0}),
+    ("selfish_hidden", {"margin": 2.0}),
+    ("selfish_rare", {"margin": 2.0, "frequent_mass": 0.9}),
+    ANNEALED,
+    ("tlat", {"form": "exponential", "T": 0.5}),
+    ("logit_adjustment", {"tau": 0.25}),
+]
+
+
+def _arm_of(args) -> tuple:
+    """``_loss_of`` plus the margin schedule when it is not constant."""
+    loss = _loss_of(args)
+    training = args.training
+    if training.selfish_margin_schedule != "constant":
+        return (*loss, (training.selfish_margin_schedule, training.selfish_margin_end))
+    return loss
+
+
+@pytest.mark.parametrize(
+    "name, arms, every, data",
+    [
+        ("variants_cpu.yaml", VARIANT_ARMS + [("label_smoothing", {"eps": 0.2})], 5, ("tinyshakespeare", None)),
+        ("bible_nya_variants_cpu.yaml", VARIANT_ARMS, 10, ("bible", ["nya_chichewa"])),
+        ("bible_rus_variants_cpu.yaml", VARIANT_ARMS, 10, ("bible", ["rus_synodal"])),
+    ],
+)
+def test_the_variants_recipes_hold_their_arms(name, arms, every, data):
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    assert [_arm_of(a) for a in args] == arms
+    for a in args:
+        assert (a.data.dataset_name, a.data.bible_small) == data and a.data.eval_split == "validation"
+        assert a.training.max_steps == 2000 and a.training.use_cpu and not a.training.selfish_fused
+        assert "activation_function=gelu_pytorch_tanh" in a.model.config_overrides
+        # scenarios everywhere but label smoothing, whose gradient has no single negative entry per row
+        expected = None if a.training.loss_name == "label_smoothing" else every
+        assert a.training.selfish_log_scenarios_every == expected
+
+
+def test_the_variants_tuning_recipe_has_three_values_of_each_knob():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "variants_tune_cpu.yaml")
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    knobs = {}
+    for a in args:
+        assert a.data.eval_split == "tune" and a.training.max_steps == 400
+        assert a.training.selfish_log_scenarios_every is None
+        loss, knob, *schedule = _arm_of(a)
+        if loss == "selfish_rare":  # two knobs: the margin at mass 0.9, the mass at margin 2
+            if knob["frequent_mass"] == 0.9:
+                knobs.setdefault("selfish_rare margin", []).append(knob["margin"])
+            if knob["margin"] == 2.0:
+                knobs.setdefault("selfish_rare frequent_mass", []).append(knob["frequent_mass"])
+            continue
+        key = loss + (" annealed" if schedule else "")
+        knobs.setdefault(key, []).append(knob["margin"] if isinstance(knob, dict) else knob)
+    assert knobs == {
+        "ce": [None],
+        "selfish": [1.0, 2.0, 4.0],
+        "selfish_head": [1.0, 2.0, 4.0],
+        "selfish_hidden": [1.0, 2.0, 4.0],
+        "selfish_rare margin": [1.0, 2.0, 4.0],
+        "selfish_rare frequent_mass": [0.9, 0.5, 0.99],
+        "selfish annealed": [1.0, 2.0, 4.0],
+    }
+    assert all(
+        a.training.selfish_margin_end == math.inf for a in args if a.training.selfish_margin_schedule != "constant"
+    )
 
 
 # the arms of the Bible mixes: CE, selfish at margin 2 and at the tuned margin 4, the two strongest rivals

@@ -564,5 +564,182 @@ def test_headline_groups_follow_the_saved_group_metadata_with_log_buckets():
     # rare bucket: the rarest rank bucket with >= 1% of the rank buckets' eval tokens (120 of 8140; 20 is < 1%)
     assert headline_groups(results) == ["rank_1-10", "rank_101-1000", "lang_small"]
     results["recipe"]["sweep_margins"] = ["2"]
-    header = sweep_table(results).splitlines()[0]
-    assert "ranks 1-10 NLL" in header and "ranks 101-1000 NLL" in header and "lang_small MRR" in header
+    headers = [line for line in sweep_table(results).splitlines() if line.startswith("| arm |")]
+    assert len(headers) == 3  # one table per statistic: NLL (with the eval loss), accuracy, MRR
+    assert "ranks 1-10 NLL" in headers[0] and "ranks 101-1000 NLL" in headers[0] and "lang_small MRR" in headers[2]
+
+
+# ---------------------------------------------------------------------------------------------
+# A language mix (English + Chichewa): report.md's tables are narrow, and every number is in summary.json
+# ---------------------------------------------------------------------------------------------
+
+MIX_GROUPS = {"rank_1-10": list(range(10)), "rank_11-20": list(range(10, 20)), "lang_nya": [3, 4], "lang_nya_only": [4]}
+MIX_LANGUAGES = {"eng": 3.4, "nya": 2.9}  # characters per token
+FIVE_ARMS = ("baseline", "selfish", "selfish_m4", "tlat_exponential", "logit_adjustment")
+
+
+def _mix_metrics(rng, start=None):
+    """One evaluation's entry: the whole eval set's groups and each language's own (``start``: step-0 values)."""
+    out = {"eval_loss": float(rng.uniform(1, 3))}
+    for prefix in ["eval"] + [f"eval_{code}" for code in MIX_LANGUAGES]:
+        out[f"{prefix}_loss"] = float(rng.uniform(1, 3)) if start is None else start[f"{prefix}_loss"]
+        for group in list(MIX_GROUPS) + ([] if prefix == "eval" else ["all"]):
+            out[f"{prefix}_{group}_tokens"], out[f"{prefix}_{group}_types"] = 1234, 17
+            for stat, (low, high) in {"nll": (1, 5), "nll_weighted": (1, 5), "accuracy": (0, 1), "mrr": (0, 1)}.items():
+                out[f"{prefix}_{group}_{stat}"] = float(rng.uniform(low, high))
+            out[f"{prefix}_{group}_recall_at_5"] = float(rng.uniform(0, 1))
+            if start is not None:
+                out[f"{prefix}_{group}_nll"] = start[f"{prefix}_{group}_nll"]
+    return out
+
+
+def make_mix_run_dir(path, arms=FIVE_ARMS, seeds=(1,), sweep=False):
+    """A comparison folder written with the run-directory writers (`comparison_results`, `write_results`);
+    ``sweep``: a margin sweep (report.md gets the sweep tables)."""
+    from hf_selfish.lab.results import comparison_results, write_results
+
+    rng = np.random.default_rng(7)
+    starts = {seed: _mix_metrics(rng) for seed in seeds}  # the arms of a seed start from the same model
+    runs = []
+    for index, arm in enumerate(arms):
+        for seed in seeds:
+            final = dict(_mix_metrics(rng), step=20)
+            record = {
+                "arm": arm,
+                "seed": seed,
+                "selfish_margin": 4.17 if arm == "selfish_m4" else (None if index == 0 else 2.0),
+                "output_dir": f"{arm}-seed{seed}",
+                "status": "finished",
+                "train_seconds": float(rng.uniform(5, 50)),
+                "global_step": 20,
+                "final": final,
+                "history": [dict(_mix_metrics(rng, starts[seed]), step=0), final],
+                "train_history": [],
+                "scenarios": None,
+            }
+            runs.append(record)
+    arm_list = [{"name": arm, "selfish_margin": None if i == 0 else 2.0} for i, arm in enumerate(arms)]
+    results = comparison_results(
+        name="mix",
+        recipe={
+            "dataset_name": "bible",
+            "max_steps": 20,
+            "arms": arm_list,
+            "sweep_margins": ["2", "4"] if sweep else None,
+        },
+        vocab_size=20,
+        tokens=None,
+        train_counts=[100 - i for i in range(20)],
+        groups=MIX_GROUPS,
+        arms=arm_list,
+        runs=runs,
+        chars_per_token=MIX_LANGUAGES,
+    )
+    path.mkdir(parents=True, exist_ok=True)
+    write_results(path, results)
+    return results
+
+
+def _markdown_tables(text):
+    """Every table of a markdown text as a list of rows of cells (the header first, the rule row dropped)."""
+    tables, current = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
+            if not all(re.fullmatch(r":?-{3,}:?", c) for c in cells):
+                current.append(cells)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+_NUMBER = re.compile(r"[+-]?\d[\d,]*(?:\.\d+)?")
+
+
+def _numbers_in_cell(cell):
+    """The numbers of a numeric cell (``1.2000 ± 0.1000``, ``+0.2 [-1.0, +1.4] *``, ``9,000 (10)``) as
+    (value, decimals); [] for a text cell."""
+    if not _NUMBER.search(cell) or _NUMBER.sub("", cell).strip(" ±[],()*"):
+        return []
+    tokens = _NUMBER.findall(cell)
+    return [(float(t.replace(",", "")), len(t.split(".")[1]) if "." in t else 0) for t in tokens]
+
+
+def _json_numbers(value):
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [float(value)]
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [n for item in items for n in _json_numbers(item)]
+
+
+def _not_in(cells, record):
+    """The printed numbers that no number of ``record`` rounds to (at the printed precision)."""
+    known = np.array(sorted(set(_json_numbers(record))))
+    return [
+        (value, decimals)
+        for value, decimals in cells
+        if not np.any(np.abs(known - value) <= 0.5 * 10.0**-decimals + 1e-9)
+    ]
+
+
+@pytest.mark.parametrize("arms, seeds, sweep", [(FIVE_ARMS, (1,), False), (FIVE_ARMS[:3], (1, 2, 3), True)])
+def test_every_number_of_report_tables_is_in_summary_json(tmp_path, arms, seeds, sweep):
+    make_mix_run_dir(tmp_path, arms, seeds, sweep)
+    text = write_report(tmp_path).read_text()
+    assert ("## Margin sweep" in text) == sweep
+    record = json.loads((tmp_path / "summary.json").read_text())
+    tables = _markdown_tables(text)
+    cells = [n for table in tables for row in table[1:] for cell in row for n in _numbers_in_cell(cell)]
+    assert len(cells) > 200  # the parser found the tables' numbers
+    assert _not_in(cells, record) == []
+    # the check can fail: without the per-language entries the language tables' numbers are missing
+    assert _not_in(cells, {k: v for k, v in record.items() if k != "languages"})
+    # the language entries hold the hand-computed numbers: bits per character = loss / ln 2 / characters per token
+    nya = next(entry for entry in record["languages"] if entry["name"] == "nya")
+    runs = load_results(tmp_path)["runs"]
+    loss = [r["final"]["eval_nya_loss"] for r in runs if r["arm"] == arms[1]]
+    bits = [r["final"]["eval_nya_loss"] / math.log(2) / MIX_LANGUAGES["nya"] for r in runs if r["arm"] == arms[0]]
+    assert nya["arms"][arms[1]]["bits_per_char"]["values"] == pytest.approx([v / math.log(2) / 2.9 for v in loss])
+    assert nya["arms"][arms[0]]["bits_per_char"]["mean"] == pytest.approx(statistics.fmean(bits))
+    delta = nya["delta"][arms[1]]["bits_per_char"]
+    assert delta["mean"] == pytest.approx(
+        statistics.fmean(v / math.log(2) / 2.9 for v in loss) - statistics.fmean(bits)
+    )
+    assert (delta["ci95"] is None) == (len(seeds) == 1)
+    assert nya["before"]["bits_per_char"]["n"] == len(seeds)  # one per seed, not one per run
+    assert nya["chars_per_token"] == 2.9 and nya["groups"][0]["group"] == "rank_1-10"
+
+
+def test_report_tables_are_narrow_and_single_seed_shows_no_spread(tmp_path):
+    """Five arms, two languages, one seed: no table wider than 12 columns, no ``±`` in any table cell."""
+    make_mix_run_dir(tmp_path)
+    text = write_report(tmp_path).read_text()
+    tables = _markdown_tables(text)
+    assert max(len(row) for table in tables for row in table) <= 12
+    assert not [cell for table in tables for row in table for cell in row if "±" in cell]
+    section = text[text.index("## Per language") : text.index("### eng:")]
+    # one table per statistic: languages as rows, the baseline then each arm's Δ
+    for title in ("Bits per character", "Per-token-mean NLL", "Top-1 accuracy", "MRR"):
+        assert f"**{title}**" in section
+    header = _markdown_tables(section)[0][0]
+    assert header == ["language", "eval tokens", "before training", "baseline"] + [f"Δ {a}" for a in FIVE_ARMS[1:]]
+    assert [table[1][0] for table in _markdown_tables(section)] == ["eng"] * 4
+    # eleven arms (the rival-loss recipes): the widest tables are cut into parts that repeat the row labels
+    make_mix_run_dir(tmp_path / "eleven", arms=tuple(f"arm{i}" for i in range(11)))
+    tables = _markdown_tables(write_report(tmp_path / "eleven").read_text())
+    assert max(len(row) for table in tables for row in table) <= 12
+    assert sum(table[0][:2] == ["bucket", "eval tokens (types)"] for table in tables) > 1 + 2  # main + 2 languages
+
+
+def test_fitted_table_cuts_wide_tables_and_keeps_the_lead_columns():
+    from hf_selfish.reporting.tables import column_chunks, fitted_table
+
+    assert column_chunks(5, keep=2, max_columns=4) == [[0, 1, 2, 3], [0, 1, 4]]
+    assert column_chunks(3, keep=1, max_columns=12) == [[0, 1, 2]]
+    text = fitted_table(["a", "b", "c", "d", "e"], [["1", "2", "3", "4", "5"]], keep=2, max_columns=4)
+    assert _markdown_tables(text) == [[["a", "b", "c", "d"], ["1", "2", "3", "4"]], [["a", "b", "e"], ["1", "2", "5"]]]
+    with pytest.raises(ValueError, match="keep"):
+        column_chunks(5, keep=4, max_columns=4)

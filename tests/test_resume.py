@@ -251,9 +251,9 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
     capsys.readouterr()
     assert main(["compare", str(second)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (
-        f"hf-selfish compare: error: {run_dir} holds the runs of a different recipe (differing in learning_rate); "
-        "pass --overwrite to replace them, or choose another --output_dir"
+    assert err.startswith(
+        f"hf-selfish compare: error: {run_dir} holds the runs of a different recipe (differing in learning_rate): "
+        "choose another --output_dir, or pass --overwrite to DELETE them (1 finished run: "
     )
     assert results.read_bytes() == before
 

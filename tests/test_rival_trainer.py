@@ -98,12 +98,12 @@ def test_agg_refuses_a_model_that_transforms_its_logits(tmp_path):
 @pytest.mark.parametrize(
     "settings, match",
     [
-        ({"loss_name": "focall"}, "loss_name must be one of ce, selfish, .*agg, got 'focall'"),
+        ({"loss_name": "focall"}, "loss_name must be one of ce, selfish, .*agg, selfish_head, .*got 'focall'"),
         ({"loss_name": "focal", "loss_kwargs": '{"gamma": -1}'}, "focal: gamma must be a finite number >= 0"),
         ({"loss_name": "focal", "loss_kwargs": "{gamma: 1}"}, "loss_kwargs must be a mapping"),
         ({"loss_name": "z_loss", "loss_kwargs": {"gamma": 1}}, "loss 'z_loss' takes no parameter 'gamma'"),
         ({"loss_kwargs": {"margin": 1.0}}, "takes its margin from selfish_margin"),
-        ({"loss_name": "tlat", "selfish_fused": True}, "selfish_fused computes the selfish loss only"),
+        ({"loss_name": "tlat", "selfish_fused": True}, "selfish_fused computes selfish, selfish_head, .* only"),
         ({"loss_name": "agg", "selfish_log_scenarios_every": 5}, "needs the gradient of the model's logits, which agg"),
     ],
 )

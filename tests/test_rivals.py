@@ -53,6 +53,12 @@ def _row_terms(name, params, x, t, previous):
         prior = torch.tensor([(n + 1) / (sum(COUNTS) + VOCAB) for n in COUNTS], dtype=torch.float64)
         adjusted = x + params.get("tau", 1.0) * prior.log()
         return -(adjusted - torch.logsumexp(adjusted, 0))[t]
+    if name == "selfish_rare":  # the frequent ids by mass of COUNTS (total 12306): 12, 9, 8 at 0.9; 12 at 0.5
+        frequent = {0.9: {8, 9, 12}, 0.5: {12}}[params.get("frequent_mass", 0.9)]
+        margin = params.get("margin", 2.0)
+        kept = torch.tensor([v == t or x[v] >= x[t] - margin or v in frequent for v in range(VOCAB)])
+        masked = torch.where(kept, x, float("-inf"))
+        return -(masked - torch.logsumexp(masked, 0))[t]
     if name == "unlikelihood":
         penalty = sum(-torch.log(torch.clamp(1 - logp[c].exp(), min=1e-5)) for c in set(previous) - {t})
         return nll + params.get("alpha", 1.0) * penalty
@@ -106,6 +112,7 @@ NON_DEFAULT = {
     "tlat": {"form": "chi_square", "T": 0.5},
     "logit_adjustment": {"tau": 0.5},
     "unlikelihood": {"alpha": 0.5},
+    "selfish_rare": {"margin": 1.0, "frequent_mass": 0.5},
 }
 
 
@@ -158,6 +165,7 @@ def test_half_precision_inputs_are_computed_in_float32(name, dtype):
         ("z_loss", {"lam": 0.0}),
         ("anti_focal", {"gamma": 0.0}),
         ("unlikelihood", {"alpha": 0.0}),
+        ("selfish_rare", {"frequent_mass": 1.0}),
     ],
 )
 def test_neutral_parameter_is_plain_cross_entropy(name, neutral):
@@ -294,9 +302,12 @@ def test_the_defaults_are_the_papers():
         "logit_adjustment": {"tau": 1.0},
         "unlikelihood": {"alpha": 1.0},
         "agg": {"alpha": 0.03, "steps": None},
+        "selfish_head": {"margin": 2.0},
+        "selfish_hidden": {"margin": 2.0},
+        "selfish_rare": {"margin": 2.0, "frequent_mass": 0.9},
     }
-    assert [n for n in LOSSES if needs_token_counts(n)] == ["tlat", "logit_adjustment", "agg"]
-    assert [n for n in LOSSES if needs_hidden(n)] == ["agg"]
+    assert [n for n in LOSSES if needs_token_counts(n)] == ["tlat", "logit_adjustment", "agg", "selfish_rare"]
+    assert [n for n in LOSSES if needs_hidden(n)] == ["agg", "selfish_head", "selfish_hidden"]
 
 
 def test_unlikelihood_floor_stops_the_gradient_of_a_certain_candidate():

@@ -248,6 +248,22 @@ def test_rank_bucket_eval_through_selfish_sft(trained):
     assert nll_sum == pytest.approx(ce.item() * counted, rel=1e-5)
 
 
+def test_a_checkpoint_before_any_evaluation_keeps_the_trainers_card(tmp_path, one_thread):
+    """TRL writes the model card at every checkpoint: before an evaluation it must not stop training."""
+    trainer = sft_trainer(tmp_path, steps=2)
+    trainer.args.save_strategy = "steps"
+    trainer.args.save_steps = 1
+    trainer.train()  # two checkpoints, no evaluation
+    assert (tmp_path / "checkpoint-2" / "model.safetensors").is_file()
+    card = (tmp_path / "README.md").read_text()  # TRL writes it beside the checkpoints
+    assert "trl" in card.lower() and "eval_loss" not in card  # TRL's own card, no table of no numbers
+    trainer.evaluate()
+    trainer.create_model_card()
+    card = (tmp_path / "README.md").read_text()
+    eval_loss = trainer.state.log_history[-1]["eval_loss"]
+    assert f"margin m = {MARGIN:g}" in card and f"Overall eval loss: {eval_loss:.4f}" in card  # hf_selfish's card
+
+
 @pytest.mark.slow
 def test_two_process_ddp_step_equals_one_process_step(tmp_path, one_thread):
     from .torchrun import run_two_processes

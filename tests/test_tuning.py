@@ -63,6 +63,14 @@ def test_method_of_reads_the_knob():
     assert method_of(_arm("f", "focal", gamma=0.5)) == ("focal", "gamma", 0.5)
     assert method_of(_arm("t", "tlat", form="chi_square", T=2.0)) == ("tlat_chi_square", "T", 2.0)
     assert method_of(_arm("b", "ce")) is None
+    head = {"name": "h", "loss_name": "selfish_head", "loss_kwargs": {"margin": 4.0}}
+    assert method_of(head) == ("selfish_head", "margin", 4.0)
+    annealed = {"name": "a", "selfish_margin": 1.0, "selfish_margin_schedule": "linear", "selfish_margin_end": "inf"}
+    assert method_of(annealed) == ("selfish_annealed", "selfish_margin", 1.0)
+    rare = {"name": "r", "loss_name": "selfish_rare", "loss_kwargs": {"margin": 1.0, "frequent_mass": 0.9}}
+    assert method_of(rare) == ("selfish_rare", "margin", 1.0)
+    rare["loss_kwargs"] = {"margin": 2.0, "frequent_mass": 0.5}
+    assert method_of(rare) == ("selfish_rare_frequent_mass", "frequent_mass", 0.5)
 
 
 def test_table_marks_the_choice_and_refuses_a_missing_baseline():
@@ -127,3 +135,35 @@ def test_tuning_recipes_give_every_method_three_values_on_the_tuning_split(tune,
     assert tuned.data.eval_split == "tune" and reported.data.eval_split == "validation"
     assert dataclasses.replace(tuned.data, eval_split="validation") == reported.data  # same data otherwise
     assert tuned.model == reported.model
+
+
+def test_an_annealed_arm_is_recorded_with_its_schedule_and_tuned_as_its_own_method():
+    import json
+
+    from hf_selfish.lab.compare import _arm_summary
+    from hf_selfish.lab.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES / "variants_tune_cpu.yaml")
+    summaries = [_arm_summary(arm, recipe.arguments(arm), []) for arm in recipe.arms]
+    annealed = next(s for s in summaries if s["name"] == "selfish_annealed_margin2.0")
+    assert annealed == {
+        "name": "selfish_annealed_margin2.0",
+        "selfish_margin": 2.0,
+        "selfish_margin_setting": 2.0,
+        "selfish_margin_schedule": "linear",
+        "selfish_margin_end": "inf",
+    }
+    json.dumps(annealed, allow_nan=False)  # results.json stays strict JSON
+    methods = {}
+    for summary in summaries:
+        described = method_of(summary)
+        if described is not None:
+            methods.setdefault(described[0], []).append(described[2])
+    assert methods == {
+        "selfish": [1.0, 2.0, 4.0],
+        "selfish_head": [1.0, 2.0, 4.0],
+        "selfish_hidden": [1.0, 2.0, 4.0],
+        "selfish_rare": [1.0, 2.0, 4.0],
+        "selfish_rare_frequent_mass": [0.5, 0.99],  # its default 0.9 is the margin sweep's arm at margin 2
+        "selfish_annealed": [1.0, 2.0, 4.0],
+    }

@@ -22,6 +22,7 @@ TRL's ``entropy`` and ``mean_token_accuracy`` come from that head, so they are n
 from __future__ import annotations
 
 import contextlib
+import inspect
 from dataclasses import dataclass
 
 import trl.trainer.sft_trainer as _sft_trainer
@@ -70,9 +71,16 @@ class SelfishSFTTrainer(SelfishTrainer, SFTTrainer):
                 f"SelfishSFTTrainer needs SelfishSFTConfig, got {type(args).__name__}; build the arguments with "
                 "hf_selfish.integrations.trl.SelfishSFTConfig(...)"
             )
+        _check_sft_inputs(args, inspect.signature(SFTTrainer.__init__).bind_partial(None, model, args, *pos, **kwargs))
         with _without_trl_fused_head():
             super().__init__(model, args, *pos, token_counts=token_counts, **kwargs)
         self._total_train_tokens = getattr(self, "_total_train_tokens", 0)
+
+    @property
+    def label_mask_columns(self) -> tuple[str, ...]:
+        """The columns TRL's collator masks labels with, as this config uses them (`check_train_dataset`)."""
+        columns = ("assistant_masks",) if self.args.assistant_only_loss else ()
+        return columns + (("completion_mask",) if self.args.completion_only_loss in (None, True) else ())
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """`SelfishTrainer.compute_loss` (one forward), plus TRL's ``num_tokens`` count while training."""
@@ -90,6 +98,51 @@ class SelfishSFTTrainer(SelfishTrainer, SFTTrainer):
             local = inputs["input_ids"].new_tensor(inputs["input_ids"].numel())
         self._total_train_tokens += int(self.accelerator.gather_for_metrics(local).sum().item())
         self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+
+# Columns SFTTrainer reads besides ``dataset_text_field``: tokenized, conversational, prompt-completion.
+_SFT_COLUMNS = ("input_ids", "messages", "conversations", "prompt")
+
+
+def _check_sft_inputs(args: SelfishSFTConfig, bound: inspect.BoundArguments) -> None:
+    """What SFTTrainer would fail on deep inside (a bare StopIteration, a KeyError from ``datasets.map``, a
+    TypeError on a missing chat template), said before it prepares anything, with what to pass instead."""
+    given = bound.arguments
+    eval_sets = given.get("eval_dataset")
+    datasets = {"train_dataset": given.get("train_dataset")}
+    if isinstance(eval_sets, dict):
+        datasets.update({f"eval_dataset[{name!r}]": d for name, d in eval_sets.items()})
+    else:
+        datasets["eval_dataset"] = eval_sets
+    for name, dataset in datasets.items():
+        if dataset is not None:
+            _check_sft_dataset(name, dataset, args, given.get("formatting_func") is not None)
+    processing_class = given.get("processing_class")
+    if (
+        args.assistant_only_loss
+        and processing_class is not None
+        and args.chat_template_path is None
+        and getattr(processing_class, "chat_template", None) is None
+    ):
+        raise ValueError(
+            "assistant_only_loss=True masks the loss by the chat template's assistant turns, and the "
+            f"processing_class ({type(processing_class).__name__}) has no chat_template: set tokenizer.chat_template, "
+            "or pass SelfishSFTConfig(chat_template_path=...), or leave assistant_only_loss off"
+        )
+
+
+def _check_sft_dataset(name: str, dataset, args: SelfishSFTConfig, has_formatting_func: bool) -> None:
+    """A dataset SFTTrainer can prepare: at least one row, and a column it reads (or a ``formatting_func``)."""
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{name} is empty (0 rows); SelfishSFTTrainer needs at least one example to train or score")
+    columns = list(getattr(dataset, "column_names", None) or [])
+    if not columns or has_formatting_func or any(c in columns for c in (args.dataset_text_field, *_SFT_COLUMNS)):
+        return
+    raise ValueError(
+        f"{name} has no {args.dataset_text_field!r} column (its columns: {', '.join(columns)}); pass "
+        "SelfishSFTConfig(dataset_text_field=<the column of text>), a formatting_func, or a conversational "
+        "'messages' column"
+    )
 
 
 @contextlib.contextmanager

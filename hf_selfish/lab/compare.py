@@ -12,17 +12,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from ..config import MAX_SEED
 from ..metric_names import FREQUENCY_FILE, RESULTS_FILE, RUN_RESULT_FILE, run_dir_name
 from ..ops.margin import margin_label
-from .guards import RunDirLock, check_output_dir, remove_inside
+from .guards import RunDirLock, check_folder_kind, check_output_dir, remove_inside
 from .recipe import Arm, Recipe, RunArguments
-from .results import comparison_results, read_results_file, write_results
-from .run import PreparedData, preflight, prepare_data, train_run
+from .results import FINISHED, comparison_results, read_results_file, write_results
+from .run import RUN_NEUTRAL_ARGUMENTS, PreparedData, preflight, prepare_data, run_settings, train_run
 
 logger = logging.getLogger(__name__)
 
@@ -35,22 +37,37 @@ def run_name(recipe: Recipe) -> str:
 
 def comparison_dir(recipe: Recipe) -> Path:
     """Where a comparison writes: the recipe's ``output_dir``, else ``runs/<recipe name>``."""
-    return Path(recipe.arguments().training.output_dir or f"runs/{run_name(recipe)}")
+    return Path(recipe.shared_arguments().training.output_dir or f"runs/{run_name(recipe)}")
 
 
-def comparison_runs(recipe: Recipe) -> list[tuple[Arm, int, RunArguments]]:
-    """Every (arm, seed) of a recipe with its parsed arguments, each in ``<output_dir>/<arm>-seed<s>``."""
-    base = recipe.arguments()
+def comparison_runs(recipe: Recipe, kept_seeds: tuple[int, ...] = ()) -> list[tuple[Arm, int, RunArguments]]:
+    """Every (arm, seed) of a recipe with its parsed arguments, each in ``<output_dir>/<arm>-seed<s>``.
+
+    ``kept_seeds``: seeds finished earlier that the recipe's ``seeds`` no longer reach; they stay part of the
+    comparison (its seeds only grow), in seed order.
+    """
+    base = recipe.shared_arguments()
     if base.experiment.seeds < 1:
         raise ValueError(f"seeds={base.experiment.seeds} runs nothing; set seeds to 1 or more")
+    check_seed_range(base.training.seed, base.experiment.seeds)
     run_dir = comparison_dir(recipe)
     runs = []
-    for offset in range(base.experiment.seeds):
-        seed = base.training.seed + offset
+    seeds = {base.training.seed + offset for offset in range(base.experiment.seeds)} | set(kept_seeds)
+    for seed in sorted(seeds):
         for arm in recipe.arms:
             out = run_dir / run_dir_name(arm.name, seed)
             runs.append((arm, seed, recipe.arguments(arm, seed=seed, output_dir=str(out))))
     return runs
+
+
+def check_seed_range(first: int, seeds: int) -> None:
+    """Refuse a comparison whose last seed (``first + seeds - 1``) is beyond the largest seed, before any run trains."""
+    last = first + seeds - 1
+    if last > MAX_SEED:
+        raise ValueError(
+            f"seeds={seeds} starting at seed={first} run up to seed {last}, above the largest seed {MAX_SEED}; "
+            f"give --seed {MAX_SEED - seeds + 1} or lower"
+        )
 
 
 def _data_key(args: RunArguments) -> str:
@@ -62,8 +79,9 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
 
     `compare` records its recipe in ``results.json`` before the first run trains, so an interrupted
     comparison is recognised too: its checkpoints are never resumed under another recipe. The
-    `RUN_NEUTRAL_KEYS` are not part of the recipe compared: re-running the same command, with or
-    without ``overwrite``, resumes, and ``--seeds 3`` after ``--seeds 1`` adds two seeds.
+    `RUN_NEUTRAL_ARGUMENTS` (where the folder is, how it reports, the seed count) are not part of the recipe
+    compared: re-running the same command, with or without ``overwrite``, resumes, ``--seeds 3`` after
+    ``--seeds 1`` adds two seeds, and a copied folder (``cp -a runs/a runs/b``) is the same comparison.
     """
     recorded = read_results_file(run_dir)
     if recorded is None:
@@ -74,11 +92,39 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
         return False
     if overwrite or not _holds_runs(run_dir, recorded):  # nothing trained yet (it failed before): replace
         return True
-    keys = sorted(k for k in {*previous, *current} if previous.get(k) != current.get(k))
+    keys = _differing_keys(previous, current)
+    kept = _kept_runs(run_dir, recorded)
     raise ValueError(
-        f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}); pass --overwrite "
-        "to replace them, or choose another --output_dir"
+        f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}): choose another "
+        f"--output_dir, or pass --overwrite to DELETE them ({kept})"
     )
+
+
+def _differing_keys(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The recipe keys two recipes differ in; inside arms ``arm NAME: key`` (a command-line override, copied into
+    every arm, is named once)."""
+    shared = sorted(k for k in {*previous, *current} - {"arms"} if previous.get(k) != current.get(k))
+    before, after = previous.get("arms") or [], current.get("arms") or []
+    names = [[arm.get("name") for arm in arms if isinstance(arm, dict)] for arms in (before, after)]
+    if names[0] != names[1]:
+        return shared + ["arms"]
+    inside = []
+    for old, new in zip(before, after):
+        inside += [
+            f"arm {new['name']}: {key}"
+            for key in sorted({*old, *new})
+            if old.get(key) != new.get(key) and key not in shared
+        ]
+    return shared + inside
+
+
+def _kept_runs(run_dir: Path, results: dict[str, Any]) -> str:
+    """What ``--overwrite`` would delete, in words: the finished runs by name, or the unfinished ones."""
+    finished = sorted(path.parent.name for path in run_dir.glob(f"*/{RUN_RESULT_FILE}"))
+    if finished:
+        shown = ", ".join(finished[:6]) + (f" and {len(finished) - 6} more" if len(finished) > 6 else "")
+        return f"{len(finished)} finished run{'s' if len(finished) != 1 else ''}: {shown}"
+    return "interrupted runs and their checkpoints"
 
 
 def _holds_runs(run_dir: Path, results: dict[str, Any]) -> bool:
@@ -90,15 +136,12 @@ def _holds_runs(run_dir: Path, results: dict[str, Any]) -> bool:
     )
 
 
-# Settings that do not change what a run computes: more seeds only add runs beside the existing ones.
-RUN_NEUTRAL_KEYS = ("overwrite", "seeds", "disable_tqdm")
-
-
 def _comparable_recipe(recipe: dict[str, Any] | None) -> dict[str, Any]:
-    """A recipe as JSON data, without `RUN_NEUTRAL_KEYS` (shared, or copied into arms by overrides)."""
+    """A recipe as JSON data, without `RUN_NEUTRAL_ARGUMENTS` (shared, or copied into arms by overrides): the
+    same settings `check_same_run` leaves out of a single run's identity, ``output_dir`` among them."""
     data = json.loads(json.dumps(recipe or {}, default=str))
     for values in [data, *(arm for arm in data.get("arms", []) if isinstance(arm, dict))]:
-        for key in RUN_NEUTRAL_KEYS:
+        for key in RUN_NEUTRAL_ARGUMENTS:
             values.pop(key, None)
     return data
 
@@ -111,7 +154,8 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     say = progress or logger.info
     check_no_conflicts(recipe)
     runs = comparison_runs(recipe)
-    base = recipe.arguments()
+    check_distinct_arms(runs)
+    base = recipe.shared_arguments()
     if base.training.push_to_hub and base.training.hub_model_id and len(runs) > 1:
         raise ValueError(
             f"hub_model_id={base.training.hub_model_id!r} names one Hub repository for {len(runs)} runs; leave it "
@@ -120,10 +164,42 @@ def compare(recipe: Recipe, progress: Callable[[str], None] | None = None) -> di
     for _, _, args in runs:  # every run's settings, before anything is written
         preflight(args)
     run_dir = check_output_dir(comparison_dir(recipe))
+    check_folder_kind(run_dir, "comparison")
     with RunDirLock(run_dir):
         if check_run_dir(run_dir, recipe, base.experiment.overwrite):
             _clear_finished(run_dir, runs)
+        kept = _finished_seeds_beyond(run_dir, runs)
+        if kept:
+            say(
+                f"keeping the finished seed{'s' if len(kept) > 1 else ''} {', '.join(map(str, kept))} of {run_dir} "
+                "(a comparison's seeds only grow; choose another --output_dir for fewer)"
+            )
+            runs = comparison_runs(recipe, kept)
         return _train_all(recipe, runs, run_dir, say)
+
+
+def _finished_seeds_beyond(run_dir: Path, runs) -> tuple[int, ...]:
+    """Seeds that ``results.json`` holds finished runs of but ``runs`` does not reach (a smaller ``seeds``)."""
+    recorded = read_results_file(run_dir) or {}
+    planned = {seed for _, seed, _ in runs}
+    finished = {r.get("seed") for r in recorded.get("runs") or [] if r.get("status") == FINISHED}
+    return tuple(sorted(s for s in finished if isinstance(s, int) and s not in planned))
+
+
+def check_distinct_arms(runs) -> None:
+    """Refuse two arms that train the same settings (``selfish_margin: 2`` and ``2.0``, ``null`` and ``inf``): their
+    difference would be noise between two copies of one arm, reported as an effect."""
+    seen: dict[str, str] = {}
+    for arm, seed, args in runs:
+        if seed != runs[0][1]:
+            break
+        key = json.dumps(run_settings(args), sort_keys=True)
+        if key in seen:
+            raise ValueError(
+                f"arms {seen[key]!r} and {arm.name!r} train the same settings (the same loss and margin once read as "
+                "numbers): the comparison would compare an arm with itself; drop one or change its settings"
+            )
+        seen[key] = arm.name
 
 
 def check_no_conflicts(recipe: Recipe) -> None:
@@ -154,9 +230,11 @@ def _train_all(recipe: Recipe, runs, run_dir: Path, say: Callable[[str], None]) 
             write_results(run_dir, _results(recipe, run_dir, reference, runs, records))
         say(f"[{index}/{len(runs)}] {arm.name} ({_loss_label(args)}) seed {seed} -> {args.training.output_dir}")
         record = train_run(args, data, arm=arm.name, groups=reference.groups)
-        record["output_dir"] = str(Path(record["output_dir"]).relative_to(run_dir))
+        # relative to the comparison, from where the run is now (a copied folder's record names the original)
+        folder = Path(args.training.output_dir)
+        record["output_dir"] = str(folder.relative_to(run_dir))
         if record.get("scenarios"):
-            record["scenarios"] = str(Path(record["scenarios"]).relative_to(run_dir))
+            record["scenarios"] = str((folder / Path(record["scenarios"]).name).relative_to(run_dir))
         records.append(record)
         final = record["final"]
         say(
@@ -169,9 +247,15 @@ def _train_all(recipe: Recipe, runs, run_dir: Path, say: Callable[[str], None]) 
 
 
 def _clear_finished(run_dir: Path, runs) -> None:
-    """``--overwrite``: remove this comparison's own run folders and results.json, nothing else."""
-    for _, _, args in runs:
-        remove_inside(run_dir, args.training.output_dir)
+    """``--overwrite``: remove the run folders of this comparison and of the one recorded in results.json (its
+    seeds may be more), and results.json; nothing else."""
+    recorded = read_results_file(run_dir) or {}
+    folders = {Path(args.training.output_dir) for _, _, args in runs}
+    for run in [*(recorded.get("runs") or []), *(recorded.get("planned") or [])]:
+        if isinstance(run, dict) and run.get("arm") is not None and run.get("seed") is not None:
+            folders.add(run_dir / run_dir_name(str(run["arm"]), run["seed"]))
+    for folder in sorted(folders):
+        remove_inside(run_dir, folder)
     (run_dir / RESULTS_FILE).unlink(missing_ok=True)
 
 
@@ -196,7 +280,12 @@ def _arm_summary(arm: Arm, args: RunArguments, records: list[dict[str, Any]]) ->
         }
     resolved = [r["selfish_margin"] for r in records if r["arm"] == arm.name]
     margin = resolved[0] if resolved else training.selfish_margin
-    return {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": training.selfish_margin}
+    summary = {"name": arm.name, "selfish_margin": margin, "selfish_margin_setting": training.selfish_margin}
+    if training.selfish_margin_schedule != "constant":  # a margin schedule (the tuning table's own method)
+        end = training.selfish_margin_end
+        summary["selfish_margin_schedule"] = training.selfish_margin_schedule
+        summary["selfish_margin_end"] = "inf" if end == math.inf else end  # inf: annealed to plain CE (strict JSON)
+    return summary
 
 
 def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -> dict[str, Any]:
@@ -211,4 +300,6 @@ def _results(recipe: Recipe, run_dir: Path, data: PreparedData, runs, records) -
         arms=[_arm_summary(arm, args, records) for arm, seed, args in runs if seed == runs[0][1]],
         runs=records,
         chars_per_token=data.lm.chars_per_token,
+        planned=[(arm.name, seed) for arm, seed, _ in runs],
+        train_shares=data.lm.train_shares,
     )

@@ -5,6 +5,8 @@
 - `RunDirLock(path)`: one hf-selfish process per run directory at a time (a lock file holding the owner's pid
   and host; a lock whose process is gone is stale and taken over, with a warning).
 - `remove_inside(root, path)`: the only way hf-selfish deletes a folder: ``path`` must lie inside ``root``.
+- `check_folder_kind(path, kind)`: a single run never writes into a comparison's folder, nor a comparison into a
+  single run's (their files share names: token_frequency.json, the model, checkpoints).
 """
 
 from __future__ import annotations
@@ -16,11 +18,17 @@ import shutil
 import socket
 from pathlib import Path
 
-from ..metric_names import LOCK_FILE
+from transformers.trainer import TRAINER_STATE_NAME
+
+from ..metric_names import LOCK_FILE, RESULTS_FILE, RUN_ARGS_FILE, RUN_RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunDirLock", "check_output_dir", "is_main_process", "remove_inside"]
+__all__ = ["RunDirLock", "check_folder_kind", "check_output_dir", "is_main_process", "remove_inside"]
+
+# The files that mark a folder as one kind of run directory (whichever of them is there).
+KIND_MARKERS = {"comparison": (RESULTS_FILE,), "run": (TRAINER_STATE_NAME, RUN_RESULT_FILE, RUN_ARGS_FILE)}
+KIND_COMMANDS = {"comparison": "hf-selfish compare", "run": "hf-selfish train"}
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -37,6 +45,22 @@ def check_output_dir(path: str | os.PathLike) -> Path:
             f"output_dir {str(path)!r} cannot be written ({existing} is read-only); give another --output_dir"
         )
     return path
+
+
+def check_folder_kind(path: str | os.PathLike, kind: str) -> None:
+    """Refuse to write a ``kind`` ("run" or "comparison") into a folder that holds the other kind (a ValueError).
+
+    A single run writes its model, checkpoints, trainer_state.json and token_frequency.json into its output_dir:
+    in a comparison's folder it would replace the comparison's frequencies (which the report and the Hub copy
+    read) and mix two kinds of results in one folder.
+    """
+    other = "comparison" if kind == "run" else "run"
+    found = [name for name in KIND_MARKERS[other] if (Path(path) / name).is_file()]
+    if found:
+        raise ValueError(
+            f"{path} holds a {other} of `{KIND_COMMANDS[other]}` ({found[0]}); `{KIND_COMMANDS[kind]}` would write "
+            f"its own files over it: give another --output_dir"
+        )
 
 
 def is_main_process() -> bool:

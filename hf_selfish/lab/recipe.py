@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass, field, fields
@@ -31,14 +33,17 @@ from transformers import HfArgumentParser
 from transformers.hf_argparser import string_to_bool
 
 from ..config import SelfishTrainingArguments
-from ..ops.margin import NULL_WORDS
+from ..ops.loss import validate_margin
+from ..ops.margin import NULL_WORDS, parse_margin
 from .arguments import DataArguments, ExperimentArguments, ModelArguments
+from .bundled import find_recipe
 
 __all__ = ["Arm", "Recipe", "RunArguments", "load_recipe", "parse_overrides", "DEFAULT_ARMS"]
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, SelfishTrainingArguments, ExperimentArguments)
 DEFAULT_ARMS = ({"name": "baseline", "selfish_margin": None}, {"name": "selfish", "selfish_margin": 2.0})
-# the keys that define an arm: a command-line override does not replace them where the arm sets them
+# the keys whose meaning depends on each other: loss_kwargs are checked against the loss_name they go with
+LOSS_KEYS = ("loss_name", "loss_kwargs")
 
 
 @dataclass
@@ -71,6 +76,21 @@ class Recipe:
     values: dict[str, Any]
     arms: list[Arm]
     source: str | None = None
+    declares_arms: bool = False  # the recipe lists arms (or sweep_margins); else `DEFAULT_ARMS`
+
+    def arm(self, name: str | None) -> Arm | None:
+        """The arm ``name`` trains (``None``: the shared values, only for a recipe without arms)."""
+        names = [a.name for a in self.arms]
+        if name is None:
+            if self.declares_arms:
+                raise ValueError(
+                    f"the recipe has arms {', '.join(names)}: pick the one to train with --arm NAME (without it the "
+                    "run would train the shared values, neither arm)"
+                )
+            return None
+        if name not in names:
+            raise ValueError(f"no arm {name!r} in the recipe; its arms are {sorted(names)}")
+        return self.arms[names.index(name)]
 
     def arguments(self, arm: Arm | None = None, **extra: Any) -> RunArguments:
         """Parse the dataclasses for ``arm`` (shared values, then the arm's, then ``extra``)."""
@@ -78,6 +98,15 @@ class Recipe:
         parser = HfArgumentParser(ARGUMENT_CLASSES)
         model, data, training, experiment = parser.parse_dict(_coerce_all(values, _actions(parser)))
         return RunArguments(model, data, training, experiment)
+
+    def shared_arguments(self) -> RunArguments:
+        """The settings a comparison reads once for all its arms (output_dir, seed, seeds, push_to_hub, ...).
+
+        The shared values without `LOSS_KEYS`: a ``--loss_kwargs`` meant for an arm's own loss is checked
+        against that arm's ``loss_name`` (`arguments`), not against a shared loss no arm of it trains."""
+        return dataclasses.replace(
+            self, values={k: v for k, v in self.values.items() if k not in LOSS_KEYS}
+        ).arguments()
 
     def to_dict(self) -> dict[str, Any]:
         """The recipe as YAML-able data (what `results.json` records)."""
@@ -101,6 +130,10 @@ def _actions(parser: HfArgumentParser) -> dict[str, argparse.Action]:
     return {a.dest: a for a in parser._actions if a.dest != "help"}
 
 
+def _is_flag(action: argparse.Action) -> bool:
+    return action.type is string_to_bool or isinstance(action.const, bool)
+
+
 def _coerce(action: argparse.Action, value: Any) -> Any:
     """Convert a string (from YAML or the command line) with the field's own argparse type."""
     if isinstance(value, list):  # each item is one value of the list (never split again)
@@ -111,18 +144,41 @@ def _coerce(action: argparse.Action, value: Any) -> Any:
         return _check_integer(action, value)
     if value.strip() in NULL_WORDS:  # "none" stays a string: report_to: none
         return None
-    if action.type is string_to_bool or isinstance(action.const, bool):
+    if _is_flag(action):
         try:
             return string_to_bool(value)
         except argparse.ArgumentTypeError as err:
             raise ValueError(f"recipe key {action.dest!r}: cannot read {value!r} ({err})") from None
     if action.nargs in ("+", "*"):
-        return [_coerce_scalar(action, v) for v in value.split(",")]
+        return [_coerce_scalar(action, str(v)) for v in _list_items(action, value)]
     return _coerce_scalar(action, value)
 
 
+def _list_items(action: argparse.Action, value: str) -> list[Any]:
+    """A list setting given as one string: ``a,b`` or a YAML/JSON list ``[a, b]`` (``[]``: none)."""
+    text = value.strip()
+    if not (text.startswith("[") and text.endswith("]")):
+        return value.split(",")
+    try:
+        items = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ValueError(
+            f"recipe key {action.dest!r}: cannot read the list {value!r} ({err.__class__.__name__})"
+        ) from None
+    return items if isinstance(items, list) else value.split(",")
+
+
 def _check_integer(action: argparse.Action, value: Any) -> Any:
-    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why)."""
+    """A YAML float for an integer field: ``2.0`` is 2; ``1.5`` is refused (the Trainer would not say why).
+
+    A YAML boolean (``off``, ``no``, ``yes``, ...) is refused for every field that is not a flag: Python reads
+    False as 0, so ``selfish_margin: off`` would train margin 0.
+    """
+    if isinstance(value, bool) and not _is_flag(action):
+        raise ValueError(
+            f"recipe key {action.dest!r}: got {value!r}, a yes/no value (YAML reads off/no/false/on/yes/true as "
+            "one), but it takes no flag; write null for no value, a number, or quote a word ('no')"
+        )
     if action.type is int and isinstance(value, float):
         if not value.is_integer():
             raise ValueError(f"recipe key {action.dest!r}: expected an integer, got {value!r}")
@@ -140,7 +196,17 @@ def _coerce_scalar(action: argparse.Action, value: str) -> Any:
 
 
 def _coerce_all(values: dict[str, Any], actions: dict[str, argparse.Action]) -> dict[str, Any]:
-    return {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    coerced = {k: _coerce(actions[k], v) if k in actions else v for k, v in values.items()}
+    for key, value in coerced.items():
+        _check_finite(key, value)
+    return coerced
+
+
+def _check_finite(key: str, value: Any) -> None:
+    """Refuse NaN and infinity in a numeric setting: NaN compares unequal to itself and trains to NaN."""
+    for item in value if isinstance(value, list) else [value]:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"recipe key {key!r}: {item!r} is not a finite number; give a number such as 0.01")
 
 
 def parse_overrides(argv: list[str]) -> dict[str, Any]:
@@ -170,7 +236,7 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     """Read a YAML recipe (None: defaults only), apply ``overrides`` to every arm, validate keys."""
     values: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
+        path = find_recipe(path)  # a file, else a bundled recipe's name (`hf-selfish recipes` lists them)
         text = _read_recipe_text(path)
         try:
             loaded = yaml.safe_load(text)
@@ -191,57 +257,120 @@ def load_recipe(path: str | os.PathLike | None, overrides: dict[str, Any] | None
     _check_keys(values, f"recipe {str(path) if path else '(defaults)'}")
     overrides = dict(overrides or {})
     _check_keys(overrides, "command-line overrides")
+    own_values = dict(values)  # the recipe's own, before the command line: what an arm sets itself
     values.update(overrides)
     sweep = values.get("sweep_margins")
     if sweep:
         if raw_arms:
             raise ValueError("a recipe sets either `arms` or `sweep_margins`, not both")
         raw_arms = sweep_arms(sweep)
+    declares_arms = bool(raw_arms)
     raw_arms = raw_arms or [dict(a) for a in DEFAULT_ARMS]
     arms = [_parse_arm(raw, i, overrides) for i, raw in enumerate(raw_arms)]
     names = [a.name for a in arms]
     if len(set(names)) != len(names):
         raise ValueError(f"arm names must be unique, got {names}")
-    recipe = Recipe(values=values, arms=arms, source=str(path) if path else None)
-    recipe.arguments()  # fail now, not after the first arm has trained
+    recipe = Recipe(values=values, arms=arms, source=str(path) if path else None, declares_arms=declares_arms)
+    recipe.shared_arguments()  # fail now, not after the first arm has trained
+    own_recipe = dataclasses.replace(recipe, values=own_values)
     for arm, raw in zip(arms, raw_arms):
-        own = recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
-        arm.conflicts = _conflicts(own, recipe.arguments(arm), overrides)
+        _check_arm(own_recipe, recipe, arm, raw)
+        arm.conflicts = _conflicts(own_recipe, recipe, arm, raw, overrides)
     return recipe
+
+
+def _check_arm(own_recipe: Recipe, recipe: Recipe, arm: Arm, raw: dict[str, Any]) -> None:
+    """Refuse an invalid arm now. One with a loss of its own that the command line's loss settings do not fit
+    (``--loss_kwargs`` meant for another arm's loss) fails only where it is used: `compare`, ``train --arm`` it."""
+    try:
+        recipe.arguments(arm)
+    except ValueError:
+        if not any(key in raw for key in LOSS_KEYS):
+            raise
+        own_recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))  # raises: the recipe's
 
 
 def _read_recipe_text(path: Path) -> str:
     if path.is_dir():
         raise ValueError(f"recipe {str(path)!r} is a directory; give the path of a YAML recipe file")
     if not path.is_file():
-        raise ValueError(f"recipe file {str(path)!r} does not exist")
+        raise ValueError(
+            f"recipe file {str(path)!r} does not exist; give the path of a YAML recipe or the name of a bundled one "
+            "(`hf-selfish recipes` lists them)"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ValueError(f"recipe {str(path)!r} is not a text file (not UTF-8); give a YAML recipe") from None
 
 
-def _conflicts(own: RunArguments, used: RunArguments, overrides: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """Keys an arm sets itself whose value the command line changed: ``{key: (arm's, command line's)}``."""
+def _conflicts(
+    own_recipe: Recipe, recipe: Recipe, arm: Arm, raw: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, tuple[Any, Any]]:
+    """Keys an arm sets itself whose value the command line changed: ``{key: (arm's, command line's)}``.
+
+    The arm's own value is parsed from the recipe without the command line (so its ``loss_kwargs`` go with its
+    own ``loss_name``). Where the command line leaves the arm invalid (another loss's parameters), the command
+    line's value is reported as given: that arm fails only if it is trained (`compare` refuses the conflict first).
+    """
+    keys = [key for key in overrides if key in raw and key != "name"]
+    if not keys:
+        return {}
+    try:
+        own = own_recipe.arguments(Arm(arm.name, {k: v for k, v in raw.items() if k != "name"}))
+    except ValueError:  # valid only with the command line's values: it replaced nothing that worked
+        return {}
+    try:
+        used = recipe.arguments(arm)
+    except ValueError:
+        used = None
     found = {}
-    for key in overrides:
-        for part in ("model", "data", "training", "experiment"):
-            mine, theirs = getattr(getattr(own, part), key, _MISSING), getattr(getattr(used, part), key, _MISSING)
-            if mine is not _MISSING and mine != theirs:
-                found[key] = (mine, theirs)
+    for key in keys:
+        mine = _field(own, key)
+        theirs = overrides[key] if used is None else _field(used, key)
+        if mine != theirs:
+            found[key] = (mine, theirs)
     return found
+
+
+def _field(args: RunArguments, key: str) -> Any:
+    for part in ("model", "data", "training", "experiment"):
+        value = getattr(getattr(args, part), key, _MISSING)
+        if value is not _MISSING:
+            return value
+    return _MISSING
 
 
 _MISSING = object()
 
 
 def sweep_arms(margins: list[Any] | str) -> list[dict[str, Any]]:
-    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin."""
+    """The arms of a margin sweep: the CE baseline, then one selfish arm per margin.
+
+    Margins are compared as the loss reads them (`parse_margin`): ``2`` and ``2.0``, ``auto`` and ``AUTO``
+    are one margin, and ``inf`` / ``null`` is plain cross-entropy, the baseline itself; either would make two
+    arms train the same thing, so both are refused.
+    """
     if isinstance(margins, str):
         margins = margins.split(",")
     arms = [{"name": "baseline", "selfish_margin": None}]
+    seen: dict[Any, str] = {}
     for margin in margins:
+        if isinstance(margin, bool):
+            validate_margin(margin)  # raises: a yes/no value is no margin
         text = str(margin).strip()
+        value = parse_margin(text)
+        if value is None:
+            raise ValueError(
+                f"sweep_margins lists {text!r}, which is plain cross-entropy: the baseline arm already trains it; "
+                "drop it from the list"
+            )
+        if value in seen:
+            raise ValueError(
+                f"sweep_margins lists one margin twice ({seen[value]!r} and {text!r}, both {value}): two arms would "
+                "train the same thing; list each margin once"
+            )
+        seen[value] = text
         arms.append({"name": f"margin_{text}", "selfish_margin": text})
     return arms
 

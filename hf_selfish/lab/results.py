@@ -42,7 +42,9 @@ __all__ = [
     "finished_runs",
     "group_info",
     "group_names",
+    "incomplete_reason",
     "load_results",
+    "missing_runs",
     "per_token_final_nll",
     "scenarios_path",
     "train_counts",
@@ -92,6 +94,8 @@ class ComparisonResults(TypedDict):
     eval_subsets: dict[str, dict[str, Any]]  # eval subset (a language) -> {"chars_per_token": float}
     arms: list[dict[str, Any]]  # name, selfish_margin, selfish_margin_setting (+ loss_name, loss_kwargs if not selfish)
     runs: list[RunRecord]
+    planned: list[dict[str, Any]]  # every run the comparison trains: {"arm", "seed"} (absent in older files)
+    train_shares: dict[str, float]  # each language's share of the training characters (Bible mixes; else {})
 
 
 # ------------------------------------------------------------------------------------------ run records
@@ -169,6 +173,8 @@ def comparison_results(
     arms: list[dict[str, Any]],
     runs: list[RunRecord],
     chars_per_token: Mapping[str, float] | None = None,
+    planned: Sequence[tuple[str, int]] = (),
+    train_shares: Mapping[str, float] | None = None,
 ) -> ComparisonResults:
     """The content of ``results.json``; group metadata is derived from the group names here, once."""
     return ComparisonResults(
@@ -183,6 +189,8 @@ def comparison_results(
         eval_subsets={name: {"chars_per_token": value} for name, value in (chars_per_token or {}).items()},
         arms=arms,
         runs=runs,
+        planned=[{"arm": arm, "seed": seed} for arm, seed in planned],
+        train_shares=dict(train_shares or {}),
     )
 
 
@@ -268,6 +276,35 @@ def finished_runs(results: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]
     for runs in by_arm.values():
         runs.sort(key=lambda r: (r.get("seed") is None, r.get("seed")))
     return by_arm
+
+
+def missing_runs(results: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """The ``(arm, seed)`` runs a comparison has not finished, in plan order.
+
+    The plan is ``results["planned"]``; older files without it plan every arm on every seed any run finished
+    (no run finished: each arm's seed is unknown, ``None``).
+    """
+    done = {(arm, run.get("seed")) for arm, runs in finished_runs(results).items() for run in runs}
+    planned = [(str(p["arm"]), p.get("seed")) for p in results.get("planned") or []]
+    if not planned:
+        seeds = sorted({seed for _, seed in done if seed is not None}) or [None]
+        planned = [(arm, seed) for seed in seeds for arm in arm_names(results)]
+    return [run for run in planned if run not in done]
+
+
+def incomplete_reason(results: Mapping[str, Any]) -> str | None:
+    """Why a comparison gives no verdict yet (runs missing, or arms on different seeds), or None when complete."""
+    missing = missing_runs(results)
+    by_arm = finished_runs(results)
+    if missing:
+        total = len(missing) + sum(len(runs) for runs in by_arm.values())
+        names = ", ".join(arm if seed is None else run_dir_name(arm, seed) for arm, seed in missing)
+        return f"{len(missing)} of {total} runs have not finished: {names}"
+    seeds = {arm: tuple(run.get("seed") for run in runs) for arm, runs in by_arm.items()}
+    if len(set(seeds.values())) > 1:
+        shown = "; ".join(f"{arm}: {', '.join(map(str, s)) or 'none'}" for arm, s in seeds.items())
+        return f"the arms finished different seeds ({shown})"
+    return None
 
 
 def train_counts(run_dir: str | os.PathLike, results: Mapping[str, Any]) -> tuple[list[int] | None, list[str] | None]:

@@ -33,10 +33,10 @@ from ..callbacks import (
 )
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
-from ..trainer import SelfishTrainer, SelfishTrainingArguments, output_vocab_size
+from ..trainer import SelfishTrainer, SelfishTrainingArguments, has_labelled_token, output_vocab_size
 from .arguments import DataArguments, ModelArguments
 from .data import LMData, prepare_lm_data, token_labels
-from .guards import RunDirLock, check_output_dir
+from .guards import RunDirLock, check_folder_kind, check_output_dir
 from .models import build_model, load_checkpoint_model
 from .recipe import RunArguments
 from .results import (
@@ -57,6 +57,7 @@ __all__ = [
     "PreparedData",
     "build_trainer",
     "check_distributed_launch",
+    "has_labelled_token",
     "last_checkpoint",
     "preflight",
     "prepare_data",
@@ -102,6 +103,7 @@ def preflight(args: RunArguments) -> None:
     if args.training.output_dir is None:
         raise ValueError("set output_dir in the recipe or with --output_dir")
     check_output_dir(args.training.output_dir)
+    check_folder_kind(args.training.output_dir, "run")
     check_distributed_launch(args.training)
     if args.training.push_to_hub:
         check_can_push(args.training.hub_token)
@@ -181,7 +183,7 @@ def build_trainer(
         eval_dataset=data.lm.datasets["validation"],
         processing_class=data.lm.tokenizer,
         data_collator=default_data_collator,
-        token_counts=data.frequency.counts,  # the train split's: tlat, logit_adjustment and agg need them
+        token_counts=data.frequency.counts,  # the train split's: tlat, logit_adjustment, agg, selfish_rare
         **kwargs,
     )
     if trainer.pop_callback(ProgressCallback) is not None:  # the bars, with one short line per log
@@ -201,6 +203,7 @@ def train_run(
     """
     output_dir = Path(args.training.output_dir)
     settings = run_settings(args)
+    check_folder_kind(output_dir, "run")  # `preflight` says so first; the Python API is guarded too
     with RunDirLock(output_dir):
         finished = read_run_record(output_dir)
         # a run of other settings is never reused; an interrupted one may be resumed to more steps
@@ -292,14 +295,6 @@ def last_checkpoint(output_dir: str | Path) -> str | None:
             return str(steps[step])
         logger.warning("%s is incomplete (interrupted while saving?): not resuming from it", steps[step])
     return None
-
-
-def has_labelled_token(dataset, ignore_index: int = -100, batch_size: int = 1024) -> bool:
-    """Whether any block has a label a causal LM is trained or scored on (``labels[1:] != ignore_index``)."""
-    for batch in dataset.select_columns(["labels"]).iter(batch_size=batch_size):
-        if any(label != ignore_index for row in batch["labels"] for label in row[1:]):
-            return True
-    return False
 
 
 def _is_complete_checkpoint(path: Path) -> bool:

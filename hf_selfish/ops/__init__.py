@@ -6,6 +6,8 @@
 - `margin`: margin validation, the ``auto`` rule and schedules.
 - `rivals`, `agg`: the rival rare-token losses (focal, TLAT, logit adjustment, unlikelihood, AGG, ...),
   by name in `registry.LOSSES`; `params`: their parameter rules and token counts.
+- `variants`: the selfish variants that separate what its mask does to the head's and the hidden state's
+  gradient (``selfish_head``, ``selfish_hidden``) and spare the frequent tokens (``selfish_rare``).
 """
 
 from .fused import linear_selfish_cross_entropy

@@ -20,7 +20,8 @@ kept entries minus the target's one-hot, exactly as autograd gives for the unfus
 ``masked_fill`` + ``F.cross_entropy``.
 
 ``logit_scale`` and ``softcap`` transform each chunk's logits before the mask, as Cohere and Gemma 2/3
-do after their head (:mod:`hf_selfish.ops.logit_transform`).
+do after their head (:mod:`hf_selfish.ops.logit_transform`). ``split`` and ``always_kept`` compute the selfish
+variants of :mod:`hf_selfish.ops.variants` (the mask on one side of the gradient; ids the mask never drops).
 
 Design notes and measurements: ``docs/design.md``. Limitations: ``backward`` runs once per forward
 (the gradients are handed to autograd, not kept); higher-order gradients are not supported.
@@ -50,6 +51,7 @@ from .sparse_backward import (
     plan_sparse_backward,
     sparse_softmax_nll,
 )
+from .variants import FusedChunkVariant, check_fused_variant
 
 __all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
 
@@ -79,6 +81,7 @@ def _chunk_loss(
     grad_scale: float | None,
     count: bool,
     sparse: bool = False,
+    always_kept: torch.Tensor | None = None,
 ) -> _ChunkResult:
     """Selfish NLL of a chunk of valid rows, overwriting ``logits`` with its gradient (or its sparse blocks).
 
@@ -90,13 +93,21 @@ def _chunk_loss(
         count: count the masked entries (in the masking pass); else report 0.
         sparse: with a margin and a gradient, compute the softmax and the gradient only on the blocks
             that can be non-zero, where that pays (:mod:`hf_selfish.ops.sparse_backward`).
+        always_kept: ``[F]`` ids the margin never masks (``selfish_rare``'s frequent tokens), or ``None``.
     """
     n_masked = torch.zeros((), dtype=torch.long, device=logits.device)
     if margin is not None:
         rows = torch.arange(labels.shape[0], device=labels.device)  # [c]
         logits.sub_(logits[rows, labels].unsqueeze(1))  # row shift by the target: softmax unchanged
         sparse = sparse and grad_scale is not None
-        row_masked = mask_below_threshold(logits, count or sparse, keep_above(margin))  # kept <=> >= -margin
+        above = keep_above(margin)
+        # the always-kept columns' values, put back after the mask: [c, F] (F is small next to V)
+        saved = None if always_kept is None else logits.index_select(1, always_kept)
+        row_masked = mask_below_threshold(logits, count or sparse, above)  # kept <=> >= -margin
+        if saved is not None:
+            logits.index_copy_(1, always_kept, saved)
+            if row_masked is not None:  # they were counted as masked where below the threshold
+                row_masked -= (saved <= above).sum(dim=1)
         if count:
             n_masked = row_masked.sum()
         plan = plan_sparse_backward(logits, row_masked) if sparse else None
@@ -117,9 +128,10 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse, transform
+        ctx, hidden, weight, bias, labels, margin, grad_scale, chunk_size, needs_grad, count, sparse, transform, variant
     ):
-        # hidden [n, d], weight [V, d], bias [V] or None, labels [n]; transform: LogitTransform or None
+        # hidden [n, d], weight [V, d], bias [V] or None, labels [n]; transform: LogitTransform or None;
+        # variant: FusedChunkVariant (which side of the gradient is masked, which ids are never masked)
         n_rows, vocab_size = hidden.shape[0], weight.shape[0]
         want_hidden, want_weight, want_bias = needs_grad
         compute_grad = want_hidden or want_weight or want_bias
@@ -133,6 +145,8 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         # one [chunk, V] buffer for every chunk's logits: a fresh one each chunk costs its page faults again
         buffer = torch.empty((min(chunk_size, n_rows), vocab_size), dtype=dtype, device=hidden.device)
         derivatives = _derivative_buffer(transform, buffer, compute_grad)  # [chunk, V] for a softcap, else None
+        # a split gradient needs the chunk's logits twice: the masked softmax and the full one
+        full_buffer = torch.empty_like(buffer) if variant.split is not None else None
         # dloss/dz = dloss/dL * transform's constant factor (* 1 - tanh^2, applied per chunk)
         chunk_grad_scale = grad_scale * (1.0 if transform is None else transform.gradient_factor)
         for start in range(0, n_rows, chunk_size):
@@ -142,17 +156,36 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
             derivative = None
             if transform is not None:  # mask and softmax on the transformed logits L
                 derivative = transform.apply_(logits, None if derivatives is None else derivatives[: end - start])
-            result = _chunk_loss(
-                logits, labels[start:end], margin, chunk_grad_scale if compute_grad else None, count, sparse
-            )
-            nll_sum += result.nll_sum
-            n_masked += result.n_masked
+            scale = chunk_grad_scale if compute_grad else None
+            grad_hidden_c = grad_hidden[start:end] if want_hidden else None
+            if variant.split is None:
+                result = _chunk_loss(logits, labels[start:end], margin, scale, count, sparse, variant.always_kept)
+                nll_sum += result.nll_sum
+                n_masked += result.n_masked
+                if compute_grad:
+                    if derivative is not None:
+                        _chain_softcap(transform, derivative, result)
+                    out = LinearGrads(grad_hidden_c, grad_weight, grad_bias)
+                    _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
+                del logits, result  # the buffer is free again: the gradient is in the accumulators
+                continue
+            # the dense cross-entropy side first, written to the second buffer (the logits stay intact) ...
+            nll, grad = softmax_nll(logits, labels[start:end], scale, out=full_buffer[: end - start])
+            full = _ChunkResult(nll.sum(), n_masked.new_zeros(()), grad, None)
+            # ... then the masked side on the logits themselves, in place
+            kept = _chunk_loss(logits, labels[start:end], margin, scale, count, sparse, variant.always_kept)
+            nll_sum += full.nll_sum  # the value of a split gradient is the cross-entropy (see the docstring)
+            n_masked += kept.n_masked
             if compute_grad:
                 if derivative is not None:
-                    _chain_softcap(transform, derivative, result)
-                out = LinearGrads(grad_hidden[start:end] if want_hidden else None, grad_weight, grad_bias)
-                _accumulate_chunk_grads(result.grad_logits, result.sparse, hidden_c, weight, out)
-            del logits, result  # the buffer is free again: the gradient is in the accumulators
+                    _chain_softcap(transform, derivative, full)
+                    _chain_softcap(transform, derivative, kept)
+                head_side, hidden_side = (kept, full) if variant.split == "head" else (full, kept)
+                out = LinearGrads(None, grad_weight, grad_bias)
+                _accumulate_chunk_grads(head_side.grad_logits, head_side.sparse, hidden_c, weight, out)
+                out = LinearGrads(grad_hidden_c, None, None)
+                _accumulate_chunk_grads(hidden_side.grad_logits, hidden_side.sparse, hidden_c, weight, out)
+            del logits, full, kept
 
         ctx.grads = (
             grad_hidden,
@@ -168,7 +201,7 @@ class _LinearSelfishCrossEntropy(torch.autograd.Function):
         if not torch.equal(grad_loss, torch.ones_like(grad_loss)):
             grads = tuple(None if g is None else g.mul_(grad_loss) for g in grads)
         grad_hidden, grad_weight, grad_bias = grads
-        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None, None, None, None
 
 
 def _derivative_buffer(transform: LogitTransform | None, buffer: torch.Tensor, compute_grad: bool):
@@ -270,6 +303,8 @@ def linear_selfish_cross_entropy(
     sparse_backward: bool = True,
     logit_scale: float | None = None,
     softcap: float | None = None,
+    split: str | None = None,
+    always_kept: torch.Tensor | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Selfish cross-entropy of ``hidden @ weight.T + bias`` without materialising the logits.
 
@@ -277,7 +312,7 @@ def linear_selfish_cross_entropy(
     (see the module docstring for how), in ``O(chunk_size x V)`` extra memory.
 
     Args:
-        hidden: ``[..., d]`` last hidden states (float32, bfloat16 or float16).
+        hidden: ``[..., d]`` last hidden states (float32, bfloat16 or float16; float64 computes in float64).
         weight: ``[V, d]`` output embedding (the LM head's weight), same dtype as ``hidden``.
         labels: ``[...]`` target ids aligned with ``hidden``; ``ignore_index`` marks rows without loss.
         margin: keep logits ``>= logit[target] - margin``; ``None``/``inf`` is plain cross-entropy.
@@ -296,6 +331,15 @@ def linear_selfish_cross_entropy(
         softcap: then cap them, ``softcap * tanh(logits / softcap)`` (Gemma 2's ``final_logit_softcapping``).
             The margin applies to the transformed logits; the chain rule runs per chunk
             (:mod:`hf_selfish.ops.logit_transform`); a softcap halves the default chunk (a second buffer).
+        split: ``None`` (the selfish loss), or the one side of the gradient that gets the masked softmax
+            while the other gets plain cross-entropy's full one: ``"head"`` (``weight``/``bias`` selfish,
+            ``hidden`` cross-entropy: the ``selfish_head`` loss) or ``"hidden"`` (the reverse:
+            ``selfish_hidden``). The full side is dense, the masked side runs over the kept columns
+            (``sparse_backward``); a second ``[chunk, V]`` buffer, so the default chunk halves. The
+            returned value is then the plain cross-entropy (no single loss has this gradient;
+            :mod:`hf_selfish.ops.variants` says why that value is logged).
+        always_kept: ``[V]`` bool, ids the margin never masks (``selfish_rare``: the frequent tokens);
+            ``None`` masks any id. Its masked fraction counts only the entries really masked.
 
     Returns:
         The float32 scalar loss, or ``(loss, masked_fraction)``.
@@ -303,6 +347,7 @@ def linear_selfish_cross_entropy(
     margin = validate_margin(margin)
     transform = make_logit_transform(logit_scale, softcap)
     _check_inputs(hidden, weight, bias, labels)
+    always_kept, margin = check_fused_variant(split, always_kept, weight.shape[0], margin)
     if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
         raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
     vocab_size = weight.shape[0]
@@ -316,9 +361,8 @@ def linear_selfish_cross_entropy(
     labels_v = labels if all_valid else labels[valid]  # [n]
     check_label_range(labels_v, vocab_size)
 
-    chunk = chunk_size or default_chunk_size(
-        vocab_size, n_valid, buffers=1 + (transform is not None and transform.softcap is not None)
-    )
+    buffers = 1 + (transform is not None and transform.softcap is not None) + (split is not None)
+    chunk = chunk_size or default_chunk_size(vocab_size, n_valid, buffers=buffers)
     loss, n_masked = _LinearSelfishCrossEntropy.apply(
         hidden_v,
         weight,
@@ -331,6 +375,7 @@ def linear_selfish_cross_entropy(
         return_masked_fraction,
         sparse_backward and margin is not None,
         transform,
+        FusedChunkVariant(split, always_kept),
     )
     if return_masked_fraction:
         return loss, n_masked.float() / max(1, n_valid * vocab_size)

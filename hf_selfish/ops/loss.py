@@ -35,6 +35,7 @@ __all__ = [
     "selfish_causal_lm_loss",
     "validate_margin",
     "shift_causal_labels",
+    "check_label_dtype",
     "check_label_range",
 ]
 
@@ -56,12 +57,18 @@ def upcast(tensor: torch.Tensor) -> torch.Tensor:
 def validate_margin(margin: float | None) -> float | None:
     """Return ``margin`` as a float (``None`` for plain CE) or raise a ``ValueError`` naming it.
 
-    ``None`` and ``+inf`` mean "no masking". Negative, NaN or non-numeric margins are refused: a
-    negative margin would mask the target's own neighbourhood and change what the loss means.
+    ``None`` and ``+inf`` mean "no masking". Negative, NaN, non-numeric and boolean margins are refused: a
+    negative margin would mask the target's own neighbourhood and change what the loss means, and
+    ``float(False)`` is a margin of 0.
     """
     if margin is None:
         return None
-    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+    if isinstance(margin, bool):  # float(True) is 1.0: a yes/no value would silently train margin 0 or 1
+        raise ValueError(
+            f"selfish margin must be a non-negative number or None, got {margin!r}, a yes/no value (YAML reads "
+            "off/no/false/on/yes/true as one); write null for plain cross-entropy, or a number such as 2.0"
+        )
+    if not isinstance(margin, (int, float)):
         try:
             margin = float(margin)
         except (TypeError, ValueError):
@@ -115,7 +122,8 @@ def mask_below_threshold(shifted: torch.Tensor, count: bool = False, above: floa
         F.threshold(shifted, above, float("-inf"), inplace=True)
         return None
     F.threshold(shifted, above, _COUNT_STAND_IN, inplace=True)
-    sum_dtype = torch.float32 if shifted.shape[-1] < 2**24 else torch.float64
+    narrow = shifted.shape[-1] < 2**24 and shifted.dtype != torch.float64
+    sum_dtype = torch.float32 if narrow else torch.float64
     sums = torch.nansum(shifted, dim=-1, dtype=sum_dtype)  # [N] = -n * 2**100 (+ kept, rounded away)
     F.threshold(shifted, _COUNT_STAND_IN, float("-inf"), inplace=True)  # NaN stays NaN
     return sums.div_(_COUNT_STAND_IN).round_().nan_to_num_(0.0, 0.0, 0.0).long()
@@ -134,17 +142,19 @@ def take_saved(ctx, attribute: str, op_name: str):
 
 
 def softmax_nll(
-    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None
+    masked: torch.Tensor, target: torch.Tensor, grad_scale: float | None, out: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """NLL of each row of ``masked [r, k]`` (float32, masked entries ``-inf``; consumed) at column ``target [r]``.
 
     Returns ``nll [r]`` and, unless ``grad_scale`` is ``None``, the logit gradient ``(p - onehot) *
-    grad_scale`` written over ``masked`` (exactly 0 on masked entries).
+    grad_scale`` written over ``masked`` (exactly 0 on masked entries); with ``out`` (``[r, k]``) written
+    there instead, ``masked`` left intact.
     """
     rows = torch.arange(masked.shape[0], device=masked.device)  # [r]
     target_logit = masked[rows, target]  # [r]
     row_max = masked.amax(dim=1, keepdim=True)  # [r, 1]; finite: the target is kept
-    probs = masked.sub_(row_max).exp_()  # [r, k] unnormalised, 0 on masked entries
+    shifted = masked.sub_(row_max) if out is None else torch.sub(masked, row_max, out=out)  # [r, k]
+    probs = shifted.exp_()  # [r, k] unnormalised, 0 on masked entries
     row_sum = probs.sum(dim=1, keepdim=True)  # [r, 1]
     nll = row_max.squeeze(1) + row_sum.log().squeeze(1) - target_logit  # [r] = logsumexp - target
     if grad_scale is None:
@@ -272,14 +282,27 @@ def resolve_shift_labels(
 ) -> torch.Tensor:
     """``shift_labels`` when given, else ``labels`` shifted like ``ForCausalLMLoss``; neither is an error."""
     if shift_labels is not None:
+        check_label_dtype(shift_labels, caller, "shift_labels")
         return shift_labels
     if labels is None:
         raise ValueError(f"{caller} needs `labels` or `shift_labels`, got neither")
+    check_label_dtype(labels, caller)
     return shift_causal_labels(labels, ignore_index)
 
 
+def check_label_dtype(labels: torch.Tensor, caller: str = "the selfish loss", name: str = "labels") -> None:
+    """Raise a ``ValueError`` unless ``labels`` hold integer token ids (torch would fail deep inside a gather)."""
+    dtype = labels.dtype
+    if dtype.is_floating_point or dtype.is_complex or dtype == torch.bool:
+        raise ValueError(
+            f"{caller}: {name} must be integer token ids, got a {str(dtype).removeprefix('torch.')} tensor; "
+            f"pass {name}.long() (or labels=input_ids.clone())"
+        )
+
+
 def check_label_range(labels: torch.Tensor, vocab_size: int, valid: torch.Tensor | None = None) -> None:
-    """Raise a ``ValueError`` naming the first (``valid``) label outside ``[0, vocab_size)``."""
+    """Raise a ``ValueError`` naming the first (``valid``) label outside ``[0, vocab_size)``, or a non-integer one."""
+    check_label_dtype(labels)
     bad = (labels < 0) | (labels >= vocab_size)
     if valid is not None:
         bad &= valid

@@ -5,6 +5,12 @@ masks tokens with ``p < P(target) · e^-margin = P(target) · (1 - top_p) / V``;
 together hold less than ``1 - top_p``, so every masked negative lies outside the top-p nucleus that
 sampling draws from: training stops pushing only tokens that could never be sampled
 (V = 200k, top_p = 0.99 gives 16.8; V = 65 gives 8.78).
+
+A linear or cosine schedule can end at "no masking" (end margin ``inf``: plain cross-entropy at the
+end). A margin cannot move linearly to infinity, so that schedule moves the masking ratio instead:
+the loss masks probabilities below ``P(target) * exp(-margin)``, and ``exp(-margin)`` goes linearly
+(or along the cosine) from ``exp(-start)`` to 0, i.e. ``margin = start - ln(1 - progress)``, which is
+plain cross-entropy (``None``) from the last step on.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ __all__ = [
     "check_top_p",
     "margin_label",
     "parse_margin",
+    "parse_margin_end",
 ]
 
 AUTO = "auto"
@@ -51,10 +58,25 @@ def check_schedule(kind: str, start, end) -> None:
     if kind not in SCHEDULES:
         raise ValueError(f"selfish_margin_schedule must be one of {SCHEDULES}, got {kind!r}")
     if kind != "constant" and (start is None or end is None):
+        # (an end of "no masking" is math.inf here: parse_margin_end)
         raise ValueError(
             f"a {kind} margin schedule needs a start margin (selfish_margin) and an end margin "
             f"(selfish_margin_end), got start={start!r}, end={end!r}"
         )
+
+
+# How an end margin says "no masking at the end" (an annealing to plain cross-entropy)
+INFINITE_WORDS = frozenset({"inf", "+inf", ".inf", "infinity"})
+
+
+def parse_margin_end(value: float | str | None) -> float | str | None:
+    """An end margin: as :func:`parse_margin`, but ``inf`` (a float or "inf") stays ``math.inf``: no masking at the
+    end of a linear/cosine schedule (``None`` means no end margin was given)."""
+    if isinstance(value, str) and value.strip().lower() in INFINITE_WORDS:
+        return math.inf
+    if isinstance(value, float) and value == math.inf:
+        return math.inf
+    return parse_margin(value)
 
 
 def parse_margin(value: float | str | None) -> float | str | None:
@@ -91,10 +113,10 @@ class MarginSchedule:
         """Resolve ``"auto"`` (start or end) against the model's vocabulary."""
 
         def resolve(value):
-            value = parse_margin(value)
+            value = parse_margin_end(value)
             return auto_margin(vocab_size, top_p) if value == AUTO else value
 
-        return cls(start=resolve(margin), end=resolve(end), kind=kind)
+        return cls(start=resolve(parse_margin(margin)), end=resolve(end), kind=kind)
 
     def at(self, step: int, total_steps: int) -> float | None:
         """The margin at ``step`` of ``total_steps`` (the end margin from the last step on)."""
@@ -103,6 +125,8 @@ class MarginSchedule:
         progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
         if self.kind == "cosine":
             progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        if self.end == math.inf:  # exp(-margin) linear from exp(-start) to 0 (see the module docstring)
+            return None if progress >= 1.0 else self.start - math.log1p(-progress)
         return self.start + (self.end - self.start) * progress
 
 

@@ -14,7 +14,7 @@ import torch
 
 from .loss import check_label_range, flatten_aligned, validate_margin
 
-__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_params"]
+__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_flag", "check_params"]
 
 
 def _number(value: Any) -> float | None:
@@ -28,6 +28,13 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` when it is a bool, else a ``ValueError``: ``bool("false")`` is True, so a flag is never cast."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _non_negative(loss: str, name: str, value: Any) -> float:
     number = _number(value)
     if number is None or number < 0:
@@ -39,6 +46,13 @@ def _fraction(loss: str, name: str, value: Any) -> float:
     number = _number(value)
     if number is None or not 0 <= number < 1:
         raise ValueError(f"{loss}: {name} must be a number in [0, 1), got {value!r}; pass e.g. {name}=0.1")
+    return number
+
+
+def _unit_interval(loss: str, name: str, value: Any) -> float:
+    number = _number(value)
+    if number is None or not 0 <= number <= 1:
+        raise ValueError(f"{loss}: {name} must be a number in [0, 1], got {value!r}; pass e.g. {name}=0.9")
     return number
 
 
@@ -78,6 +92,7 @@ PARAM_RULES = {
     "form": _tlat_form,
     "weight_drop": _fraction,
     "steps": _optional_positive,
+    "frequent_mass": _unit_interval,
 }
 
 

@@ -4,8 +4,11 @@ All take ALIGNED ``logits [..., V]`` / ``labels [...]`` (no causal shift inside)
 scalar reduced like :func:`~hf_selfish.ops.loss.selfish_cross_entropy`. Two are special, and say so by
 attributes the trainer reads:
 
-- ``needs_hidden``: ``agg`` takes ``(hidden, weight, labels, *, bias, ...)`` instead of logits.
-- ``needs_token_counts``: ``tlat``, ``logit_adjustment`` and ``agg`` need the train split's counts.
+- ``needs_hidden``: ``agg``, ``selfish_head`` and ``selfish_hidden`` take ``(hidden, weight, labels, *, bias, ...)``
+  instead of logits.
+- ``takes_head``: ``selfish_head`` and ``selfish_hidden`` also take ``head``, the model's output-embedding
+  module, and call it for the head side's logits (so the gradient-scenario recorder sees that side).
+- ``needs_token_counts``: ``tlat``, ``logit_adjustment``, ``agg`` and ``selfish_rare`` need the train split's counts.
 
 ``unlikelihood`` needs ``[B, T, V]`` / ``[B, T]`` (its candidates are each row's previous targets).
 """
@@ -28,8 +31,9 @@ from .rivals import (
     unlikelihood_loss,
     z_loss,
 )
+from .variants import selfish_head_loss, selfish_hidden_loss, selfish_rare_loss
 
-__all__ = ["LOSSES", "check_loss_params", "get_loss", "loss_params", "needs_hidden", "needs_token_counts"]
+__all__ = ["LOSSES", "check_loss_params", "get_loss", "loss_params", "needs_hidden", "needs_token_counts", "takes_head"]
 
 LOSSES: dict[str, Callable[..., Any]] = {
     "ce": ce_loss,
@@ -42,14 +46,17 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "logit_adjustment": logit_adjustment_loss,
     "unlikelihood": unlikelihood_loss,
     "agg": agg_loss,
+    "selfish_head": selfish_head_loss,
+    "selfish_hidden": selfish_hidden_loss,
+    "selfish_rare": selfish_rare_loss,
 }
 
-for _fn in (tlat_loss, logit_adjustment_loss, agg_loss):
+for _fn in (tlat_loss, logit_adjustment_loss, agg_loss, selfish_rare_loss):
     _fn.needs_token_counts = True
 
 # arguments every loss takes from its caller, not from the user's loss_kwargs
 _CALLER_ARGUMENTS = frozenset(
-    {"logits", "labels", "hidden", "weight", "bias", "ignore_index", "num_items_in_batch", "token_counts"}
+    {"logits", "labels", "hidden", "weight", "bias", "head", "ignore_index", "num_items_in_batch", "token_counts"}
 )
 
 
@@ -62,6 +69,10 @@ def get_loss(name: str) -> Callable[..., Any]:
 
 def needs_hidden(name: str) -> bool:
     return bool(getattr(get_loss(name), "needs_hidden", False))
+
+
+def takes_head(name: str) -> bool:
+    return bool(getattr(get_loss(name), "takes_head", False))
 
 
 def needs_token_counts(name: str) -> bool:

@@ -144,8 +144,8 @@ class LinearGrads(NamedTuple):
     """Where a chunk's gradients go (``None``: not wanted)."""
 
     hidden: torch.Tensor | None  # [c, d] the chunk's rows of grad_hidden, input dtype
-    weight: torch.Tensor | None  # [V, d] float32 sum over chunks
-    bias: torch.Tensor | None  # [V] float32 sum over chunks
+    weight: torch.Tensor | None  # [V, d] float32 sum over chunks (float64 for float64 inputs)
+    bias: torch.Tensor | None  # [V] float32 sum over chunks (float64 for float64 inputs)
 
 
 def accumulate_block(

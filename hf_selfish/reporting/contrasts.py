@@ -1,7 +1,9 @@
-"""One compact table for many arms: every arm's paired difference to the baseline, with its 95% interval.
+"""Compact tables for many arms: every arm's paired difference to the baseline, with its 95% interval.
 
-Rows are arms, columns the overall eval loss and the groups of the Pareto figure (the most frequent rank
-bucket, the rare ones, the small language): ``Δ [low, high] *`` as in every Δ column of report.md.
+`contrast_table`: rows are arms, columns the overall eval loss and the groups of the Pareto figure (the most
+frequent rank bucket, the rare ones, the small language). `language_contrast_table`: rows are languages, columns
+the baseline's value then each arm's Δ, for one statistic. A Δ reads ``Δ [low, high] *`` in every Δ column of
+report.md.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..metric_names import MAIN_STAT, group_label
-from ..model_card import MISSING, fmt, markdown_table
+from ..model_card import MISSING, fmt
 from .pareto import pareto_groups
-from .summary import Stat, SubsetRow, Summary
+from .subsets import SubsetRow
+from .summary import Stat, Summary
+from .tables import fitted_table
 
 __all__ = ["contrast_groups", "contrast_table", "format_delta", "format_stat", "language_contrast_table"]
 
@@ -55,14 +59,27 @@ def contrast_table(summary: Summary, groups: Sequence[str], stat: str = MAIN_STA
         cells = [arm, fmt_delta(summary.eval_loss[arm].delta.get("eval_loss"))]
         cells += [fmt_delta(rows[g].arms[arm].delta.get(stat)) for g in groups if g in rows]
         lines.append(cells)
-    return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))
+    return fitted_table(header, lines, ["l"] + ["r"] * (len(header) - 1))
 
 
-def language_contrast_table(rows: Sequence[SubsetRow], arms: Sequence[str], stat: str = "bits_per_char") -> str:
-    """``language | <baseline> (mean ± sd) | Δ <arm> ...``: every arm against the baseline, one row per language."""
-    header = ["language", f"{arms[0]} (mean ± sd)"] + [f"Δ {arm}" for arm in arms[1:]]
+def language_contrast_table(
+    rows: Sequence[SubsetRow],
+    arms: Sequence[str],
+    stat: str = "bits_per_char",
+    *,
+    with_tokens: bool = False,
+    with_before: bool = False,
+) -> str:
+    """``language | [eval tokens] | [before training] | <baseline> | Δ <arm> ...`` for one statistic: the
+    baseline's value (mean ± sd over seeds; the value alone from one seed), then every arm's paired difference
+    with its 95% interval; one row per language. ``with_before``: the rows' step-0 value (bits per character)."""
+    spread = any(row.arms[arms[0]][stat].std is not None for row in rows)
+    lead = ["language"] + (["eval tokens"] if with_tokens else []) + (["before training"] if with_before else [])
+    header = lead + [f"{arms[0]} (mean ± sd)" if spread else arms[0]] + [f"Δ {arm}" for arm in arms[1:]]
     lines = []
     for row in rows:
-        cells = [row.name, format_stat(row.arms[arms[0]][stat])]
+        cells = [row.name] + ([MISSING if row.tokens is None else f"{row.tokens:,}"] if with_tokens else [])
+        cells += [format_stat(row.before)] if with_before else []
+        cells += [format_stat(row.arms[arms[0]][stat])]
         lines.append(cells + [format_delta(row.delta[arm][stat]) for arm in arms[1:]])
-    return markdown_table(header, lines, ["l"] + ["r"] * (len(header) - 1))
+    return fitted_table(header, lines, ["l"] + ["r"] * (len(header) - 1), keep=len(lead) + 1)

@@ -27,6 +27,8 @@ FIGURES = {
     "token_nll_final": "Final eval NLL of each token, by frequency rank",
     "training_curves": "Training loss and fraction of logits masked",
     "scenarios_non_target_comparison": "Gradient scenario 2.2 (token as non-target) per arm",
+    "scenarios_head_share": "Share of scenario 2.2 in each token's output-embedding update, 2.2 / (2.1 + 2.2) of "
+    "the summed norms, per arm (the selfish variants differ there)",
     "margin_sweep": "Headline-group metrics against the margin",
     "pareto": "Frequent vs rare tokens: Δ NLL of the most frequent bucket (x) against rare groups (y), per arm "
     "(mean over seeds, 95% intervals; dashed: the Pareto frontier, lower-left is better)",

@@ -3,10 +3,11 @@
 It reads only the run directory (through `hf_selfish.lab.results`), so a report can be rebuilt at any
 time::
 
-    from hf_selfish.reporting import write_report
+    from hf_selfish.reporting.report import write_report
     write_report("runs/tinyshakespeare_cpu")        # -> report.md and summary.json in that folder
 
-The numbers come from `hf_selfish.reporting.summary`.
+The numbers come from `hf_selfish.reporting.summary` and `.subsets`; summary.json holds every number of
+report.md's tables (its layout: docs/guide/summary_json.md). No table is wider than `tables.MAX_TABLE_COLUMNS`.
 """
 
 from __future__ import annotations
@@ -20,30 +21,22 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, load_results
+from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, incomplete_reason, load_results
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
 from ..model_card import ABSENT, MISSING, fmt, markdown_table
 from ..ops.margin import margin_label
 from .contrasts import contrast_groups, contrast_table, format_delta, format_stat, language_contrast_table
 from .figures import figure_caption, order_figures
-from .summary import (
-    ArmStats,
-    GroupRow,
-    Stat,
-    SubsetRow,
-    Summary,
-    headline_groups,
-    is_sweep,
-    subset_rows,
-    summarize,
-    sweep_rows,
-)
+from .subsets import SubsetRow, subset_rows, summary_record
+from .summary import ArmStats, GroupRow, Stat, Summary, headline_groups, is_sweep, summarize, sweep_rows
+from .tables import MAX_TABLE_COLUMNS, fitted_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["group_table", "render_report", "verdict", "write_report"]
+__all__ = ["group_table", "language_tables", "render_report", "verdict", "write_report"]
 
-SWEEP_TABLE_STATS = ("nll", "accuracy", "mrr")  # columns per headline group of the margin-sweep table
+SWEEP_TABLE_STATS = ("nll", "accuracy", "mrr")  # one margin-sweep table each, a column per headline group
+SWEEP_STAT_TITLES = {"nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
 
 # ----------------------------------------------------------------------------------------------
 # Formatting
@@ -67,28 +60,38 @@ def _tokens_cell(row: GroupRow) -> str:
     return text + (" *" if row.counts_differ else "")
 
 
+def arms_shown(summary: Summary, lead: int = 3) -> list[str]:
+    """The arms whose own values a table shows beside the Δ columns: every arm while ``lead`` label columns,
+    every arm and every Δ fit in `MAX_TABLE_COLUMNS`; else the baseline alone (its value, then each arm's Δ:
+    the others' own values are in summary.json). ``lead`` is fixed per report, so its tables share one layout."""
+    if lead + len(summary.arms) + len(summary.others) <= MAX_TABLE_COLUMNS:
+        return list(summary.arms)
+    return [summary.baseline]
+
+
 def group_table(summary: Summary, stat: str = MAIN_STAT, *, with_tokens: bool = True) -> str:
-    """``bucket | eval tokens (types) | <arm1> | <arm2> | ... | Δ <arm>-<arm1>`` for one statistic."""
+    """``bucket | eval tokens (types) | <arm1> | <arm2> | ... | Δ <arm>-<arm1>`` for one statistic (with many
+    arms: ``bucket | eval tokens (types) | <arm1> | Δ <arm>-<arm1> ...``)."""
     with_before = stat == MAIN_STAT and any(value.n for value in summary.before.values())
-    header = (
-        ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + (["before training"] if with_before else [])
-    )
-    header += summary.arms + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    lead = ["bucket"] + (["eval tokens (types)"] if with_tokens else []) + (["before training"] if with_before else [])
+    shown = arms_shown(summary)
+    header = lead + shown + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
     rows = []
     for row in summary.groups:
         cells = [row.label] + ([_tokens_cell(row)] if with_tokens else [])
         cells += [ABSENT if row.absent else format_stat(summary.before.get(row.group))] if with_before else []
-        cells += [_cell(row.arms[arm], stat) for arm in summary.arms]
+        cells += [_cell(row.arms[arm], stat) for arm in shown]
         cells += [_delta_cell(row.arms, summary.baseline, arm, stat) for arm in summary.others]
         rows.append(cells)
-    return markdown_table(header, rows)
+    return fitted_table(header, rows, keep=len(lead) + 1)
 
 
 def eval_loss_table(summary: Summary) -> str:
-    header = ["", *summary.arms] + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
-    cells = ["overall eval loss"] + [format_stat(summary.eval_loss[a].stats.get("eval_loss")) for a in summary.arms]
+    shown = arms_shown(summary)
+    header = ["", *shown] + [f"Δ {arm}-{summary.baseline}" for arm in summary.others]
+    cells = ["overall eval loss"] + [format_stat(summary.eval_loss[a].stats.get("eval_loss")) for a in shown]
     cells += [format_delta(summary.eval_loss[a].delta.get("eval_loss")) for a in summary.others]
-    return markdown_table(header, [cells])
+    return fitted_table(header, [cells], keep=2)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,6 +213,11 @@ def recipe_summary(results: Mapping[str, Any], summary: Summary) -> str:
         settings.append(f"vocabulary: {results['vocab_size']} tokens")
     if settings:
         lines += ["- " + s for s in settings]
+    shares = results.get("train_shares") or {}
+    if len(shares) > 1:
+        asked = f" (bible_share asked: {recipe['bible_share']})" if recipe.get("bible_share") is not None else ""
+        mix = ", ".join(f"{code} {share:.2%}" for code, share in shares.items())
+        lines.append(f"- training mix, share of the training characters: {mix}{asked}")
     seeds = sorted({r["seed"] for r in summary.runs if r["seed"] is not None})
     if seeds:
         lines.append(f"- seeds: {', '.join(map(str, seeds))}")
@@ -243,32 +251,39 @@ def _plots_section(plots: Sequence[str | os.PathLike]) -> str:
 
 
 def sweep_table(results: Mapping[str, Any]) -> str:
-    """Markdown: one row per arm (margin), the sweep groups' final NLL / accuracy / MRR (mean over seeds)."""
+    """Markdown: per statistic (NLL, accuracy, MRR) a table of one row per arm (margin), the sweep groups' final
+    values (mean over seeds) as columns; the NLL table also has the overall eval loss."""
     rows = sweep_rows(results)
     groups = headline_groups(results)
-    header = ["arm", "margin", "eval loss"] + [f"{group_label(g)} {s}" for g in groups for s in ("NLL", "acc", "MRR")]
-    lines = []
-    for arm, runs in finished_runs(results).items():
-        arm_rows = [r for r in rows if r["arm"] == arm]
-        margin = arm_rows[0]["margin_value"] if arm_rows else None
-        setting = arm_rows[0]["margin"] if arm_rows else None
-        label = margin_label(setting, margin)
-        cells = [arm, label, fmt(statistics.mean(r["final"]["eval_loss"] for r in runs))]
-        for group in groups:
-            for stat in SWEEP_TABLE_STATS:
+    tables = []
+    for stat in SWEEP_TABLE_STATS:
+        with_loss = stat == SWEEP_TABLE_STATS[0]
+        header = ["arm", "margin"] + (["eval loss"] if with_loss else [])
+        header += [f"{group_label(g)} {SWEEP_STAT_TITLES[stat]}" for g in groups]
+        lines = []
+        for arm, runs in finished_runs(results).items():
+            arm_rows = [r for r in rows if r["arm"] == arm]
+            margin = arm_rows[0]["margin_value"] if arm_rows else None
+            setting = arm_rows[0]["margin"] if arm_rows else None
+            cells = [arm, margin_label(setting, margin)]
+            cells += [fmt(statistics.mean(r["final"]["eval_loss"] for r in runs))] if with_loss else []
+            for group in groups:
                 values = [r[stat] for r in arm_rows if r["group"] == group and stat in r]
                 cells.append(fmt(statistics.mean(values)) if values else "absent")
-        lines.append(cells)
-    return markdown_table(header, lines, ["l", "l"] + ["r"] * (len(header) - 2))
+            lines.append(cells)
+        tables.append(fitted_table(header, lines, ["l", "l"] + ["r"] * (len(header) - 2), keep=2))
+    return "\n\n".join(tables)
 
 
 def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike] = ()) -> str:
     """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``)."""
     summary = summarize(results)
     other_stats = [s for s in MEAN_STATS if s != MAIN_STAT]
-    parts = [
-        f"# hf_selfish comparison: {summary.name}",
-        "",
+    incomplete = incomplete_reason(results)
+    parts = [f"# hf_selfish comparison: {summary.name}", ""]
+    if incomplete:
+        parts += [f"> **Incomplete comparison**: {incomplete}. {NO_VERDICT}", ""]
+    parts += [
         "## Recipe",
         "",
         recipe_summary(results, summary),
@@ -289,14 +304,11 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
         parts += ["", "## Every arm against the baseline", "", CONTRAST_NOTE, "", contrast_table(summary, groups)]
     languages = subset_rows(results)
     if languages:
-        parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_table(languages, summary)]
-        if len(summary.arms) >= 3:
-            compact = language_contrast_table(languages, summary.arms)
-            parts += ["", f"Bits per character, every arm against `{summary.baseline}`:", "", compact]
+        parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_tables(languages, summary)]
         for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
             title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
             parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
-    parts += ["", "## Verdict", "", verdict(summary)]
+    parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
     parts += ["", "## Other metrics", ""]
@@ -307,6 +319,7 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     return "\n".join(parts).rstrip() + "\n"
 
 
+NO_VERDICT = "No verdict until every arm has finished the same seeds; re-run `hf-selfish compare` to finish them."
 CONTRAST_NOTE = (
     "Per-token-mean NLL (and the overall eval loss) of each arm minus the baseline's, paired by seed: mean "
     "[95% confidence interval, t over seeds], * when the interval excludes 0. Negative is better."
@@ -316,30 +329,33 @@ DELTA_NOTE = (
     "excludes 0 (significant); every Δ column of this report reads the same way."
 )
 LANGUAGE_NOTE = (
-    "Each language's held-out verses evaluated alone: bits per character (the eval loss in bits, divided by the "
-    "characters per token of that language's text: the one number comparable across tokenizers), and over all "
-    "its tokens the per-token-mean NLL, top-1 accuracy and MRR; mean ± std over seeds, Δ against the baseline. "
-    "Before training: bits per character at the step-0 evaluation (over every run: the same starting model), "
-    "when the runs evaluated before training (learning vs forgetting of a pretrained model)."
+    "Each language's held-out verses evaluated alone, one table per statistic: bits per character (the eval loss "
+    "in bits, divided by the characters per token of that language's text: the one number comparable across "
+    "tokenizers), and over all its tokens the per-token-mean NLL, top-1 accuracy and MRR. Columns: the baseline's "
+    "value (mean ± std over seeds; the value alone from one seed), then each arm's Δ against it, paired by seed "
+    "(mean [95% confidence interval] as in every Δ column). Before training: bits per character at the step-0 evaluation (the same "
+    "starting model for every arm of a seed), when the runs evaluated before training (learning vs forgetting of "
+    "a pretrained model). Every number is also in summary.json."
 )
-LANGUAGE_STAT_TITLES = {"bits_per_char": "bits/char", "nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
+LANGUAGE_STAT_TITLES = {
+    "bits_per_char": "Bits per character",
+    "nll": "Per-token-mean NLL",
+    "accuracy": "Top-1 accuracy",
+    "mrr": "MRR",
+}
 
 
-def language_table(rows: Sequence[SubsetRow], summary: Summary) -> str:
-    """``language | eval tokens | <stat> <arm> ... | Δ <stat> <arm>-<baseline>`` for every subset statistic."""
+def language_tables(rows: Sequence[SubsetRow], summary: Summary) -> str:
+    """One table per statistic (bits per character, NLL, accuracy, MRR): languages as rows, the baseline's value
+    then each arm's Δ with its 95% interval as columns; the first also has the eval tokens and, when the runs
+    evaluated before training, the bits per character of the starting model."""
     with_before = any(row.before.n for row in rows)  # a step-0 evaluation: the model before training
-    header = ["language", "eval tokens"] + (["bits/char before training"] if with_before else [])
-    for title in LANGUAGE_STAT_TITLES.values():
-        header += [f"{title} {arm}" for arm in summary.arms] + [f"Δ {title} {arm}" for arm in summary.others]
-    lines = []
-    for row in rows:
-        cells = [row.name, MISSING if row.tokens is None else f"{row.tokens:,}"]
-        cells += [format_stat(row.before)] if with_before else []
-        for stat in LANGUAGE_STAT_TITLES:
-            cells += [format_stat(row.arms[arm][stat]) for arm in summary.arms]
-            cells += [format_delta(row.delta[arm][stat]) for arm in summary.others]
-        lines.append(cells)
-    return markdown_table(header, lines)
+    parts = []
+    for index, (stat, title) in enumerate(LANGUAGE_STAT_TITLES.items()):
+        first = index == 0
+        table = language_contrast_table(rows, summary.arms, stat, with_tokens=first, with_before=first and with_before)
+        parts += [f"**{title}**", "", table, ""]
+    return "\n".join(parts).rstrip()
 
 
 def existing_plots(run_dir: str | os.PathLike) -> list[str]:
@@ -355,7 +371,10 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     report = run_dir / REPORT_FILE
     atomic_write_text(report, render_report(results, existing_plots(run_dir)))
     summary = summarize(results)
-    record = {**summary.to_json(), "verdict": verdict(summary)}
+    incomplete = incomplete_reason(results)
+    record = {**summary_record(results), "verdict": None if incomplete else verdict(summary), "incomplete": incomplete}
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
+    if incomplete:
+        logger.warning("%s is incomplete: %s. %s", run_dir, incomplete, NO_VERDICT)
     logger.info("report written to %s", report)
     return report

@@ -15,7 +15,6 @@ tokens, and every language group; log-spaced buckets work the same as buckets of
 from __future__ import annotations
 
 import logging
-import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,6 @@ from typing import Any
 
 from ..lab.results import arm_names, check_results, finished_runs, group_info, group_names
 from ..metric_names import (
-    ALL_GROUP,
     ALL_STATS,
     COUNT_STATS,
     EVAL_PREFIX,
@@ -44,9 +42,12 @@ __all__ = [
     "Stat",
     "Summary",
     "final_tokens",
+    "group_json",
     "headline_groups",
     "is_sweep",
-    "subset_rows",
+    "paired_delta",
+    "stat_at_start",
+    "stat_over_runs",
     "summarize",
     "sweep_rows",
 ]
@@ -146,43 +147,46 @@ class Summary:
     def to_json(self) -> dict[str, Any]:
         """Machine-readable form (``summary.json``); absent groups have ``"absent": true`` and no stats."""
 
-        def arm_json(arm: ArmStats) -> dict[str, Any]:
-            return {
-                "absent": arm.absent,
-                "stats": {k: v.to_json() for k, v in arm.stats.items()},
-                "delta": {k: v.to_json() for k, v in arm.delta.items()},
-            }
-
         return {
             "format": 1,
             "name": self.name,
             "baseline": self.baseline,
             "arms": self.arms,
             "main_stat": MAIN_STAT,
-            "groups": [
-                {
-                    "group": row.group,
-                    "label": row.label,
-                    "tokens": row.tokens,
-                    "types": row.types,
-                    "absent": row.absent,
-                    "arms": {name: arm_json(arm) for name, arm in row.arms.items()},
-                }
-                for row in self.groups
-            ],
-            "eval_loss": {name: arm_json(arm) for name, arm in self.eval_loss.items()},
+            "groups": [group_json(row) for row in self.groups],
+            "eval_loss": {name: _arm_json(arm) for name, arm in self.eval_loss.items()},
             "runs": self.runs,
         }
 
 
-def _stat_over_runs(runs: Sequence[Mapping[str, Any]], key: str) -> Stat:
+def _arm_json(arm: ArmStats) -> dict[str, Any]:
+    return {
+        "absent": arm.absent,
+        "stats": {k: v.to_json() for k, v in arm.stats.items()},
+        "delta": {k: v.to_json() for k, v in arm.delta.items()},
+    }
+
+
+def group_json(row: GroupRow) -> dict[str, Any]:
+    return {
+        "group": row.group,
+        "label": row.label,
+        "kind": row.kind,
+        "tokens": row.tokens,
+        "types": row.types,
+        "absent": row.absent,
+        "arms": {name: _arm_json(arm) for name, arm in row.arms.items()},
+    }
+
+
+def stat_over_runs(runs: Sequence[Mapping[str, Any]], key: str) -> Stat:
     """The finite values of ``final[key]`` over runs (runs lacking it are skipped), with their seeds."""
     pairs = [(run.get("seed"), finite_or_none((run.get("final") or {}).get(key))) for run in runs]
     kept = [(seed, value) for seed, value in pairs if value is not None]
     return Stat(values=tuple(v for _, v in kept), seeds=tuple(s for s, _ in kept))
 
 
-def _delta(arm: Stat, base: Stat) -> Stat:
+def paired_delta(arm: Stat, base: Stat) -> Stat:
     """arm - baseline. Paired by seed when both ran the same seeds, else the difference of the means."""
     if not arm.n or not base.n:
         return Stat(values=())
@@ -192,7 +196,7 @@ def _delta(arm: Stat, base: Stat) -> Stat:
 
 
 def _arm_stats(arm: str, runs: Sequence[Mapping[str, Any]], group: str, prefix: str) -> ArmStats:
-    stats = {stat: _stat_over_runs(runs, metric_key(group, stat, prefix)) for stat in ALL_STATS}
+    stats = {stat: stat_over_runs(runs, metric_key(group, stat, prefix)) for stat in ALL_STATS}
     tokens = stats["tokens"]
     absent = tokens.n > 0 and all(v == 0 for v in tokens.values)
     if absent:  # a group without eval tokens has no statistics (never NaN, never 0)
@@ -207,7 +211,7 @@ def _add_deltas(arms: dict[str, ArmStats], baseline: str) -> None:
             continue
         for stat, value in arm.stats.items():
             if stat in base.stats and stat not in COUNT_STATS:
-                arm.delta[stat] = _delta(value, base.stats[stat])
+                arm.delta[stat] = paired_delta(value, base.stats[stat])
 
 
 def _count(row_arms: Mapping[str, ArmStats], stat: str) -> int | None:
@@ -245,7 +249,7 @@ def summarize(results: Mapping[str, Any], subset: str | None = None) -> Summary:
             logger.warning("group %s: the arms evaluated different token counts; the table shows the first", group)
         rows.append(row)
     eval_loss = {
-        arm: ArmStats(arm=arm, absent=False, stats={"eval_loss": _stat_over_runs(runs[arm], f"{prefix}_loss")})
+        arm: ArmStats(arm=arm, absent=False, stats={"eval_loss": stat_over_runs(runs[arm], f"{prefix}_loss")})
         for arm in arms
     }
     _add_deltas(eval_loss, baseline)
@@ -256,6 +260,7 @@ def summarize(results: Mapping[str, Any], subset: str | None = None) -> Summary:
             "status": run.get("status"),
             "train_seconds": finite_or_none(run.get("train_seconds")),
             "eval_loss": finite_or_none((run.get("final") or {}).get("eval_loss")),
+            "selfish_margin": finite_or_none(run.get("selfish_margin")),
             "output_dir": run.get("output_dir"),
         }
         for run in results["runs"]
@@ -269,69 +274,21 @@ def summarize(results: Mapping[str, Any], subset: str | None = None) -> Summary:
         runs=run_rows,
         before={}
         if subset is None
-        else {row.group: _at_start(runs, metric_key(row.group, MAIN_STAT, prefix)) for row in rows},
+        else {row.group: stat_at_start(runs, metric_key(row.group, MAIN_STAT, prefix)) for row in rows},
     )
 
 
-# ------------------------------------------------------------------------------- eval subsets (languages)
-
-SUBSET_STATS = ("bits_per_char", "nll", "accuracy", "mrr")
-
-
-@dataclass
-class SubsetRow:
-    """One eval subset (a language): its statistics per arm over seeds and the deltas against the baseline."""
-
-    name: str
-    tokens: int | None  # scored positions of the subset (the first arm's first run)
-    arms: dict[str, dict[str, Stat]]  # arm -> stat (SUBSET_STATS) -> over seeds
-    delta: dict[str, dict[str, Stat]]  # arm -> stat -> arm - baseline (paired by seed)
-    # bits per character before training (the step-0 evaluation of every run that has one, all arms: the same
-    # starting model), empty without `eval_on_start`: learning vs forgetting when a pretrained model is tuned
-    before: Stat = field(default_factory=lambda: Stat(values=()))
-
-
-def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_per_token: float) -> Stat:
-    """``bits_per_char`` = the subset's eval loss (nats per token) / ln 2 / characters per token; else the
-    subset's ``all`` group statistic (every token id: per-token-mean NLL, accuracy, MRR)."""
-    prefix = subset_prefix(name)
-    if stat != "bits_per_char":
-        return _stat_over_runs(runs, metric_key(ALL_GROUP, stat, prefix))
-    loss = _stat_over_runs(runs, f"{prefix}_loss")
-    return Stat(values=tuple(v / math.log(2) / chars_per_token for v in loss.values), seeds=loss.seeds)
-
-
-def _at_start(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, scale: float = 1.0) -> Stat:
-    """``key`` x ``scale`` at the step-0 evaluation of every run (all arms: the same starting model) that has one."""
-    values, seeds = [], []
+def stat_at_start(runs: Mapping[str, Sequence[Mapping[str, Any]]], key: str, scale: float = 1.0) -> Stat:
+    """``key`` x ``scale`` at the step-0 evaluation, one value per seed: the arms of a seed start from the same
+    model (same seed = same init), so their step-0 values are one measurement, not one per arm (five arms of
+    one seed are one value, without a spread); the mean over the seed's runs that have one."""
+    by_seed: dict[Any, list[float]] = {}
     for run in (run for arm_runs in runs.values() for run in arm_runs):
         first = next((entry for entry in run.get("history") or () if entry.get("step") == 0), {})
         value = finite_or_none(first.get(key))
         if value is not None:
-            values.append(value * scale)
-            seeds.append(run.get("seed"))
-    return Stat(values=tuple(values), seeds=tuple(seeds))
-
-
-def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
-    """Per eval subset (``results["eval_subsets"]``): bits per character and the ``all`` group's statistics."""
-    runs = finished_runs(results)
-    arms = arm_names(results)
-    rows = []
-    for name, meta in (results.get("eval_subsets") or {}).items():
-        stats = {
-            arm: {s: _subset_stat(runs[arm], name, s, meta["chars_per_token"]) for s in SUBSET_STATS} for arm in arms
-        }
-        delta = {arm: {s: _delta(stats[arm][s], stats[arms[0]][s]) for s in SUBSET_STATS} for arm in arms[1:]}
-        tokens = next((final_tokens_of(run, name) for arm in arms for run in runs[arm]), None)
-        before = _at_start(runs, f"{subset_prefix(name)}_loss", 1 / math.log(2) / meta["chars_per_token"])
-        rows.append(SubsetRow(name=name, tokens=tokens, arms=stats, delta=delta, before=before))
-    return rows
-
-
-def final_tokens_of(run: Mapping[str, Any], subset: str) -> int | None:
-    value = finite_or_none((run.get("final") or {}).get(metric_key(ALL_GROUP, "tokens", subset_prefix(subset))))
-    return None if value is None else int(value)
+            by_seed.setdefault(run.get("seed"), []).append(value * scale)
+    return Stat(values=tuple(statistics.fmean(v) for v in by_seed.values()), seeds=tuple(by_seed))
 
 
 def final_tokens(results: Mapping[str, Any], group: str) -> int | None:

@@ -1,7 +1,8 @@
 """Choosing each rival loss's main knob from tuning runs (``eval_split: tune``), by one stated rule.
 
 Every arm of a tuning comparison is one method (its ``loss_name``; TLAT's two forms are two methods) at one
-value of its main knob (`KNOBS`). The rule (`choose_values`): among a method's values whose overall eval
+value of its main knob (`KNOBS`; the selfish loss annealed to CE is a method of its own, and so is
+``selfish_rare``'s ``frequent_mass`` away from its default 0.9). The rule (`choose_values`): among a method's values whose overall eval
 loss is at most ``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest
 per-token-mean NLL of the target group (the rare group the method is meant to help); when no value
 qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds. On a
@@ -11,6 +12,7 @@ loss is limited, the small language's is minimised).
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,8 +21,18 @@ from typing import Any
 from ..lab.results import finished_runs
 from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key, subset_prefix
 from ..model_card import fmt, markdown_table
+from .pareto import pareto_groups
 
-__all__ = ["KNOBS", "Candidate", "choose_values", "language_keys", "method_of", "tuning_table"]
+__all__ = [
+    "KNOBS",
+    "Candidate",
+    "choose_values",
+    "default_target_group",
+    "language_keys",
+    "method_of",
+    "tuning_summary",
+    "tuning_table",
+]
 
 # loss_name -> its main knob: a key of loss_kwargs, or "selfish_margin"
 KNOBS = {
@@ -33,7 +45,13 @@ KNOBS = {
     "logit_adjustment": "tau",
     "unlikelihood": "alpha",
     "agg": "alpha",
+    "selfish_head": "margin",
+    "selfish_hidden": "margin",
+    "selfish_rare": "margin",
 }
+# selfish_rare's second knob, tuned at its default margin as a method of its own
+RARE_MASS = "frequent_mass"
+RARE_DEFAULT_MASS = 0.9
 DEFAULT_MAX_LOSS_INCREASE = 0.05
 
 
@@ -45,6 +63,10 @@ def method_of(arm: Mapping[str, Any]) -> tuple[str, str, Any] | None:
     knob = KNOBS[loss]
     kwargs = arm.get("loss_kwargs") or {}
     method = f"tlat_{kwargs.get('form', 'exponential')}" if loss == "tlat" else loss
+    if loss == "selfish" and arm.get("selfish_margin_schedule", "constant") != "constant":
+        method = "selfish_annealed"  # its knob: the start margin
+    if loss == "selfish_rare" and kwargs.get(RARE_MASS, RARE_DEFAULT_MASS) != RARE_DEFAULT_MASS:
+        return f"selfish_rare_{RARE_MASS}", RARE_MASS, kwargs[RARE_MASS]  # the margin sweep holds the default mass
     value = arm.get("selfish_margin") if knob == "selfish_margin" else kwargs.get(knob)
     return method, knob, value
 
@@ -79,6 +101,92 @@ def _target_key(target_group: str, target_key: str | None) -> str:
     return target_key or metric_key(target_group, MAIN_STAT)
 
 
+def _check_max_loss_increase(value: float) -> None:
+    """A relative limit: a finite number >= 0 (NaN would compare False everywhere and still choose a value)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"max_loss_increase must be a finite number >= 0 (0.05 is 5%), got {value!r}")
+
+
+def _recorded_keys(runs: Mapping[str, list[dict[str, Any]]]) -> set[str]:
+    """Every final metric with a finite value in any finished run."""
+    return {
+        k
+        for arm_runs in runs.values()
+        for r in arm_runs
+        for k, v in (r.get("final") or {}).items()
+        if finite_or_none(v) is not None
+    }
+
+
+def _loss_keys(keys: set[str]) -> str:
+    """The eval-loss keys a comparison recorded, for a message: ``eval_loss, eval_eng_web_loss, ...``."""
+    found = sorted(k for k in keys if k.startswith("eval_") and k.endswith("_loss"))
+    return ", ".join(found) or "none"
+
+
+def _baseline_loss(results: Mapping[str, Any], runs: Mapping[str, list[dict[str, Any]]], loss_key: str) -> float:
+    """The baseline arm's mean ``loss_key``; a ValueError that says whether its runs are missing or the key."""
+    baseline = results["arms"][0]["name"]
+    if not runs.get(baseline):
+        raise ValueError(f"the baseline arm {baseline!r} has no finished run: nothing to compare the losses with")
+    base_loss = _mean(runs[baseline], loss_key)
+    if base_loss is None:
+        raise ValueError(
+            f"the baseline arm {baseline!r}'s finished runs record no {loss_key!r} (recorded losses: "
+            f"{_loss_keys(_recorded_keys({baseline: runs[baseline]}))}); check --main / --language against them"
+        )
+    return base_loss
+
+
+def _check_recorded(runs: Mapping[str, list[dict[str, Any]]], key: str, what: str) -> None:
+    """Refuse a target no finished run recorded (a misspelt group or language), naming what was recorded."""
+    keys = _recorded_keys(runs)
+    if key not in keys:
+        groups = sorted({k[len("eval_") : -len(f"_{MAIN_STAT}")] for k in keys if k.endswith(f"_{MAIN_STAT}")})
+        raise ValueError(
+            f"{what}: no finished run records {key!r}; groups recorded: {', '.join(groups) or 'none'}; "
+            f"losses recorded: {_loss_keys(keys)}"
+        )
+
+
+def default_target_group(results: Mapping[str, Any]) -> str:
+    """The group the rule helps by default: the simulation's small language, else the rare headline bucket."""
+    _, y_groups = pareto_groups(results)
+    languages = [g for g in y_groups if g.startswith("lang_")]
+    if not (languages or y_groups):
+        raise ValueError(
+            "no finished run records a rare group's eval tokens yet (is the comparison unfinished?); "
+            "finish it, or name the target with --group or --language"
+        )
+    return (languages or y_groups)[0]
+
+
+def tuning_summary(
+    results: Mapping[str, Any],
+    group: str | None = None,
+    max_loss_increase: float = DEFAULT_MAX_LOSS_INCREASE,
+    *,
+    language: str | None = None,
+    main: str | None = None,
+) -> str:
+    """What `hf-selfish tune` prints: the tuning table, then ``method: knob = value`` for each chosen value.
+
+    ``language`` with ``main``: a language mix (`language_keys`); else ``group`` (default
+    `default_target_group`)."""
+    if (language is None) != (main is None):
+        raise ValueError("--language and --main go together: the small language to help and the main one to limit")
+    _check_max_loss_increase(max_loss_increase)
+    keys = language_keys(main, language) if language else {}
+    target = language or group or default_target_group(results)
+    table = tuning_table(results, target, max_loss_increase, **keys)
+    chosen = [
+        f"{c.method}: {c.knob} = {c.value}"
+        for c in choose_values(results, target, max_loss_increase, **keys)[1]
+        if c.chosen
+    ]
+    return table + "\n\n" + "\n".join(chosen)
+
+
 def choose_values(
     results: Mapping[str, Any],
     target_group: str,
@@ -90,14 +198,11 @@ def choose_values(
     """The baseline's loss (``loss_key``) and every knob arm as a `Candidate`, one chosen per method.
 
     ``target_key`` defaults to ``target_group``'s per-token-mean NLL."""
-    if max_loss_increase < 0:
-        raise ValueError(f"max_loss_increase must be >= 0, got {max_loss_increase!r}")
+    _check_max_loss_increase(max_loss_increase)
     target_key = _target_key(target_group, target_key)
     runs = finished_runs(results)
-    baseline = results["arms"][0]["name"]
-    base_loss = _mean(runs.get(baseline, []), loss_key)
-    if base_loss is None:
-        raise ValueError(f"the baseline arm {baseline!r} has no finished run: nothing to compare the losses with")
+    base_loss = _baseline_loss(results, runs, loss_key)
+    _check_recorded(runs, target_key, f"target group {target_group!r}")
     candidates = []
     for arm in results["arms"][1:]:
         described = method_of(arm)
@@ -117,6 +222,11 @@ def choose_values(
     return base_loss, candidates
 
 
+def _cell(value: float | None) -> str:
+    """A table number, or a dash where a run recorded none."""
+    return "—" if value is None else fmt(value)
+
+
 def tuning_table(
     results: Mapping[str, Any],
     target_group: str,
@@ -134,11 +244,11 @@ def tuning_table(
     header = ["method", "knob", "value", loss_name, target_name, "chosen"]
     baseline_runs = finished_runs(results).get(results["arms"][0]["name"], [])
     base_nll = _mean(baseline_runs, keys["target_key"])
-    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), fmt(base_nll), ""]]
+    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), _cell(base_nll), ""]]
     for c in candidates:
         bold = (lambda s: f"**{s}**") if c.chosen else (lambda s: s)
-        loss = fmt(c.eval_loss) + ("" if c.eligible else " (over the limit)")
-        rows.append([c.method, c.knob, bold(str(c.value)), loss, bold(fmt(c.target_nll)), "yes" if c.chosen else ""])
+        loss = _cell(c.eval_loss) + ("" if c.eligible else " (over the limit)")
+        rows.append([c.method, c.knob, bold(str(c.value)), loss, bold(_cell(c.target_nll)), "yes" if c.chosen else ""])
     note = (
         f"Rule: the lowest {target_name} among the values whose {loss_name} is at most "
         f"{max_loss_increase:.0%} above the baseline's ({fmt(base_loss)} → limit {fmt(limit)}); if none is, "

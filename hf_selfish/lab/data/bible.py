@@ -123,17 +123,39 @@ def read_bible(folder: Path, language: str) -> list[Verse]:
             f"{', '.join(bible_languages(folder))}"
         )
     verses = []
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, start=1):
+    with open(path, "rb") as lines:  # decoded line by line, so a bad byte is named with its file and line
+        for number, raw in enumerate(lines, start=1):
             try:
+                line = _utf8_line(raw, path, number)
                 row = json.loads(line)
                 verses.append(Verse(int(row["book"]), int(row["chapter"]), int(row["verse"]), str(row["text"])))
+            except _NotUtf8 as err:
+                raise ValueError(str(err)) from None
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(
                     f"{path}, line {number}: not a verse ({type(err).__name__}: {err}); each line must be a JSON "
                     f"object with {', '.join(VERSE_KEYS)}"
                 ) from None
+    if not verses:  # an empty file would train and score nothing in this language, without a word
+        raise ValueError(
+            f"language {language!r} has no verses: {path} is empty; each line must be a JSON object with "
+            f"{', '.join(VERSE_KEYS)}"
+        )
     return verses
+
+
+class _NotUtf8(Exception):
+    """A corpus line that is not UTF-8 (kept apart from the malformed-verse errors)."""
+
+
+def _utf8_line(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise _NotUtf8(
+            f"{path}, line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); the "
+            "corpus files must be UTF-8: re-encode the file (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
 
 
 def check_bible_arguments(data_args: DataArguments, languages: list[str]) -> None:
@@ -192,12 +214,67 @@ def bible_datasets(data_args: DataArguments) -> DatasetDict:
     small = data_args.bible_small or []
     # each small language holds `share` of the mix: small = share * (main + all small)
     budget = data_args.bible_share * main_chars / (1 - len(small) * data_args.bible_share) if small else 0.0
+    chosen: dict[str, list[Verse]] = {}
+    pools: dict[str, list[Verse]] = {}
+    for index, code in enumerate(languages):
+        pools[code] = [] if code in eval_only else [v for v in corpus[code] if v.book not in held_out]
+        seed = (data_args.bible_seed, index)
+        chosen[code] = pools[code] if code == data_args.bible_main else _take_share(pools[code], budget, seed)
+        if code in small:
+            _check_any_verse(code, pools[code], chosen[code], budget, data_args.bible_share)
+    check_shares_reached(chosen, pools, small, data_args.bible_share)
     train = {TEXT_COLUMN: [], CODE_COLUMN: []}
     validation = {TEXT_COLUMN: [], CODE_COLUMN: []}
-    for index, code in enumerate(languages):
-        pool = [] if code in eval_only else [v for v in corpus[code] if v.book not in held_out]
-        chosen = pool if code == data_args.bible_main else _take_share(pool, budget, (data_args.bible_seed, index))
-        for rows, verses in ((train, chosen), (validation, [v for v in corpus[code] if v.book in VALIDATION_BOOKS])):
+    for code in languages:
+        for rows, verses in (
+            (train, chosen[code]),
+            (validation, [v for v in corpus[code] if v.book in VALIDATION_BOOKS]),
+        ):
             for key, values in _rows(verses, code).items():
                 rows[key] += values
     return DatasetDict(train=Dataset.from_dict(train), validation=Dataset.from_dict(validation))
+
+
+# How far (relative) the share a small language reaches may lie from bible_share before the run is refused:
+# whole verses fill the budget to within one verse, so only a language too small (or a share too small) misses it.
+SHARE_TOLERANCE = 0.05
+
+
+def _check_any_verse(code: str, pool: list[Verse], chosen: list[Verse], budget: float, share: float) -> None:
+    """One line when a small language gets no verse: it would be evaluated and reported without being trained."""
+    if chosen:
+        return
+    if not pool:
+        raise ValueError(f"small language {code!r} has no verse outside the held-out books; it cannot be trained on")
+    shortest = min(len(v.text) for v in pool)
+    raise ValueError(
+        f"bible_share={share:g} gives {code} a budget of {budget:.3g} characters and no verse of it fits (its shortest "
+        f"has {shortest}): the run would train no {code}; raise bible_share to at least {share * shortest / budget:.2g}"
+    )
+
+
+def check_shares_reached(
+    chosen: dict[str, list[Verse]], pools: dict[str, list[Verse]], small: list[str], share: float
+) -> dict[str, float]:
+    """Each language's share of the training characters (of its verses, as ``bible_share`` counts them), logged;
+    a ValueError when a small language's lies more than `SHARE_TOLERANCE` (relative) from ``share``: a language
+    with fewer characters than its share asks for, or a share too small for whole verses to fill."""
+    chars = {code: sum(len(v.text) for v in verses) for code, verses in chosen.items() if verses}
+    total = sum(chars.values())
+    reached = {code: n / total for code, n in chars.items()}
+    if small:
+        mix = ", ".join(f"{code} {value:.2%}" for code, value in reached.items())
+        logger.info("training mix (share of the training characters; bible_share=%g): %s", share, mix)
+    for code in small:
+        if abs(reached[code] - share) <= SHARE_TOLERANCE * share:
+            continue
+        why = (
+            "every verse of it outside the held-out books"
+            if len(chosen[code]) == len(pools[code])
+            else "whole verses cannot fill so small a share"
+        )
+        raise ValueError(
+            f"{code} would hold {reached[code]:.2%} of the training characters, not the bible_share={share:g} asked "
+            f"({chars[code]:,} characters, {why}); ask a bible_share near {reached[code]:.2g}"
+        )
+    return reached

@@ -199,6 +199,19 @@ def language_subsets(
     return subsets, chars_per_token
 
 
+def language_shares(train: Dataset) -> dict[str, float]:
+    """Each language's share of the training characters, in the order the languages first appear.
+
+    Characters of the verses, as ``bible_share`` counts them: each row's closing newline is left out.
+    """
+    chars: dict[str, int] = {}
+    for batch in train.select_columns([TEXT_COLUMN, CODE_COLUMN]).iter(batch_size=1000):
+        for text, code in zip(batch[TEXT_COLUMN], batch[CODE_COLUMN]):
+            chars[code] = chars.get(code, 0) + len(text.removesuffix("\n"))
+    total = sum(chars.values())
+    return {code: n / total for code, n in chars.items()} if total else {}
+
+
 def language_only_groups(train: Dataset, tokenizer: PreTrainedTokenizerBase) -> dict[str, list[int]]:
     """``lang_{code}_only``: the token ids of each language's training text that no other language's text holds
     (none when one language is trained on: its group would be every token seen in training)."""
@@ -254,6 +267,7 @@ class LMData:
     groups: dict[str, list[int]] = field(default_factory=dict)  # language groups of the simulation, else {}
     eval_subsets: dict[str, Dataset] = field(default_factory=dict)  # per-language validation blocks (Bible)
     chars_per_token: dict[str, float] = field(default_factory=dict)  # of each subset's text (bits per character)
+    train_shares: dict[str, float] = field(default_factory=dict)  # each language's share of the train characters
 
 
 def prepare_lm_data(
@@ -273,7 +287,8 @@ def prepare_lm_data(
             raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
         subsets, chars_per_token = language_subsets(raw["validation"], tokenizer, data_args)
         groups = {**language_only_groups(raw["train"], tokenizer), ALL_GROUP: list(range(len(tokenizer)))}
-        return LMData(datasets, tokenizer, len(tokenizer), groups, subsets, chars_per_token)
+        shares = language_shares(raw["train"])
+        return LMData(datasets, tokenizer, len(tokenizer), groups, subsets, chars_per_token, shares)
     if data_args.low_resource_fraction == 0:
         return LMData(datasets=datasets, tokenizer=tokenizer, vocab_size=len(tokenizer))
     base_size = len(tokenizer)

@@ -31,7 +31,8 @@ from ...metric_names import RANKING_STATS
 from ..figures import figure_file
 from ..pareto import pareto_groups, pareto_points
 from ..series import mean_band
-from ..summary import headline_groups, is_sweep, subset_rows, summarize, sweep_rows
+from ..subsets import subset_rows
+from ..summary import headline_groups, is_sweep, summarize, sweep_rows
 from ._common import display_token, safe_name
 from .curves import plot_eval_loss, plot_group_delta, plot_group_history, plot_language_metrics, plot_training_curves
 from .languages import plot_bits_per_char
@@ -39,7 +40,9 @@ from .pareto import plot_pareto
 from .sweep import plot_margin_sweep
 from .tokens import (
     SCENARIO_KEYS,
+    head_non_target_share,
     load_scenarios,
+    plot_head_share_comparison,
     plot_scenarios,
     plot_scenarios_comparison,
     plot_token_distribution,
@@ -51,11 +54,13 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "display_token",
     "frequency_order",
+    "head_non_target_share",
     "load_scenarios",
     "plot_bits_per_char",
     "plot_eval_loss",
     "plot_group_delta",
     "plot_group_history",
+    "plot_head_share_comparison",
     "plot_language_metrics",
     "plot_margin_sweep",
     "plot_pareto",
@@ -134,6 +139,7 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         paths.append(
             plot_scenarios_comparison(scenarios, out("scenarios_non_target_comparison"), tokens=tokens, order=order)
         )
+        paths.append(plot_head_share_comparison(scenarios, out("scenarios_head_share"), tokens=tokens, order=order))
     if is_sweep(results) and sweep_rows(results):
         paths.append(plot_margin_sweep(sweep_rows(results), out("margin_sweep"), groups=headline_groups(results)))
     x_group, y_groups = pareto_groups(results)

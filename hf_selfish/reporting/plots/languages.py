@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..summary import SubsetRow
+from ..subsets import SubsetRow
 from ._common import PathLike, new_figure, save
 
 

@@ -242,3 +242,50 @@ def plot_scenarios_comparison(
     key_name = SCENARIO_LABELS[key].replace(": as ", " (token as ") + ")"
     ax.set_title(title or f"Scenario {key_name}: summed gradient norm per arm")
     return save(fig, path)
+
+
+def head_non_target_share(norms: Mapping[str, Any]) -> np.ndarray:
+    """Per token, the share of scenario 2.2 in its output-embedding gradient: ``2.2 / (2.1 + 2.2)``, ``[V]``.
+
+    The summed norms of the token as non-target and as target (scenario 1, the input role, is left out:
+    the selfish variants differ in what they do to the head's update). NaN for a token whose output
+    embedding got no gradient.
+    """
+    norms = _check_norms(norms, "norms")
+    head = norms["target"] + norms["non_target"]  # [V]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(head > 0, norms["non_target"] / head, np.nan)
+
+
+def plot_head_share_comparison(
+    per_arm: Mapping[str, Mapping[str, Any]],
+    path: PathLike,
+    *,
+    tokens: Tokens = None,
+    order: Order = None,
+    title: str | None = None,
+) -> Path:
+    """Each arm's share of scenario 2.2 in each token's output-embedding gradient (:func:`head_non_target_share`),
+    tokens by frequency rank: how much of a rare token's head update is the push-down as a non-target."""
+    if not per_arm:
+        raise ValueError("plot_head_share_comparison needs the scenario norms of at least one arm")
+    shares = {arm: head_non_target_share(norms) for arm, norms in per_arm.items()}
+    size = next(iter(shares.values())).size
+    order = np.arange(size) if order is None else np.asarray(order)
+    labelled = tokens is not None and size <= MAX_LABELLED_TOKENS
+    fig = new_figure(max(8.0, 0.13 * size + 2) if labelled else 9.0, 4.5)
+    ax = fig.add_subplot()
+    x = rank_x(order, labelled)
+    for index, (arm, share) in enumerate(shares.items()):
+        if share.size != size:
+            raise ValueError(f"arm {arm!r} has {share.size} tokens in its scenarios, the first arm {size}")
+        ax.plot(x, share[order], **arm_style(index), marker="o", ms=3, lw=0.8, label=arm)
+    token_axis(ax, order, tokens if labelled else None)
+    if not labelled and size > MAX_LABELLED_TOKENS:
+        ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("2.2 / (2.1 + 2.2) of summed norms")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title or "Share of the push-down as non-target (2.2) in each token's output-embedding update")
+    return save(fig, path)
