@@ -28,13 +28,20 @@ A PEFT adapter on the head (``target_modules`` with ``lm_head``) is refused too
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["refuse_adapted_head", "refuse_untested_deepspeed", "whole_head_parameters", "whole_parameter"]
+__all__ = [
+    "init_deepspeed_distributed",
+    "refuse_adapted_head",
+    "refuse_untested_deepspeed",
+    "whole_head_parameters",
+    "whole_parameter",
+]
 
 
 def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
@@ -46,6 +53,26 @@ def refuse_adapted_head(head: nn.Module, model_name: str) -> None:
             "the adapter. Remove 'lm_head' from the LoraConfig's target_modules, or use "
             "apply_selfish_loss(model, fused=False) (selfish_fused=False)."
         )
+
+
+def init_deepspeed_distributed(args) -> None:
+    """Start DeepSpeed's process group before a model is built for ``args.deepspeed`` (a Trainer's arguments).
+
+    At ZeRO-3 ``from_pretrained`` / ``from_config`` build the model under ``deepspeed.zero.Init``, which
+    partitions it over DeepSpeed's process group. Launched by ``torchrun`` or ``deepspeed`` with
+    ``use_cpu=True``, nothing has started that group yet, and ``zero.Init`` would fail on a world of one
+    ("train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size"). This sets
+    up the Trainer's devices (``args.device``: gloo on CPUs) and hands that group to DeepSpeed. A no-op
+    without ``args.deepspeed``, in one process, or when DeepSpeed's group exists (``accelerate launch``).
+    """
+    if not getattr(args, "deepspeed", None) or int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        return
+    import deepspeed  # only here: the core never needs deepspeed otherwise
+
+    if deepspeed.comm.is_initialized():
+        return
+    args.device  # noqa: B018  (the Trainer's process group: gloo for CPU processes)
+    deepspeed.init_distributed(dist_backend="gloo" if args.use_cpu else None)
 
 
 def refuse_untested_deepspeed(config: dict | None, *, fused: bool, head_readers: Sequence[str] = ()) -> None:

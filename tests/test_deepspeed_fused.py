@@ -113,21 +113,41 @@ def test_selfish_trainer_zero_step_equals_one_process_unfused_step(deepspeed_tra
     assert_step_matches(result, loss, params, result["initial"])  # the loss: what the Trainer logged
 
 
+def torchrun_train(root: Path, ds_config: str) -> Path:
+    """`torchrun scripts/train.py RECIPE --deepspeed recipes/deepspeed/{ds_config}`, fused; returns its output dir."""
+    import sys
+
+    from .conftest import REPO_ROOT
+    from .test_ddp import free_port, launch
+
+    out = root / f"torchrun_{ds_config}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
+    command += [str(REPO_ROOT / "scripts" / "train.py"), str(root / "recipe.yaml"), "--output_dir", str(out)]
+    command += ["--selfish_fused", "true", "--deepspeed", str(REPO_ROOT / "recipes" / "deepspeed" / ds_config)]
+    done = launch(command)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return out
+
+
 @pytest.fixture(scope="module")
-def accelerate_zero3_runs(tmp_path_factory) -> tuple[Path, Path]:
-    """`accelerate launch` with recipes/accelerate/deepspeed_zero3_cpu.yaml, fused and unfused (two launches)."""
+def accelerate_zero3_runs(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """recipes/accelerate/deepspeed_zero3_cpu.yaml fused and unfused, and torchrun with
+    recipes/deepspeed/zero3.json fused (three launches)."""
     from .test_any_causal_lm import write_corpus
     from .test_fsdp2_trainer import RECIPE, train
 
     root = tmp_path_factory.mktemp("deepspeed_accelerate")
     corpus = write_corpus(root / "corpus.txt", n_lines=300)
     (root / "recipe.yaml").write_text(RECIPE + f"train_file: {corpus}\n")
-    return train(root, "deepspeed_zero3_cpu.yaml", fused=True), train(root, "deepspeed_zero3_cpu.yaml", fused=False)
+    fused = train(root, "deepspeed_zero3_cpu.yaml", fused=True)
+    unfused = train(root, "deepspeed_zero3_cpu.yaml", fused=False)
+    return fused, unfused, torchrun_train(root, "zero3.json")
 
 
 @pytest.mark.slow
-def test_accelerate_zero3_recipe_fused_run_equals_unfused_run(accelerate_zero3_runs):
-    """The recipe as a user runs it (scripts/train.py, three AdamW steps): fused equals the model's own logits.
+def test_zero3_recipes_fused_runs_equal_the_unfused_run(accelerate_zero3_runs):
+    """The recipes as a user runs them (scripts/train.py, three AdamW steps): fused equals the model's own logits,
+    under ``accelerate launch`` (the YAML) and under ``torchrun`` (``--deepspeed`` with the JSON).
 
     Both runs build the model under ``zero.Init`` (other random weights than DDP's for the same seed), so
     the reference is the unfused run under the same config, not DDP.
@@ -136,14 +156,17 @@ def test_accelerate_zero3_recipe_fused_run_equals_unfused_run(accelerate_zero3_r
 
     from .test_fsdp2_trainer import STEPS, train_logs
 
-    fused, unfused = accelerate_zero3_runs
-    fused_logs, unfused_logs = train_logs(fused), train_logs(unfused)
-    assert len(fused_logs) == len(unfused_logs) == STEPS
-    for got, reference in zip(fused_logs, unfused_logs):
-        assert got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
-        assert got["selfish_masked_fraction"] == pytest.approx(reference["selfish_masked_fraction"], abs=2e-6)
-        assert 0.05 < reference["selfish_masked_fraction"] < 0.95  # the margin masks: not plain CE in disguise
-    weights, expected = load_file(fused / "model.safetensors"), load_file(unfused / "model.safetensors")
-    assert set(weights) == set(expected) and "lm_head.weight" in expected  # zero3_save_16bit_model gathers them
-    for name, tensor in expected.items():
-        assert_close_scaled(weights[name], tensor, rel=1e-4, msg=name)  # three AdamW steps, as for FSDP2
+    fused, unfused, torchrun = accelerate_zero3_runs
+    expected_logs, expected = train_logs(unfused), load_file(unfused / "model.safetensors")
+    assert len(expected_logs) == STEPS and "lm_head.weight" in expected  # zero3_save_16bit_model gathers them
+    for run in (fused, torchrun):  # torchrun: the model built under zero.Init over the gloo group too
+        logs = train_logs(run)
+        assert len(logs) == STEPS
+        for got, reference in zip(logs, expected_logs):
+            assert got["loss"] == pytest.approx(reference["loss"], rel=1e-5)
+            assert got["selfish_masked_fraction"] == pytest.approx(reference["selfish_masked_fraction"], abs=2e-6)
+            assert 0.05 < reference["selfish_masked_fraction"] < 0.95  # the margin masks: not plain CE in disguise
+        weights = load_file(run / "model.safetensors")
+        assert set(weights) == set(expected)
+        for name, tensor in expected.items():
+            assert_close_scaled(weights[name], tensor, rel=1e-4, msg=name)  # three AdamW steps, as for FSDP2

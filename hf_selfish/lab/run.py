@@ -31,6 +31,7 @@ from ..callbacks import (
     StopOnNonFiniteLossCallback,
     SubsetEvalCallback,
 )
+from ..distributed import init_deepspeed_distributed
 from ..frequency import TokenFrequency
 from ..hub import HUB_ERRORS, check_can_push, push_failed_error
 from ..trainer import SelfishTrainer, SelfishTrainingArguments, has_labelled_token, output_vocab_size
@@ -230,6 +231,7 @@ def _train(args: RunArguments, data: PreparedData, arm: str, groups, settings: d
     if trained:  # resuming there, the Trainer would run one step past max_steps: load the weights instead
         model = load_checkpoint_model(args.model, checkpoint, data.vocab_size, args.data.block_size)
     else:
+        init_deepspeed_distributed(args.training)  # ZeRO-3 builds the model partitioned, over this group
         model = build_model(args.model, data.vocab_size, args.data.block_size, args.training.seed)
     trainer = build_trainer(args, model, data, groups)
     if trainer.is_world_process_zero():
