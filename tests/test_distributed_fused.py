@@ -99,3 +99,31 @@ def test_untested_deepspeed_settings_are_refused_by_name(zero, fused, readers, r
             refuse_untested_deepspeed(config, fused=fused, head_readers=readers)
     else:
         refuse_untested_deepspeed(config, fused=fused, head_readers=readers)
+
+
+@pytest.mark.parametrize(
+    "loss_name, fused, scenarios, readers",
+    [
+        ("selfish", True, False, []),
+        ("selfish", False, False, []),
+        ("agg", False, False, ["agg (adaptive gradient gating)"]),
+        ("selfish_head", False, False, ["selfish_head"]),
+        ("selfish_hidden", False, False, ["selfish_hidden"]),
+        ("selfish_head", True, False, []),  # fused: inside the patched forward, where ZeRO-3 gathers the head
+        ("focal", False, False, []),  # a loss of the logits
+        ("selfish", True, True, ["the gradient scenarios (GradientScenarioCallback, selfish_log_scenarios_every)"]),
+    ],
+)
+def test_zero3_head_readers_are_named(loss_name, fused, scenarios, readers):
+    """What SelfishTrainer hands to refuse_untested_deepspeed: the features reading the head outside forward."""
+    from types import SimpleNamespace
+
+    from hf_selfish import SelfishTrainer
+    from hf_selfish.scenario_recorder import GradientScenarioCallback
+
+    callbacks = [GradientScenarioCallback(1)] if scenarios else []
+    trainer = SimpleNamespace(
+        args=SimpleNamespace(loss_name=loss_name, selfish_fused=fused),
+        callback_handler=SimpleNamespace(callbacks=callbacks),
+    )
+    assert SelfishTrainer._head_readers(trainer) == readers
