@@ -22,7 +22,6 @@ from typing import Any
 
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 
 from .distributed import refuse_adapted_head, whole_head_parameters
 from .ops.fused import linear_selfish_cross_entropy
@@ -30,6 +29,15 @@ from .ops.logit_transform import make_logit_transform
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.params import check_flag
 from .patching import autocast_inputs, logit_transform_of, unwrap_model
+
+try:
+    from transformers.modeling_utils import slice_logits_to_keep
+except ImportError:  # transformers before 5.2x (5.16, which Axolotl pins, too) slices inside each model, like this
+
+    def slice_logits_to_keep(hidden_states: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
+        indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        return hidden_states[:, indices, :]
+
 
 __all__ = [
     "SelfishCausalLMOutput",

@@ -1,0 +1,71 @@
+"""An Axolotl plugin: the selfish loss in ``axolotl train``, set by top-level YAML keys.
+
+    plugins:
+      - hf_selfish.integrations.axolotl.SelfishPlugin
+    selfish_margin: 2.0          # null: plain cross-entropy; "auto": ln(V) - ln(1 - selfish_top_p)
+    selfish_fused: true          # the loss from the last hidden state and the head: no [tokens, vocab] logits
+    selfish_margin_schedule: constant   # or linear / cosine, to selfish_margin_end
+    selfish_rank_bucket_eval: false     # per frequency-rank bucket eval metrics
+
+How: the loss moves into the model's own forward (:func:`hf_selfish.apply_selfish_loss`, in
+``post_model_load``, after any LoRA adapter), so whichever trainer Axolotl builds (``AxolotlTrainer``,
+ReLoRA's, a ``trainer_cls`` of the config) trains with it; Axolotl's trainer passes ``labels`` and
+``num_items_in_batch`` to the forward, and gradient accumulation stays exact. Evaluation runs the model
+in eval mode, where the patched forward is the original one: ``eval_loss`` is plain cross-entropy.
+A trainer class from ``get_trainer_cls`` would have replaced the trainer Axolotl picks (and any other
+plugin's), and ``SelfishTrainer`` needs its own ``SelfishTrainingArguments``, which Axolotl does not build.
+
+A callback moves the margin along its schedule at each step and adds ``selfish_margin`` and
+``selfish_masked_fraction`` to every training log (console, ``trainer_state.json``, ``report_to``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from axolotl.integrations.base import BasePlugin
+
+from .callbacks import SelfishLogCallback, margin_schedule
+
+__all__ = ["SelfishPlugin"]
+
+LOG = logging.getLogger(__name__)
+
+
+class SelfishPlugin(BasePlugin):
+    """Axolotl plugin: hf_selfish's selfish loss for ``axolotl train`` (keys: `SelfishArgs`)."""
+
+    def get_input_args(self) -> str:
+        return "hf_selfish.integrations.axolotl.args.SelfishArgs"
+
+    def post_model_load(self, cfg, model):
+        """Patch the (adapted) model's forward: its training loss becomes the selfish loss at the start margin."""
+        from ... import apply_selfish_loss, selfish_loss_settings
+        from ...ops.variants import fused_variant
+        from ...trainer import output_vocab_size
+
+        schedule = margin_schedule(cfg, output_vocab_size(model))
+        apply_selfish_loss(model, schedule.start, fused=cfg.selfish_fused, chunk_size=cfg.selfish_fused_chunk_size)
+        if cfg.selfish_loss_name != "selfish":  # a split variant: its own (constant) margin, one side masked
+            variant = fused_variant(cfg.selfish_loss_name, cfg.selfish_loss_kwargs or {}, None, 0)
+            settings = selfish_loss_settings(model)
+            settings.margin, settings.split = variant.margin, variant.split
+        LOG.info("hf_selfish: %s loss, margin %s, fused=%s", cfg.selfish_loss_name, schedule, cfg.selfish_fused)
+
+    def add_callbacks_pre_trainer(self, cfg, model):
+        """Before the trainer exists, so the selfish metrics are in each log before the console prints it."""
+        from ...trainer import output_vocab_size
+
+        return [SelfishLogCallback(model, margin_schedule(cfg, output_vocab_size(model)), cfg.selfish_loss_name)]
+
+    def post_trainer_create(self, cfg, trainer):
+        """Rank-bucket evaluation (``selfish_rank_bucket_eval``): groups by the train split's token frequency."""
+        if not cfg.selfish_rank_bucket_eval:
+            return
+        from ...callbacks import attach_rank_bucket_eval
+        from ...frequency import TokenFrequency
+        from ...trainer import output_vocab_size
+
+        vocab_size = output_vocab_size(trainer.model)
+        frequency = TokenFrequency.from_dataset(trainer.train_dataset, vocab_size)
+        attach_rank_bucket_eval(trainer, frequency.groups(), vocab_size)
