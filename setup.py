@@ -6,6 +6,6 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["hf_selfish", "hf_selfish.*"])
-    + ["hf_selfish.recipes", "hf_selfish.recipes.accelerate"],
+    + ["hf_selfish.recipes", "hf_selfish.recipes.accelerate", "hf_selfish.recipes.deepspeed"],
     package_dir={"hf_selfish.recipes": "recipes"},
 )

@@ -25,7 +25,7 @@ from transformers import AutoModelForCausalLM, Gemma2Config
 
 from tests.fused_steps_worker import INIT_STD, LR, MARGIN, VOCAB, label_count, step_batch
 from tests.tiny_models import tiny_model
-from tests.torchrun import exit_now
+from tests.torchrun import run_each_layout
 
 LAYOUTS = ("untied", "tied", "softcap", "unfused")
 
@@ -109,15 +109,8 @@ def run(stage: int, layout: str, out_dir: Path) -> None:
 
 
 def main() -> None:
-    stage, layouts, out_dir = int(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
-    deepspeed.init_distributed(dist_backend="gloo")
-    try:
-        for layout in layouts:
-            run(stage, layout, out_dir)
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()  # an unclean gloo exit aborts some runs
-    exit_now()
+    layouts, out_dir = sys.argv[2].split(","), Path(sys.argv[3])
+    run_each_layout(run, int(sys.argv[1]), layouts, out_dir, lambda: deepspeed.init_distributed(dist_backend="gloo"))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from datasets import Dataset
 
 from tests.deepspeed_steps_worker import gathered_parameters, head_storage, layout_model
 from tests.fused_steps_worker import LR, MARGIN, step_batch
-from tests.torchrun import exit_now
+from tests.torchrun import run_each_layout
 
 
 def trainer_ds_config(stage: int) -> dict:
@@ -76,15 +76,10 @@ def run(stage: int, layout: str, out_dir: Path) -> None:
 
 
 def main() -> None:
-    stage, layouts, out_dir = int(sys.argv[1]), sys.argv[2].split(","), Path(sys.argv[3])
-    deepspeed.init_distributed(dist_backend="gloo")  # before any model: zero.Init needs the process group
-    try:
-        for layout in layouts:
-            run(stage, layout, out_dir)
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()  # an unclean gloo exit aborts some runs
-    exit_now()
+    layouts, out_dir = sys.argv[2].split(","), Path(sys.argv[3])
+    run_each_layout(
+        run, int(sys.argv[1]), layouts, out_dir, lambda: deepspeed.init_distributed(dist_backend="gloo")
+    )  # before any model: zero.Init needs the process group
 
 
 if __name__ == "__main__":

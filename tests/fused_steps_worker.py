@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from tests.tiny_models import tiny_model
-from tests.torchrun import exit_now
+from tests.torchrun import run_each_layout
 
 MARGIN = 1.0  # masks ~30% of the logits (below): a wrong mask would show
 INIT_STD = 0.2  # transformers' 0.02 gives near-uniform logits, which no margin of 1 masks
@@ -105,15 +105,8 @@ def run(mode: str, layout: str, out_dir: Path) -> None:
 
 
 def main() -> None:
-    mode, layouts, out_dir = sys.argv[1], sys.argv[2].split(","), Path(sys.argv[3])
-    dist.init_process_group("gloo")
-    try:
-        for layout in layouts:
-            run(mode, layout, out_dir)
-            dist.barrier()
-    finally:
-        dist.destroy_process_group()  # an unclean gloo exit aborts some runs
-    exit_now()
+    layouts, out_dir = sys.argv[2].split(","), Path(sys.argv[3])
+    run_each_layout(run, sys.argv[1], layouts, out_dir, lambda: dist.init_process_group("gloo"))
 
 
 if __name__ == "__main__":

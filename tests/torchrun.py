@@ -27,6 +27,22 @@ def exit_now() -> None:
     os._exit(0)
 
 
+def run_each_layout(run, kind, layouts: list[str], out_dir: Path, init_process_group) -> None:
+    """A worker's main: ``init_process_group()``, then ``run(kind, layout, out_dir)`` for every layout, each
+    followed by a barrier; the process group is destroyed (an unclean gloo exit aborts some runs) and the
+    worker ends at once (`exit_now`)."""
+    import torch.distributed as dist
+
+    init_process_group()
+    try:
+        for layout in layouts:
+            run(kind, layout, out_dir)
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    exit_now()
+
+
 def _kill_tree(pid: int) -> None:
     """SIGKILL a process and its descendants: torchrun starts each worker in a session of its own."""
     import psutil
