@@ -4,6 +4,7 @@
 #   make lint      # ruff check + ruff format --check (CI runs it before the tests)
 #   make docs      # the documentation site: mkdocs build --strict into site/ (CI runs it after lint)
 #   make release-check   # build sdist + wheel, install the wheel in a fresh venv, run the CLI from outside the tree
+#   make test-axolotl    # the Axolotl plugin's test, in its own venv .venv-axolotl (Axolotl pins transformers & co.)
 # Both create .venv and install the package first (CPU torch pinned: a bare `torch` pulls CUDA).
 
 PYTHON ?= python3
@@ -19,7 +20,7 @@ ifneq ($(wildcard $(SHARED_BIBLE)),)
 export HF_SELFISH_BIBLE_DIR ?= $(SHARED_BIBLE)
 endif
 
-.PHONY: install test test-fast lint format compare docs release-check
+.PHONY: install test test-fast lint format compare docs release-check test-axolotl
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +55,17 @@ compare: $(VENV)/.installed
 
 release-check:
 	PYTHON=$(PYTHON) bash scripts/release_check.sh
+
+# Axolotl pins exact versions of transformers, trl, accelerate, peft and pydantic that differ from .venv's, so its
+# plugin is tested in a venv of its own: Axolotl's pins, then hf_selfish on top without touching them (--no-deps).
+AXOLOTL_VENV ?= .venv-axolotl
+
+$(AXOLOTL_VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(AXOLOTL_VENV)
+	$(AXOLOTL_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(AXOLOTL_VENV)/bin/python -m pip install --quiet axolotl==0.19.0 pytest
+	$(AXOLOTL_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+test-axolotl: $(AXOLOTL_VENV)/.installed
+	$(AXOLOTL_VENV)/bin/python -m pytest -q tests/test_axolotl.py

@@ -6,6 +6,7 @@ from setuptools import find_packages, setup
 
 setup(
     packages=find_packages(include=["hf_selfish", "hf_selfish.*"])
-    + ["hf_selfish.recipes", "hf_selfish.recipes.accelerate", "hf_selfish.recipes.deepspeed"],
+    + ["hf_selfish.recipes", "hf_selfish.recipes.accelerate", "hf_selfish.recipes.deepspeed"]
+    + ["hf_selfish.recipes.axolotl"],
     package_dir={"hf_selfish.recipes": "recipes"},
 )

@@ -9,8 +9,8 @@
 
 How: the loss moves into the model's own forward (:func:`hf_selfish.apply_selfish_loss`, in
 ``post_model_load``, after any LoRA adapter), so whichever trainer Axolotl builds (``AxolotlTrainer``,
-ReLoRA's, a ``trainer_cls`` of the config) trains with it; Axolotl's trainer passes ``labels`` and
-``num_items_in_batch`` to the forward, and gradient accumulation stays exact. Evaluation runs the model
+ReLoRA's, a ``trainer_cls`` of the config) trains with it; the trainer passes ``labels`` and
+``num_items_in_batch`` to the forward, so gradient accumulation is exact. Evaluation runs the model
 in eval mode, where the patched forward is the original one: ``eval_loss`` is plain cross-entropy.
 A trainer class from ``get_trainer_cls`` would have replaced the trainer Axolotl picks (and any other
 plugin's), and ``SelfishTrainer`` needs its own ``SelfishTrainingArguments``, which Axolotl does not build.
@@ -59,7 +59,12 @@ class SelfishPlugin(BasePlugin):
         return [SelfishLogCallback(model, margin_schedule(cfg, output_vocab_size(model)), cfg.selfish_loss_name)]
 
     def post_trainer_create(self, cfg, trainer):
-        """Rank-bucket evaluation (``selfish_rank_bucket_eval``): groups by the train split's token frequency."""
+        """Exact gradient accumulation, and rank-bucket evaluation (``selfish_rank_bucket_eval``)."""
+        # AxolotlTrainer turns this off for models whose decoder takes no num_items_in_batch (Llama, ...), then
+        # averages each micro-batch and divides by the accumulation steps. The patched forward takes the count:
+        # the loss is summed over the accumulated batch's labelled tokens and divided by their number, as
+        # SelfishTrainer does (so every arm, plain CE included, weighs each token alike).
+        trainer.model_accepts_loss_kwargs = True
         if not cfg.selfish_rank_bucket_eval:
             return
         from ...callbacks import attach_rank_bucket_eval
