@@ -179,3 +179,28 @@ def test_a_bad_selfish_key_stops_axolotl_with_the_library_message(tiny):
     message = "selfish_margin\n  Value error, selfish margin must be a non-negative number or None, got -1.0"
     assert output.count(message) == 1, output[-3000:]
     assert not (root / "out_bad" / "recorded.pt").exists()
+
+
+def test_rank_bucket_eval_logs_per_group_metrics_beside_a_plain_ce_eval_loss(tiny):
+    root, model_path, data = tiny
+    config = _config(
+        root,
+        model_path,
+        data,
+        "buckets",
+        selfish_margin=MARGIN,
+        selfish_rank_bucket_eval=True,
+        val_set_size=0.25,
+        eval_strategy="steps",
+        eval_steps=3,
+    )
+    run = _axolotl_train(config)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-5000:]
+    history = torch.load(root / "out_buckets" / "recorded.pt", weights_only=False)["log_history"]
+    evals = [entry for entry in history if "eval_loss" in entry]
+    assert evals, history
+    last = evals[-1]
+    groups = [key[len("eval_") : -len("_nll")] for key in last if key.startswith("eval_rank_") and key.endswith("_nll")]
+    assert len(groups) >= 2, sorted(last)  # rank buckets of the train split's token counts
+    assert sum(last[f"eval_{g}_tokens"] for g in groups) > 0
+    assert all(math.isfinite(last[f"eval_{g}_nll"]) and last[f"eval_{g}_nll"] > 0 for g in groups)
