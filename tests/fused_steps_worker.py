@@ -44,6 +44,22 @@ def step_batch() -> dict[str, torch.Tensor]:
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
+def unfused_reference_step(model: torch.nn.Module) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, parameters)`` after one unfused selfish SGD step of ``model`` on the whole batch, in this process:
+    the reference every multi-process fused step (DDP, FSDP2, DeepSpeed) must equal."""
+    from hf_selfish.ops.loss import selfish_causal_lm_loss
+
+    model.train()
+    batch = step_batch()
+    labels = batch.pop("labels")
+    logits = model(**batch).logits  # [4, 12, V], soft-capped by the model itself where it caps
+    loss, masked_fraction = selfish_causal_lm_loss(logits, labels, MARGIN, return_masked_fraction=True)
+    assert 0.1 < masked_fraction < 0.9  # the margin masks: the comparison tests the selfish loss, not CE
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=LR).step()
+    return loss.detach(), {name: p.detach() for name, p in model.named_parameters()}
+
+
 def label_count(labels: torch.Tensor) -> int:
     """Positions with a loss after the causal shift (what Trainer passes as num_items_in_batch)."""
     return int((labels[:, 1:] != -100).sum())

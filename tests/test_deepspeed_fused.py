@@ -17,9 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_selfish.ops.loss import selfish_causal_lm_loss
-
-from .fused_steps_worker import LR, MARGIN, VOCAB, step_batch
+from .fused_steps_worker import VOCAB, unfused_reference_step
 from .tolerances import assert_close_scaled
 from .torchrun import run_two_processes
 
@@ -43,15 +41,7 @@ def reference_step(layout: str, initial: dict[str, torch.Tensor] | None = None):
         with torch.no_grad():
             for name, param in model.named_parameters():
                 param.copy_(initial[name])
-    model.train()
-    batch = step_batch()
-    labels = batch.pop("labels")
-    logits = model(**batch).logits  # [4, 12, V], soft-capped by the model itself where it caps
-    loss, masked_fraction = selfish_causal_lm_loss(logits, labels, MARGIN, return_masked_fraction=True)
-    assert 0.1 < masked_fraction < 0.9  # the margin masks: the comparison tests the selfish loss, not CE
-    loss.backward()
-    torch.optim.SGD(model.parameters(), lr=LR).step()
-    return loss.detach(), {name: p.detach() for name, p in model.named_parameters()}
+    return unfused_reference_step(model)
 
 
 @pytest.fixture(scope="module")

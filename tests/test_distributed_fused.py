@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from hf_selfish.ops.loss import selfish_causal_lm_loss
-
-from .fused_steps_worker import LR, MARGIN, step_batch, step_model
+from .fused_steps_worker import step_model, unfused_reference_step
 from .tolerances import assert_close_scaled
 from .torchrun import run_two_processes
 
@@ -27,15 +25,7 @@ TOLERANCE = {"head_bf16": 3e-2}  # bf16 compute against the float32 reference; a
 def reference_step(layout: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss and parameters after one unfused selfish SGD step on the whole batch, in this process."""
     model = step_model(layout)
-    model.train()
-    batch = step_batch()
-    labels = batch.pop("labels")
-    logits = model(**batch).logits  # [4, 12, V]
-    loss, masked_fraction = selfish_causal_lm_loss(logits, labels, MARGIN, return_masked_fraction=True)
-    assert 0.1 < masked_fraction < 0.9  # the margin masks: the comparison tests the selfish loss, not CE
-    loss.backward()
-    torch.optim.SGD(model.parameters(), lr=LR).step()
-    return loss.detach(), {name: p.detach() for name, p in model.named_parameters()}
+    return unfused_reference_step(model)
 
 
 @pytest.fixture(scope="module")

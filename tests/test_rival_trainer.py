@@ -6,7 +6,7 @@ import torch
 from hf_selfish import SelfishTrainer
 
 from .test_rivals import reference
-from .test_trainer import VOCAB, make_args, padded_dataset
+from .test_trainer import SGD_ACCUMULATED, VOCAB, make_args, padded_dataset
 from .tiny_models import tiny_model
 from .tolerances import assert_exact
 
@@ -41,17 +41,7 @@ def test_focal_step_logs_the_focal_loss_and_evaluates_plain_ce(tmp_path):
 
 def _params_after_one_update(tmp_path, loss_name, loss_kwargs=None, counts=None):
     model = tiny_model("gpt2", VOCAB, seed=2, dtype=torch.float64)  # float64: CE and AGG steps compared exactly
-    args = make_args(
-        tmp_path / loss_name,
-        loss_name=loss_name,
-        loss_kwargs=loss_kwargs,
-        optim="sgd",
-        learning_rate=1.0,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        gradient_accumulation_steps=2,
-        per_device_train_batch_size=2,
-    )
+    args = make_args(tmp_path / loss_name, loss_name=loss_name, loss_kwargs=loss_kwargs, **SGD_ACCUMULATED)
     trainer = SelfishTrainer(model=model, args=args, train_dataset=padded_dataset(4, seed=7), token_counts=counts)
     trainer.train()
     return torch.cat([p.detach().flatten() for p in model.parameters()]), model, trainer.state.log_history[0]

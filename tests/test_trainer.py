@@ -29,6 +29,12 @@ def padded_dataset(n_rows: int, length: int = 12, seed: int = 0) -> Dataset:
     return Dataset.from_dict(rows)
 
 
+# One plain SGD step (lr 1, no clipping, constant schedule): the update is the gradient itself, so two losses'
+# steps compare their gradients exactly. With `SGD_ACCUMULATED`, over two accumulated micro-batches of 2 rows.
+SGD_STEP = dict(optim="sgd", learning_rate=1.0, lr_scheduler_type="constant", max_grad_norm=0.0)
+SGD_ACCUMULATED = dict(SGD_STEP, gradient_accumulation_steps=2, per_device_train_batch_size=2)
+
+
 def make_args(tmp_path, margin=2.0, **overrides) -> SelfishTrainingArguments:
     base = dict(
         output_dir=str(tmp_path),
@@ -92,14 +98,7 @@ def _params_after_one_update(tmp_path, batch_size, accumulation, margin, loss_fu
     model = tiny_model("llama", VOCAB, seed=3, dtype=torch.float64)  # float64: the same sums in another order
     data = padded_dataset(16, seed=5)
     args = make_args(
-        tmp_path,
-        margin,
-        per_device_train_batch_size=batch_size,
-        gradient_accumulation_steps=accumulation,
-        optim="sgd",
-        learning_rate=1.0,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
+        tmp_path, margin, per_device_train_batch_size=batch_size, gradient_accumulation_steps=accumulation, **SGD_STEP
     )
     if loss_func is None:
         trainer = SelfishTrainer(model=model, args=args, train_dataset=data)
@@ -193,15 +192,10 @@ def test_fused_training_step_equals_unfused(tmp_path, monkeypatch, model_type, s
         args = make_args(
             tmp_path / str(fused),
             0.05,
-            optim="sgd",
-            learning_rate=1.0,
-            max_grad_norm=0.0,
-            lr_scheduler_type="constant",
             selfish_fused=fused,
             selfish_fused_chunk_size=7,
             selfish_fused_sparse=sparse,
-            gradient_accumulation_steps=2,
-            per_device_train_batch_size=2,
+            **SGD_ACCUMULATED,
         )
         trainer = SelfishTrainer(model=model, args=args, train_dataset=padded_dataset(4, seed=9))
         trainer.train()

@@ -16,7 +16,7 @@ from hf_selfish import SelfishTrainer
 from hf_selfish.callbacks import GradientScenarioCallback
 from hf_selfish.ops.registry import get_loss
 
-from .test_trainer import VOCAB, make_args, padded_dataset
+from .test_trainer import SGD_ACCUMULATED, VOCAB, make_args, padded_dataset
 from .test_variants import loop_reference
 from .tiny_models import tiny_model
 
@@ -79,12 +79,7 @@ def _one_step(tmp_path, loss_name, loss_kwargs=None, fused=False, callbacks=(), 
         loss_name=loss_name,
         loss_kwargs=loss_kwargs,
         selfish_fused=fused,
-        optim="sgd",
-        learning_rate=1.0,
-        lr_scheduler_type="constant",
-        max_grad_norm=0.0,
-        gradient_accumulation_steps=2,
-        per_device_train_batch_size=2,
+        **SGD_ACCUMULATED,
     )
     counts = list(range(VOCAB))  # id v occurs v times: the frequent ids are the high ones
     trainer = SelfishTrainer(
