@@ -37,8 +37,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .loss import _reduce, check_label_range, compute_dtype, upcast
-from .params import as_token_counts, check_params
+from .loss import _reduce, compute_dtype, upcast
+from .params import aligned_hidden_rows, as_token_counts, check_params
 
 __all__ = ["agg_gates", "agg_loss", "token_appearance"]
 
@@ -133,17 +133,8 @@ def agg_loss(
     the counts of the last ``steps`` steps).
     """
     params = check_params("agg", alpha=alpha, steps=steps)
-    if hidden.shape[:-1] != labels.shape or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"agg needs hidden [..., d], weight [V, d] and labels hidden.shape[:-1]; got hidden "
-            f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, labels {tuple(labels.shape)}"
-        )
-    hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
-    labels = labels.reshape(-1).to(hidden.device)  # [N]
+    hidden, safe, valid = aligned_hidden_rows(hidden, weight, labels, ignore_index, "agg")  # [N, d], [N], [N]
     vocab_size = weight.shape[0]
-    valid = labels != ignore_index  # [N]
-    check_label_range(labels, vocab_size, valid)
-    safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
     per_step = num_items_in_batch if num_items_in_batch is not None else valid.sum()
     appearance = token_appearance(
         token_counts,

@@ -14,7 +14,7 @@ import torch
 
 from .loss import check_label_range, flatten_aligned, validate_margin
 
-__all__ = ["PARAM_RULES", "aligned_rows", "as_token_counts", "check_flag", "check_params"]
+__all__ = ["PARAM_RULES", "aligned_hidden_rows", "aligned_rows", "as_token_counts", "check_flag", "check_params"]
 
 
 def _number(value: Any) -> float | None:
@@ -141,3 +141,24 @@ def aligned_rows(
     check_label_range(labels, logits.shape[-1], valid)
     safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
     return logits, labels, safe, valid
+
+
+def aligned_hidden_rows(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, ignore_index: int, loss: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`aligned_rows` for the losses of the hidden state and the head (``needs_hidden``):
+    ``hidden [..., d]``, ``weight [V, d]``, ``labels [...]`` -> ``[N, d]`` hidden, safe labels, valid mask.
+
+    Raises a ``ValueError`` naming ``loss`` when the shapes do not fit.
+    """
+    if hidden.shape[:-1] != labels.shape or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
+        raise ValueError(
+            f"{loss} needs hidden [..., d], weight [V, d] and labels hidden.shape[:-1]; got hidden "
+            f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, labels {tuple(labels.shape)}"
+        )
+    hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
+    labels = labels.reshape(-1).to(hidden.device)  # [N]
+    valid = labels != ignore_index  # [N]
+    check_label_range(labels, weight.shape[0], valid)
+    safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
+    return hidden, safe, valid

@@ -44,8 +44,8 @@ from typing import NamedTuple, Sequence
 import torch
 import torch.nn.functional as F
 
-from .loss import _reduce, check_label_range, compute_dtype, keep_above
-from .params import aligned_rows, as_token_counts, check_params
+from .loss import _reduce, compute_dtype, keep_above
+from .params import aligned_hidden_rows, aligned_rows, as_token_counts, check_params
 
 __all__ = [
     "FusedChunkVariant",
@@ -137,16 +137,7 @@ def selfish_rare_loss(
 def _split_loss(hidden, weight, labels, bias, margin, split, ignore_index, num_items_in_batch, head, name):
     """Plain cross-entropy's value; the ``split`` side's gradient from the masked softmax, the other's from CE."""
     margin = check_params(name, margin=margin)["margin"]
-    if hidden.shape[:-1] != labels.shape or weight.dim() != 2 or weight.shape[1] != hidden.shape[-1]:
-        raise ValueError(
-            f"{name} needs hidden [..., d], weight [V, d] and labels hidden.shape[:-1]; got hidden "
-            f"{tuple(hidden.shape)}, weight {tuple(weight.shape)}, labels {tuple(labels.shape)}"
-        )
-    hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
-    labels = labels.reshape(-1).to(hidden.device)  # [N]
-    valid = labels != ignore_index  # [N]
-    check_label_range(labels, weight.shape[0], valid)
-    safe = torch.where(valid, labels, torch.zeros_like(labels))  # [N]
+    hidden, safe, valid = aligned_hidden_rows(hidden, weight, labels, ignore_index, name)  # [N, d], [N], [N]
     dtype = compute_dtype(hidden.dtype)
     # the head side: gradient to weight and bias only; through `head` (the model's output-embedding module)
     # when given, so that hooks on it (the gradient-scenario recorder) see the head's own logit gradient
@@ -218,7 +209,7 @@ class FusedChunkVariant(NamedTuple):
 
 
 # the sides a split gradient can mask: the head's (output embedding, bias) or the hidden state's
-SPLITS = ("head", "hidden")
+SPLITS = tuple(SPLIT_OF.values())
 
 
 def check_fused_variant(
