@@ -372,7 +372,11 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     atomic_write_text(report, render_report(results, existing_plots(run_dir)))
     summary = summarize(results)
     incomplete = incomplete_reason(results)
-    record = {**summary_record(results), "verdict": None if incomplete else verdict(summary), "incomplete": incomplete}
+    record = {
+        **summary_record(results, summary),
+        "verdict": None if incomplete else verdict(summary),
+        "incomplete": incomplete,
+    }
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(record, indent=2, allow_nan=False) + "\n")
     if incomplete:
         logger.warning("%s is incomplete: %s. %s", run_dir, incomplete, NO_VERDICT)

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..lab.results import arm_names, finished_runs
 from ..metric_names import ALL_GROUP, finite_or_none, metric_key, subset_prefix
-from .summary import Stat, group_json, paired_delta, stat_at_start, stat_over_runs, summarize
+from .summary import Stat, Summary, group_json, paired_delta, stat_at_start, stat_over_runs, summarize
 
 __all__ = ["SUBSET_STATS", "SubsetRow", "final_tokens_of", "language_json", "subset_rows", "summary_record"]
 
@@ -78,10 +78,12 @@ def language_json(results: Mapping[str, Any], row: SubsetRow) -> dict[str, Any]:
     }
 
 
-def summary_record(results: Mapping[str, Any]) -> dict[str, Any]:
-    """The content of ``summary.json`` (less the verdict, which report.py words): every number report.md shows."""
+def summary_record(results: Mapping[str, Any], summary: Summary | None = None) -> dict[str, Any]:
+    """The content of ``summary.json`` (less the verdict, which report.py words): every number report.md shows.
+
+    ``summary``: ``summarize(results)`` when the caller has it already."""
     return {
-        **summarize(results).to_json(),
+        **(summary or summarize(results)).to_json(),
         "arm_settings": [dict(arm) for arm in results.get("arms", [])],
         "languages": [language_json(results, row) for row in subset_rows(results)],
     }
