@@ -88,9 +88,9 @@ def refuse_untested_deepspeed(config: dict | None, *, fused: bool, head_readers:
     zero = (config or {}).get("zero_optimization") or {}
     if str(zero.get("stage", 0)) != "3":
         return
-    for reader in head_readers:
+    if head_readers:  # the first is named: the run stops there
         raise ValueError(
-            f"{reader} reads the LM head's weight outside the model's forward, where DeepSpeed ZeRO-3 keeps it "
+            f"{head_readers[0]} reads the LM head's weight outside the model's forward, where DeepSpeed ZeRO-3 keeps it "
             "partitioned; it is untested under ZeRO-3. Use ZeRO-2 (zero_stage: 2), FSDP2 or DDP for it."
         )
     device = str((zero.get("offload_param") or {}).get("device", "none")).lower()

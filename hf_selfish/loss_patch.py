@@ -24,7 +24,7 @@ import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .distributed import refuse_adapted_head, whole_head_parameters
-from .ops.fused import linear_selfish_cross_entropy
+from .ops.fused import check_chunk_size, linear_selfish_cross_entropy
 from .ops.logit_transform import make_logit_transform
 from .ops.loss import resolve_shift_labels, selfish_causal_lm_loss, validate_margin
 from .ops.params import check_flag
@@ -86,7 +86,7 @@ def apply_selfish_loss(model: torch.nn.Module, margin: float | None = 2.0, *, fu
     Patching an already patched model updates its settings (patches never stack);
     :func:`remove_selfish_loss` restores the original forward.
     """
-    settings = SelfishLossSettings(validate_margin(margin), check_flag("fused", fused), _check_chunk_size(chunk_size))
+    settings = SelfishLossSettings(validate_margin(margin), check_flag("fused", fused), check_chunk_size(chunk_size))
     model = _inner_model(model)
     if fused:
         _check_reachable(model)
@@ -125,12 +125,6 @@ def _inner_model(model: torch.nn.Module) -> torch.nn.Module:
     if hasattr(model, "get_base_model"):  # PEFT: patch the model its forward calls into
         model = unwrap_model(model.get_base_model())
     return model
-
-
-def _check_chunk_size(chunk_size):
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
-    return chunk_size
 
 
 def _check_reachable(model: torch.nn.Module) -> None:

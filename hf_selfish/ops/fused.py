@@ -53,10 +53,18 @@ from .sparse_backward import (
 )
 from .variants import FusedChunkVariant, check_fused_variant
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "default_chunk_size", "linear_selfish_cross_entropy"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "check_chunk_size", "default_chunk_size", "linear_selfish_cross_entropy"]
 
 # Budget of one chunk's float32 logits ``[chunk, V]``: the working set of a chunk, updated in place.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+def check_chunk_size(value, name: str = "chunk_size", none: str = "None") -> int | None:
+    """``value`` when it is a positive int or None (the default chunk), else a ``ValueError`` naming ``name``
+    (``none``: how the caller's settings spell None, e.g. YAML's ``null``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int or {none}, got {value!r}")
+    return value
 
 
 def default_chunk_size(vocab_size: int, n_rows: int, buffers: int = 1) -> int:
@@ -348,8 +356,7 @@ def linear_selfish_cross_entropy(
     transform = make_logit_transform(logit_scale, softcap)
     _check_inputs(hidden, weight, bias, labels)
     always_kept, margin = check_fused_variant(split, always_kept, weight.shape[0], margin)
-    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
-        raise ValueError(f"chunk_size must be a positive int or None, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     vocab_size = weight.shape[0]
     hidden = hidden.reshape(-1, hidden.shape[-1])  # [N, d]
     labels = labels.reshape(-1).to(hidden.device)  # [N]

@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, field_validator, model_validator
 
+from ...ops.fused import check_chunk_size
 from ...ops.margin import check_schedule, check_top_p, parse_margin, parse_margin_end
 from ...ops.params import check_flag
 from ...ops.registry import LOSSES, check_loss_params
@@ -59,9 +60,7 @@ class SelfishArgs(BaseModel):
     @field_validator("selfish_fused_chunk_size", mode="before")
     @classmethod
     def _chunk_size(cls, value):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"selfish_fused_chunk_size must be a positive int or null, got {value!r}")
-        return value
+        return check_chunk_size(value, "selfish_fused_chunk_size", none="null")
 
     @model_validator(mode="after")
     def _settings(self):
