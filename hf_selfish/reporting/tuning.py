@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..lab.results import finished_runs
-from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key, subset_prefix
+from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key, split_metric_key, subset_prefix
 from ..model_card import fmt, markdown_table
 from .pareto import pareto_groups
 
@@ -142,7 +142,8 @@ def _check_recorded(runs: Mapping[str, list[dict[str, Any]]], key: str, what: st
     """Refuse a target no finished run recorded (a misspelt group or language), naming what was recorded."""
     keys = _recorded_keys(runs)
     if key not in keys:
-        groups = sorted({k[len("eval_") : -len(f"_{MAIN_STAT}")] for k in keys if k.endswith(f"_{MAIN_STAT}")})
+        parsed = [split_metric_key(k) for k in keys]
+        groups = sorted({group for group, stat in filter(None, parsed) if stat == MAIN_STAT})
         raise ValueError(
             f"{what}: no finished run records {key!r}; groups recorded: {', '.join(groups) or 'none'}; "
             f"losses recorded: {_loss_keys(keys)}"
