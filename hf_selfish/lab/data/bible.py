@@ -125,12 +125,10 @@ def read_bible(folder: Path, language: str) -> list[Verse]:
     verses = []
     with open(path, "rb") as lines:  # decoded line by line, so a bad byte is named with its file and line
         for number, raw in enumerate(lines, start=1):
+            line = _utf8_line(raw, path, number)  # its own message, apart from the malformed-verse one below
             try:
-                line = _utf8_line(raw, path, number)
                 row = json.loads(line)
                 verses.append(Verse(int(row["book"]), int(row["chapter"]), int(row["verse"]), str(row["text"])))
-            except _NotUtf8 as err:
-                raise ValueError(str(err)) from None
             except (ValueError, KeyError, TypeError) as err:
                 raise ValueError(
                     f"{path}, line {number}: not a verse ({type(err).__name__}: {err}); each line must be a JSON "
@@ -144,15 +142,11 @@ def read_bible(folder: Path, language: str) -> list[Verse]:
     return verses
 
 
-class _NotUtf8(Exception):
-    """A corpus line that is not UTF-8 (kept apart from the malformed-verse errors)."""
-
-
 def _utf8_line(raw: bytes, path: Path, number: int) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise _NotUtf8(
+        raise ValueError(
             f"{path}, line {number}: not UTF-8 text (byte 0x{raw[err.start]:02x} at column {err.start + 1}); the "
             "corpus files must be UTF-8: re-encode the file (e.g. iconv -f latin1 -t utf-8)"
         ) from None
