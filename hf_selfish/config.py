@@ -10,9 +10,10 @@ from transformers import TrainingArguments
 from .ops.margin import NULL_WORDS, SCHEDULES, check_schedule, check_top_p, parse_margin, parse_margin_end
 from .ops.params import check_flag
 from .ops.registry import LOSSES, check_loss_params, needs_hidden, takes_head
+from .ops.variants import FUSED_VARIANTS
 
 # the losses the fused path computes (selfish_fused=True): the selfish loss and its variants
-FUSED_LOSSES = ("selfish", "selfish_head", "selfish_hidden", "selfish_rare")
+FUSED_LOSSES = ("selfish", *FUSED_VARIANTS)
 
 __all__ = ["FUSED_LOSSES", "SelfishTrainingArguments", "check_training_numbers"]
 

@@ -49,6 +49,7 @@ from .params import aligned_hidden_rows, aligned_rows, as_token_counts, check_pa
 
 __all__ = [
     "FusedChunkVariant",
+    "FUSED_VARIANTS",
     "FusedVariant",
     "check_fused_variant",
     "SPLIT_OF",
@@ -62,6 +63,8 @@ __all__ = [
 Counts = Sequence[int] | torch.Tensor | None
 # loss name -> the side of the gradient that gets the masked softmax
 SPLIT_OF = {"selfish_head": "head", "selfish_hidden": "hidden"}
+# the variants the fused loss computes (`fused_variant`)
+FUSED_VARIANTS = (*SPLIT_OF, "selfish_rare")
 
 
 def frequent_tokens(
@@ -242,7 +245,7 @@ class FusedVariant(NamedTuple):
 
 def fused_variant(name: str, params: dict, token_counts: Counts, vocab_size: int) -> FusedVariant:
     """The fused loss's settings for ``selfish_head``, ``selfish_hidden`` or ``selfish_rare`` with ``params``."""
-    if name not in (*SPLIT_OF, "selfish_rare"):
+    if name not in FUSED_VARIANTS:
         raise ValueError(
             f"the fused loss computes selfish, selfish_head, selfish_hidden and selfish_rare, not {name!r}"
         )
