@@ -30,7 +30,9 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 def _tiny_llama(root: Path) -> Path:
     """A random 2-layer Llama and a character tokenizer (with bos/eos/pad), saved to ``root/model``."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from .tiny_models import tiny_config
 
     vocab = {token: i for i, token in enumerate(SPECIALS + list(CHARS))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -38,19 +40,7 @@ def _tiny_llama(root: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
     )
-    config = LlamaConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=False,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    config = tiny_config("llama", len(vocab), bos_token_id=1, eos_token_id=2, pad_token_id=0)
     torch.manual_seed(0)
     path = root / "model"
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
