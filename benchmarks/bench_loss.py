@@ -29,7 +29,7 @@ ROW = 1024  # positions per row of the [B, T, V] view
 
 
 def naive_masked(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """The seed's pseudocode: masked_fill(-inf) below logit[target] - margin, then cross-entropy."""
+    """The method's pseudocode: masked_fill(-inf) below logit[target] - margin, then cross-entropy."""
     x = logits.float()
     threshold = x.gather(1, labels.unsqueeze(1)) - margin  # [N, 1]
     return F.cross_entropy(x.masked_fill(x < threshold, float("-inf")), labels)

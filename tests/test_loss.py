@@ -15,7 +15,7 @@ MARGINS = [0.0, 0.5, 2.0, 10.0, None]
 
 
 def masked_reference(logits, labels, margin, ignore_index=-100, num_items_in_batch=None):
-    """The seed's pseudocode, literally: masked_fill(-inf) below the threshold, then F.cross_entropy."""
+    """The method's pseudocode, literally: masked_fill(-inf) below the threshold, then F.cross_entropy."""
     x = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32).reshape(-1, logits.shape[-1])
     y = labels.reshape(-1)
     if margin is not None:
