@@ -3,7 +3,7 @@
     hf-selfish compare recipes/tinyshakespeare_cpu.yaml [--max_steps 50 --output_dir /tmp/x ...]
     hf-selfish train   recipes/tinyshakespeare_cpu.yaml [--arm selfish] [--key value ...]
     hf-selfish plot    runs/tinyshakespeare_cpu
-    hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO]
+    hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO | --baseline ARM]
     hf-selfish tune    runs/rivals_tune_cpu [--group rank_41-50] [--max_loss_increase 0.05]
     hf-selfish tune    runs/bible_nya_sweep_cpu --language nya_chichewa --main eng_web
     hf-selfish recipes                        # the bundled recipes: `compare tinyshakespeare_cpu` runs one by name
@@ -57,6 +57,11 @@ def _build_parser() -> argparse.ArgumentParser:
     report = sub.add_parser("report", help="rebuild report.md; optionally push report + plots to the Hub")
     report.add_argument("run_dir")
     report.add_argument("--push", metavar="REPO_ID", help="Hub repository to upload the report and plots to")
+    report.add_argument(
+        "--baseline",
+        metavar="ARM",
+        help="take every Δ against this arm (default: the first); writes report_vs_ARM.md, report.md stays",
+    )
     _add_tune_parser(sub)
     return parser
 
@@ -158,7 +163,9 @@ def _cmd_recipes(ns) -> None:
 def _cmd_report(ns) -> None:
     from .reporting.report import write_report
 
-    print(write_report(ns.run_dir))
+    if ns.push and ns.baseline is not None:  # the Hub card is report.md, read against the first arm
+        raise ValueError("--push uploads report.md (against the first arm); run --baseline and --push separately")
+    print(write_report(ns.run_dir, baseline=ns.baseline))
     _say_if_incomplete(ns.run_dir)
     if ns.push:
         from .hub import push_report

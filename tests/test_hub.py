@@ -377,7 +377,9 @@ def test_compare_refuses_one_hub_repository_for_several_runs(tmp_path, capsys):
 
 def test_report_push_from_the_command_line_offline_is_one_line(tmp_path, monkeypatch, capsys):
     run_dir = comparison_dir(tmp_path)
-    monkeypatch.setattr("hf_selfish.reporting.report.write_report", lambda path: Path(path) / "report.md")
+    monkeypatch.setattr(
+        "hf_selfish.reporting.report.write_report", lambda path, baseline=None: Path(path) / "report.md"
+    )
     before = snapshot(run_dir)
     assert main(["report", str(run_dir), "--push", "tester/tiny-report"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -5,6 +5,7 @@ time::
 
     from hf_selfish.reporting.report import write_report
     write_report("runs/tinyshakespeare_cpu")        # -> report.md and summary.json in that folder
+    write_report("runs/tinyshakespeare_cpu", baseline="selfish")  # -> report_vs_selfish.md: every Δ vs selfish
 
 The numbers come from `hf_selfish.reporting.summary` and `.subsets`; summary.json holds every number of
 report.md's tables (its layout: docs/guide/summary_json.md). No table is wider than `tables.MAX_TABLE_COLUMNS`.
@@ -21,19 +22,28 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_write_text
-from ..lab.results import FINISHED, PLOTS_DIR, REPORT_FILE, SUMMARY_FILE, finished_runs, incomplete_reason, load_results
+from ..lab.results import (
+    PLOTS_DIR,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    arm_names,
+    finished_runs,
+    incomplete_reason,
+    load_results,
+)
 from ..metric_names import LOWER_IS_BETTER, MAIN_STAT, MEAN_STATS, STAT_TITLES, group_label
-from ..model_card import ABSENT, MISSING, fmt, markdown_table
+from ..model_card import ABSENT, MISSING, fmt
 from ..ops.margin import margin_label
 from .contrasts import contrast_groups, contrast_table, format_delta, format_stat, language_contrast_table
 from .figures import figure_caption, order_figures
+from .recipe_section import recipe_summary
 from .subsets import SubsetRow, subset_rows, summary_record
-from .summary import ArmStats, GroupRow, Stat, Summary, headline_groups, is_sweep, summarize, sweep_rows
+from .summary import ArmStats, GroupRow, Stat, Summary, headline_groups, is_sweep, reference_arm, summarize, sweep_rows
 from .tables import MAX_TABLE_COLUMNS, fitted_table
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["group_table", "language_tables", "render_report", "verdict", "write_report"]
+__all__ = ["group_table", "language_tables", "reference_report_file", "render_report", "verdict", "write_report"]
 
 SWEEP_TABLE_STATS = ("nll", "accuracy", "mrr")  # one margin-sweep table each, a column per headline group
 SWEEP_STAT_TITLES = {"nll": "NLL", "accuracy": "acc", "mrr": "MRR"}
@@ -176,71 +186,6 @@ def _frequency_pattern(summary: Summary, verdicts: Mapping[str, str]) -> str | N
 # Report
 # ----------------------------------------------------------------------------------------------
 
-_RECIPE_KEYS = (
-    ("dataset_name", "data"),
-    ("model_name_or_path", "model"),
-    ("model_type", "model type"),
-    ("config_overrides", "config"),
-    ("block_size", "block size"),
-    ("per_device_train_batch_size", "batch size"),
-    ("max_steps", "steps"),
-    ("learning_rate", "learning rate"),
-    ("lr_scheduler_type", "schedule"),
-    ("warmup_steps", "warmup steps"),
-    ("eval_steps", "eval every"),
-    ("low_resource_fraction", "small-language fraction"),
-    ("eval_split", "eval split"),
-    ("tune_split_percentage", "tuning split (% of train)"),
-)
-
-
-def _arm_settings(results: Mapping[str, Any]) -> list[list[str]]:
-    rows = []
-    for arm in results["arms"]:
-        rival = arm.get("loss_name", "selfish") != "selfish"  # another loss: no margin
-        skip = ("name", "selfish_margin") + (("selfish_margin_setting",) if rival else ())
-        extra = ", ".join(f"{k}={v}" for k, v in arm.items() if k not in skip)
-        rows.append([str(arm["name"]), "—" if rival else margin_label(arm.get("selfish_margin")), extra or "—"])
-    return rows
-
-
-def recipe_summary(results: Mapping[str, Any], summary: Summary) -> str:
-    """Model, data, steps, margin per arm, seeds and train time per run, as markdown."""
-    recipe = results.get("recipe") or {}
-    lines = []
-    settings = [f"{label}: `{recipe[key]}`" for key, label in _RECIPE_KEYS if recipe.get(key) is not None]
-    if results.get("vocab_size"):
-        settings.append(f"vocabulary: {results['vocab_size']} tokens")
-    if settings:
-        lines += ["- " + s for s in settings]
-    shares = results.get("train_shares") or {}
-    if len(shares) > 1:
-        asked = f" (bible_share asked: {recipe['bible_share']})" if recipe.get("bible_share") is not None else ""
-        mix = ", ".join(f"{code} {share:.2%}" for code, share in shares.items())
-        lines.append(f"- training mix, share of the training characters: {mix}{asked}")
-    seeds = sorted({r["seed"] for r in summary.runs if r["seed"] is not None})
-    if seeds:
-        lines.append(f"- seeds: {', '.join(map(str, seeds))}")
-    lines += ["", markdown_table(["arm", "selfish margin", "other settings"], _arm_settings(results), ["l", "l", "l"])]
-    run_rows = [
-        [
-            str(r["arm"]),
-            str(r["seed"]),
-            str(r["status"]),
-            MISSING if r["train_seconds"] is None else f"{r['train_seconds']:.1f}",
-            MISSING if r["eval_loss"] is None else f"{r['eval_loss']:.4f}",
-        ]
-        for r in summary.runs
-    ]
-    lines += [
-        "",
-        markdown_table(["arm", "seed", "status", "train time (s)", "final eval loss"], run_rows, list("lllrr")),
-    ]
-    unfinished = [r for r in summary.runs if r["status"] != FINISHED]
-    if unfinished:
-        lines.append(f"\n{len(unfinished)} run(s) did not finish and are left out of every mean below.")
-    return "\n".join(lines)
-
 
 def _plots_section(plots: Sequence[str | os.PathLike]) -> str:
     lines = ["## Plots", ""]
@@ -275,12 +220,22 @@ def sweep_table(results: Mapping[str, Any]) -> str:
     return "\n\n".join(tables)
 
 
-def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike] = ()) -> str:
-    """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``)."""
-    summary = summarize(results)
+def render_report(
+    results: Mapping[str, Any], plots: Sequence[str | os.PathLike] = (), *, baseline: str | None = None
+) -> str:
+    """The comparison as markdown. ``plots``: PNG paths relative to the report (e.g. ``plots/eval_loss.png``).
+
+    ``baseline``: the arm every Δ is taken against (default: the first arm); its column comes first.
+
+    Raises:
+        ValueError: ``baseline`` names no arm of the comparison.
+    """
+    summary = summarize(results, baseline=baseline)
     other_stats = [s for s in MEAN_STATS if s != MAIN_STAT]
     incomplete = incomplete_reason(results)
     parts = [f"# hf_selfish comparison: {summary.name}", ""]
+    if summary.baseline != arm_names(results)[0]:
+        parts += [reference_note(summary.baseline, arm_names(results)[0]), ""]
     if incomplete:
         parts += [f"> **Incomplete comparison**: {incomplete}. {NO_VERDICT}", ""]
     parts += [
@@ -302,12 +257,17 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     if len(summary.arms) >= 3:
         groups = contrast_groups(results)
         parts += ["", "## Every arm against the baseline", "", CONTRAST_NOTE, "", contrast_table(summary, groups)]
-    languages = subset_rows(results)
+    languages = subset_rows(results, baseline=summary.baseline)
     if languages:
         parts += ["", "## Per language", "", LANGUAGE_NOTE, "", language_tables(languages, summary)]
         for language in languages:  # the same frequency groups (train-split ranks, `unseen`) on each language alone
             title = f"### {language.name}: eval {STAT_TITLES[MAIN_STAT]} per frequency group"
-            parts += ["", title, "", group_table(summarize(results, language.name), MAIN_STAT)]
+            parts += [
+                "",
+                title,
+                "",
+                group_table(summarize(results, language.name, baseline=summary.baseline), MAIN_STAT),
+            ]
     parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else verdict(summary)]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
@@ -317,6 +277,14 @@ def render_report(results: Mapping[str, Any], plots: Sequence[str | os.PathLike]
     if plots:
         parts += [_plots_section(plots), ""]
     return "\n".join(parts).rstrip() + "\n"
+
+
+def reference_note(reference: str, first: str) -> str:
+    """The line atop a report read against another arm than the first: what "the baseline" means there."""
+    return (
+        f'> **Read against `{reference}`**: every Δ below is an arm minus `{reference}` ("the baseline" in this '
+        f"report), paired by seed. The plots and report.md compare against the first arm, `{first}`."
+    )
 
 
 NO_VERDICT = "No verdict until every arm has finished the same seeds; re-run `hf-selfish compare` to finish them."
@@ -364,10 +332,36 @@ def existing_plots(run_dir: str | os.PathLike) -> list[str]:
     return [f"{PLOTS_DIR}/{p.name}" for p in sorted(folder.glob("*.png"))] if folder.is_dir() else []
 
 
-def write_report(run_dir: str | os.PathLike) -> Path:
-    """Write ``report.md`` and ``summary.json`` into ``run_dir`` (atomically); returns the report path."""
+def reference_report_file(arm: str) -> str:
+    """``report_vs_<arm>.md``: the report read against ``arm``. The name is checked as recipes check arm names
+    (one folder-name-like token), so the file stays inside the run directory."""
+    from ..lab.recipe import check_arm_name  # imported here: recipe.py loads transformers, which a report needs not
+
+    return f"report_vs_{check_arm_name(arm)}.md"
+
+
+def _write_reference_report(run_dir: Path, results: Mapping[str, Any], reference: str) -> Path:
+    """``report_vs_<reference>.md`` alone: report.md and summary.json (read against the first arm) stay."""
+    report = run_dir / reference_report_file(reference)
+    atomic_write_text(report, render_report(results, baseline=reference))
+    logger.info("report against %s written to %s", reference, report)
+    return report
+
+
+def write_report(run_dir: str | os.PathLike, *, baseline: str | None = None) -> Path:
+    """Write ``report.md`` and ``summary.json`` into ``run_dir`` (atomically); returns the report path.
+
+    ``baseline``: an arm other than the first writes ``report_vs_<arm>.md`` instead (every Δ against that arm,
+    no plots: they compare against the first arm), leaving report.md and summary.json as they are.
+
+    Raises:
+        ValueError: ``baseline`` names no arm of the comparison.
+    """
     run_dir = Path(run_dir)
     results = load_results(run_dir)
+    reference = reference_arm(results, baseline)
+    if reference != arm_names(results)[0]:
+        return _write_reference_report(run_dir, results, reference)
     report = run_dir / REPORT_FILE
     atomic_write_text(report, render_report(results, existing_plots(run_dir)))
     summary = summarize(results)

@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..lab.results import arm_names, finished_runs
+from ..lab.results import finished_runs
 from ..metric_names import ALL_GROUP, finite_or_none, metric_key, subset_prefix
-from .summary import Stat, Summary, group_json, paired_delta, stat_at_start, stat_over_runs, summarize
+from .summary import Stat, Summary, group_json, paired_delta, reference_first, stat_at_start, stat_over_runs, summarize
 
 __all__ = ["SUBSET_STATS", "SubsetRow", "final_tokens_of", "language_json", "subset_rows", "summary_record"]
 
@@ -50,10 +50,13 @@ def _subset_stat(runs: Sequence[Mapping[str, Any]], name: str, stat: str, chars_
     return Stat(values=tuple(v / math.log(2) / chars_per_token for v in loss.values), seeds=loss.seeds)
 
 
-def subset_rows(results: Mapping[str, Any]) -> list[SubsetRow]:
-    """Per eval subset (``results["eval_subsets"]``): bits per character and the ``all`` group's statistics."""
+def subset_rows(results: Mapping[str, Any], *, baseline: str | None = None) -> list[SubsetRow]:
+    """Per eval subset (``results["eval_subsets"]``): bits per character and the ``all`` group's statistics.
+
+    ``baseline``: the arm the deltas are taken against (default: the first arm); it comes first in each row's
+    ``arms``, the other arms keep their order."""
     runs = finished_runs(results)
-    arms = arm_names(results)
+    arms = reference_first(results, baseline)
     rows = []
     for name, meta in (results.get("eval_subsets") or {}).items():
         stats = {

@@ -2,7 +2,7 @@
 
 For each group and arm: the mean over seeds of the final eval statistic, with the sample standard
 deviation (``ddof=1``) when there are at least two seeds. Deltas are taken against the first arm (the
-baseline); when both arms ran the same seeds, the delta's spread is the standard deviation of the
+baseline), or the arm ``summarize(..., baseline=...)`` names; when both arms ran the same seeds, the delta's spread is the standard deviation of the
 per-seed paired differences (same seed = same init and data order), and its 95% confidence interval the
 t interval over seeds (`stats.paired_interval`; significant when it excludes 0). A group with no eval tokens is
 "absent": it has no statistics, and it is never shown as NaN or 0.
@@ -46,6 +46,8 @@ __all__ = [
     "headline_groups",
     "is_sweep",
     "paired_delta",
+    "reference_arm",
+    "reference_first",
     "stat_at_start",
     "stat_over_runs",
     "summarize",
@@ -222,14 +224,35 @@ def _count(row_arms: Mapping[str, ArmStats], stat: str) -> int | None:
     return None
 
 
-def summarize(results: Mapping[str, Any], subset: str | None = None) -> Summary:
-    """Per group and arm: mean ± std over seeds of the final statistics, and deltas vs the first arm.
+def reference_arm(results: Mapping[str, Any], baseline: str | None = None) -> str:
+    """The arm every Δ is taken against: ``baseline`` when given (an arm's name), else the first arm.
+
+    Raises:
+        ValueError: ``baseline`` names no arm of the comparison.
+    """
+    arms = arm_names(results)
+    if baseline is None:
+        return arms[0]
+    if baseline not in arms:
+        raise ValueError(f"baseline arm {baseline!r} is not an arm of this comparison; pick one of: {', '.join(arms)}")
+    return baseline
+
+
+def reference_first(results: Mapping[str, Any], baseline: str | None = None) -> list[str]:
+    """The arms in table order: the reference arm (`reference_arm`) first, the others in their own order."""
+    reference = reference_arm(results, baseline)
+    return [reference] + [arm for arm in arm_names(results) if arm != reference]
+
+
+def summarize(results: Mapping[str, Any], subset: str | None = None, *, baseline: str | None = None) -> Summary:
+    """Per group and arm: mean ± std over seeds of the final statistics, and deltas vs the reference arm.
 
     ``subset``: of that eval subset's metrics (a language's ``eval_<code>_*``), with ``before``: each group's
-    MAIN_STAT at the step-0 evaluation.
+    MAIN_STAT at the step-0 evaluation. ``baseline``: the arm the deltas are taken against (default: the first
+    arm); it comes first in ``Summary.arms``, the other arms keep their order.
     """
     check_results(results, results.get("name", "<results>"))
-    arms = arm_names(results)
+    arms = reference_first(results, baseline)
     baseline = arms[0]
     runs = finished_runs(results)
     prefix = EVAL_PREFIX if subset is None else subset_prefix(subset)
