@@ -13,7 +13,7 @@ from hf_selfish.reporting.report import render_report, write_report
 from hf_selfish.reporting.subsets import subset_rows
 from hf_selfish.reporting.summary import summarize
 from tests.test_bad_input import cli_error
-from tests.test_report import MIX_LANGUAGES, make_mix_run_dir
+from tests.test_report import MIX_LANGUAGES, make_mix_run_dir, make_results
 from tests.tolerances import assert_exact
 
 ARMS = ("baseline", "selfish", "selfish_m4")
@@ -107,6 +107,21 @@ def test_reference_arm_takes_the_baseline_column(mix):
     assert "every Δ below is an arm minus `selfish`" in text
     assert "selfish_m4 lower than selfish" in text or "selfish_m4 higher than selfish" in text  # the verdict
     assert "Δ selfish-baseline" not in text
+
+
+def test_the_papers_pattern_is_judged_only_against_the_first_arm():
+    """'worse on frequent, better on rare' is the paper's claim about the method against CE: a report read against
+    another arm (CE minus selfish here) does not judge it."""
+    results = make_results(seeds=(1,))
+    results["groups"] = {f"rank_{10 * i + 1}-{10 * i + 10}": [] for i in range(4)}
+    deltas = [0.1, -0.05, -0.2, -0.3]  # selfish: worse on the head, better on the rare half
+    for run in results["runs"]:
+        for i, group in enumerate(results["groups"]):
+            nll = 2.0 + (deltas[i] if run["arm"] == "selfish" else 0)
+            run["final"].update({f"eval_{group}_tokens": 100, f"eval_{group}_types": 10, f"eval_{group}_nll": nll})
+    sentence = "The pattern the selfish-loss paper predicts"
+    assert sentence in render_report(results)
+    assert sentence not in render_report(results, baseline="selfish")
 
 
 def test_default_baseline_output_is_unchanged(mix):

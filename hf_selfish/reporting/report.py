@@ -130,8 +130,11 @@ def _clause(name: str, arm: str, baseline: str, delta: Stat, stat: str) -> tuple
     return text + ")", verdict
 
 
-def verdict(summary: Summary, stat: str = MAIN_STAT) -> str:
-    """One paragraph, computed from the numbers: per group and arm, which way ``stat`` moved vs baseline."""
+def verdict(summary: Summary, stat: str = MAIN_STAT, *, paper_pattern: bool = True) -> str:
+    """One paragraph, computed from the numbers: per group and arm, which way ``stat`` moved vs baseline.
+
+    ``paper_pattern``: say whether the selfish-loss paper's frequent-vs-rare pattern shows; only meaningful
+    against plain cross-entropy (the first arm), not in a report read against another arm."""
     sentences = []
     absent = [row.label for row in summary.groups if row.absent]
     for arm in summary.others:
@@ -152,7 +155,7 @@ def verdict(summary: Summary, stat: str = MAIN_STAT) -> str:
             f"{arm} is better on {n_better} of {len(verdicts)} groups present."
         )
         sentences.append(head + " " + "; ".join(clauses) + ".")
-        pattern = _frequency_pattern(summary, verdicts)
+        pattern = _frequency_pattern(summary, verdicts) if paper_pattern else None
         if pattern:
             sentences.append(pattern)
         overall = summary.eval_loss[arm].delta.get("eval_loss")
@@ -268,7 +271,9 @@ def render_report(
                 "",
                 group_table(summarize(results, language.name, baseline=summary.baseline), MAIN_STAT),
             ]
-    parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else verdict(summary)]
+    rebased = summary.baseline != arm_names(results)[0]
+    words = verdict(summary, paper_pattern=not rebased)
+    parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else words]
     if is_sweep(results):
         parts += ["", "## Margin sweep", "", "Final metrics per margin (mean over seeds).", "", sweep_table(results)]
     parts += ["", "## Other metrics", ""]
