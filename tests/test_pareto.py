@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from hf_selfish.reporting.pareto import pareto_front, pareto_groups, pareto_points
@@ -119,3 +120,46 @@ def test_pareto_groups_prefer_ranks_41_to_60():
     for run in results["runs"]:
         run["final"]["eval_rank_51-60_tokens"] = 0  # absent: back to the headline rule
     assert pareto_groups(results)[1] == ["rank_41-50"]
+
+
+def test_language_pareto_points_are_the_paired_bits_per_char_changes(tmp_path):
+    """x = the main language's Δ bits per character, y = the small language's, each the mean of the per-seed
+    differences of loss / ln 2 / characters per token, computed here from the runs' final metrics."""
+    import math
+
+    from hf_selfish.lab.results import load_results
+    from hf_selfish.reporting.pareto import language_pareto_points, main_language
+    from hf_selfish.reporting.subsets import subset_rows
+
+    from .test_report import MIX_LANGUAGES, make_mix_run_dir
+    from .tolerances import assert_exact
+
+    arms, seeds = ("baseline", "selfish", "selfish_m4"), (1, 2, 3)
+    make_mix_run_dir(tmp_path, arms=arms, seeds=seeds)
+    results = load_results(tmp_path)
+    results["recipe"]["bible_main"] = "eng"
+    rows = subset_rows(results)
+    assert main_language(results, rows) == "eng"
+    points = language_pareto_points(rows, "eng", "nya")
+    assert [p.arm for p in points] == list(arms) and (points[0].x, points[0].y) == (0.0, 0.0)
+
+    def bpc(arm, code):
+        final = {r["seed"]: r["final"] for r in results["runs"] if r["arm"] == arm}
+        return [final[s][f"eval_{code}_loss"] / math.log(2) / MIX_LANGUAGES[code] for s in seeds]
+
+    for point in points[1:]:
+        for value, code in ((point.x, "eng"), (point.y, "nya")):
+            diffs = [a - b for a, b in zip(bpc(point.arm, code), bpc("baseline", code))]
+            assert_exact(torch.tensor(value, dtype=torch.float64), torch.tensor(sum(diffs) / 3, dtype=torch.float64))
+        assert point.x_ci is not None and point.x_ci.low < point.x < point.x_ci.high
+    with pytest.raises(ValueError, match="no language 'fra'"):
+        language_pareto_points(rows, "eng", "fra")
+
+
+def test_write_plots_draws_the_language_pareto_for_a_mix_of_three_arms(tmp_path):
+    from .test_report import make_mix_run_dir
+
+    make_mix_run_dir(tmp_path / "three", arms=("baseline", "selfish", "selfish_m4"), seeds=(1, 2))
+    assert "pareto_languages.png" in {p.name for p in write_plots(tmp_path / "three")}
+    make_mix_run_dir(tmp_path / "two", arms=("baseline", "selfish"), seeds=(1, 2))
+    assert "pareto_languages.png" not in {p.name for p in write_plots(tmp_path / "two")}

@@ -32,6 +32,8 @@ FIGURES = {
     "margin_sweep": "Headline-group metrics against the margin",
     "pareto": "Frequent vs rare tokens: Δ NLL of the most frequent bucket (x) against rare groups (y), per arm "
     "(mean over seeds, 95% intervals; dashed: the Pareto frontier, lower-left is better)",
+    "pareto_languages": "Main vs small languages: Δ bits per character of the main language (x) against each other "
+    "language's (y), per arm (mean over seeds, 95% intervals; dashed: the Pareto frontier, lower-left is better)",
 }
 SCENARIOS_PREFIX = "scenarios_"
 

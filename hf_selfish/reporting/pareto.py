@@ -15,9 +15,10 @@ from typing import Any
 from ..lab.results import group_info
 from ..metric_names import MAIN_STAT
 from .stats import Interval
+from .subsets import SubsetRow
 from .summary import Summary, final_tokens, headline_groups
 
-__all__ = ["ParetoPoint", "pareto_front", "pareto_groups", "pareto_points"]
+__all__ = ["ParetoPoint", "language_pareto_points", "main_language", "pareto_front", "pareto_groups", "pareto_points"]
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -84,3 +85,31 @@ def pareto_groups(results: Mapping[str, Any]) -> tuple[str | None, list[str]]:
         largest = max(languages, key=lambda g: sizes[g])
         y_groups += [g for g in languages if g != largest]
     return ranks[0], y_groups
+
+
+def main_language(results: Mapping[str, Any], rows: Sequence[SubsetRow]) -> str | None:
+    """The main language of a mix: the recipe's ``bible_main`` when it is an evaluated language, else the language
+    with the most eval tokens; ``None`` below two languages (no trade-off between languages)."""
+    if len(rows) < 2:
+        return None
+    names = [row.name for row in rows]
+    main = (results.get("recipe") or {}).get("bible_main")
+    return main if main in names else max(rows, key=lambda row: row.tokens or 0).name
+
+
+def language_pareto_points(rows: Sequence[SubsetRow], x_language: str, y_language: str) -> list[ParetoPoint]:
+    """The trade-off between languages, one point per arm: x = the change of ``x_language``'s bits per character
+    against the rows' reference arm, y = ``y_language``'s (paired by seed, 95% intervals); the reference arm at
+    (0, 0). ``rows``: :func:`~hf_selfish.reporting.subsets.subset_rows` of one comparison."""
+    by_name = {row.name: row for row in rows}
+    for name in (x_language, y_language):
+        if name not in by_name:
+            raise ValueError(f"no language {name!r} in the comparison; its languages are {sorted(by_name)}")
+    x_row, y_row = by_name[x_language], by_name[y_language]
+    arms = list(x_row.arms)  # the reference arm first
+    points = [ParetoPoint(arms[0], 0.0, 0.0)]
+    for arm in arms[1:]:
+        dx, dy = x_row.delta[arm]["bits_per_char"], y_row.delta[arm]["bits_per_char"]
+        if dx.n and dy.n:
+            points.append(ParetoPoint(arm, dx.mean, dy.mean, dx.ci, dy.ci))
+    return points

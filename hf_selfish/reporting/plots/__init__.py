@@ -29,7 +29,7 @@ from ...lab.results import (
 from ...lab.results import train_counts as read_train_counts
 from ...metric_names import RANKING_STATS
 from ..figures import figure_file
-from ..pareto import pareto_groups, pareto_points
+from ..pareto import language_pareto_points, main_language, pareto_groups, pareto_points
 from ..series import mean_band
 from ..subsets import subset_rows
 from ..summary import headline_groups, is_sweep, summarize, sweep_rows
@@ -147,4 +147,18 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         summary = summarize(results)
         panels = {g: pareto_points(summary, x_group, g) for g in y_groups}
         paths.append(plot_pareto(panels, out("pareto"), x_group=x_group))
+    if sum(bool(r) for r in runs.values()) >= 3:
+        paths += _language_pareto(results, out("pareto_languages"))
     return paths
+
+
+def _language_pareto(results, path) -> list[Path]:
+    """The trade-off between a mix's languages: per arm, the main language's Δ bits per character (x) against each
+    other language's (y); none without two evaluated languages."""
+    rows = subset_rows(results)
+    main = main_language(results, rows)
+    if main is None:
+        return []
+    panels = {row.name: language_pareto_points(rows, main, row.name) for row in rows if row.name != main}
+    title = "Bits per character change vs the baseline, mean over seeds, 95% intervals (filled: on the frontier)"
+    return [plot_pareto(panels, path, x_group=main, title=title, stat="bits/char", label=str)]

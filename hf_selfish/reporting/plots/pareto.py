@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ...metric_names import group_label
@@ -24,11 +24,18 @@ def _err(ci, mean: float) -> list[list[float]] | None:
 
 
 def plot_pareto(
-    panels: Mapping[str, Sequence[ParetoPoint]], path: PathLike, *, x_group: str, title: str | None = None
+    panels: Mapping[str, Sequence[ParetoPoint]],
+    path: PathLike,
+    *,
+    x_group: str,
+    title: str | None = None,
+    stat: str = "NLL",
+    label: Callable[[str], str] = group_label,
 ) -> Path:
     """One panel per rare group (``panels``: y group -> points); bars: 95% intervals; dashed: the frontier.
 
-    Both axes are NLL changes against the baseline (the point at the origin): left and down is better.
+    Both axes are changes of ``stat`` (NLL, or bits/char between languages) against the baseline (the point at
+    the origin): left and down is better. ``label`` names a group or a language on the axes.
     """
     if not panels:
         raise ValueError("plot_pareto needs at least one panel")
@@ -59,9 +66,9 @@ def plot_pareto(
         if len(front) > 1:
             ax.plot([points[i].x for i in front], [points[i].y for i in front], "k--", lw=1.0, label="Pareto frontier")
             ax.legend(fontsize=7, loc="upper right")
-        ax.set_xlabel(f"Δ NLL {group_label(x_group)} (vs {points[0].arm})")
-        ax.set_ylabel(f"Δ NLL {group_label(y_group)}")
-        ax.set_title(f"{group_label(y_group)} against {group_label(x_group)}", fontsize=9)
+        ax.set_xlabel(f"Δ {stat} {label(x_group)} (vs {points[0].arm})")
+        ax.set_ylabel(f"Δ {stat} {label(y_group)}")
+        ax.set_title(f"{label(y_group)} against {label(x_group)}", fontsize=9)
         ax.grid(alpha=0.3)
     fig.suptitle(
         title or "Per-token-mean NLL change vs the baseline, mean over seeds, 95% intervals (filled: on the frontier)",
