@@ -160,5 +160,5 @@ def _language_pareto(results, path) -> list[Path]:
     if main is None:
         return []
     panels = {row.name: language_pareto_points(rows, main, row.name) for row in rows if row.name != main}
-    title = "Bits per character change vs the baseline, mean over seeds, 95% intervals (filled: on the frontier)"
+    title = "Δ bits per character vs the baseline (mean over seeds, 95% intervals)"
     return [plot_pareto(panels, path, x_group=main, title=title, stat="bits/char", label=str)]
