@@ -154,6 +154,16 @@ VARIANT_ARMS = [
 ]
 
 
+# the Bible mixes: every loss at the margin bible_nya_variants_tune_cpu.yaml chose (4); the control arm on nya only
+BIBLE_ARMS = [
+    ("ce", None),
+    ("selfish", 4.0),
+    ("selfish_head", {"margin": 4.0}),
+    ("selfish_rare", {"margin": 4.0, "frequent_mass": 0.9}),
+]
+BIBLE_HIDDEN = ("selfish_hidden", {"margin": 4.0})
+
+
 def _arm_of(args) -> tuple:
     """``_loss_of`` plus the margin schedule when it is not constant."""
     loss = _loss_of(args)
@@ -167,8 +177,14 @@ def _arm_of(args) -> tuple:
     "name, arms, every, data",
     [
         ("variants_cpu.yaml", VARIANT_ARMS + [("label_smoothing", {"eps": 0.2})], 5, ("tinyshakespeare", None)),
-        ("bible_nya_variants_cpu.yaml", VARIANT_ARMS, 10, ("bible", ["nya_chichewa"])),
-        ("bible_rus_variants_cpu.yaml", VARIANT_ARMS, 10, ("bible", ["rus_synodal"])),
+        ("bible_nya_variants_cpu.yaml", BIBLE_ARMS + [BIBLE_HIDDEN], 10, ("bible", ["nya_chichewa"])),
+        ("bible_rus_variants_cpu.yaml", BIBLE_ARMS, 10, ("bible", ["rus_synodal"])),
+        (
+            "bible_four_variants_cpu.yaml",
+            BIBLE_ARMS,
+            10,
+            ("bible", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"]),
+        ),
     ],
 )
 def test_the_variants_recipes_hold_their_arms(name, arms, every, data):
@@ -182,6 +198,22 @@ def test_the_variants_recipes_hold_their_arms(name, arms, every, data):
         # scenarios everywhere but label smoothing, whose gradient has no single negative entry per row
         expected = None if a.training.loss_name == "label_smoothing" else every
         assert a.training.selfish_log_scenarios_every == expected
+
+
+def test_the_bible_variants_tuning_recipe_tries_three_margins_per_variant_on_the_tuning_split():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "bible_nya_variants_tune_cpu.yaml")
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    margins = {}
+    for a in args:
+        assert a.data.eval_split == "tune" and a.data.bible_small == ["nya_chichewa"]
+        loss, knobs = _loss_of(a)
+        if loss != "ce":
+            margins.setdefault(loss, []).append(knobs["margin"])
+    assert margins == {
+        "selfish_head": [2.0, 4.0, 8.0],
+        "selfish_hidden": [2.0, 4.0, 8.0],
+        "selfish_rare": [1.0, 2.0, 4.0],
+    }
 
 
 def test_the_variants_tuning_recipe_has_three_values_of_each_knob():
