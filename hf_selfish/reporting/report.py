@@ -237,8 +237,10 @@ def render_report(
     other_stats = [s for s in MEAN_STATS if s != MAIN_STAT]
     incomplete = incomplete_reason(results)
     parts = [f"# hf_selfish comparison: {summary.name}", ""]
-    if summary.baseline != arm_names(results)[0]:
-        parts += [reference_note(summary.baseline, arm_names(results)[0]), ""]
+    first = arm_names(results)[0]
+    rebased = summary.baseline != first  # read against another arm: say so on top, and judge no paper pattern
+    if rebased:
+        parts += [reference_note(summary.baseline, first), ""]
     if incomplete:
         parts += [f"> **Incomplete comparison**: {incomplete}. {NO_VERDICT}", ""]
     parts += [
@@ -271,7 +273,6 @@ def render_report(
                 "",
                 group_table(summarize(results, language.name, baseline=summary.baseline), MAIN_STAT),
             ]
-    rebased = summary.baseline != arm_names(results)[0]
     words = verdict(summary, paper_pattern=not rebased)
     parts += ["", "## Verdict", "", f"No verdict: {incomplete}." if incomplete else words]
     if is_sweep(results):

@@ -2,10 +2,10 @@
 
 For each group and arm: the mean over seeds of the final eval statistic, with the sample standard
 deviation (``ddof=1``) when there are at least two seeds. Deltas are taken against the first arm (the
-baseline), or the arm ``summarize(..., baseline=...)`` names; when both arms ran the same seeds, the delta's spread is the standard deviation of the
-per-seed paired differences (same seed = same init and data order), and its 95% confidence interval the
-t interval over seeds (`stats.paired_interval`; significant when it excludes 0). A group with no eval tokens is
-"absent": it has no statistics, and it is never shown as NaN or 0.
+baseline), or the arm ``summarize(..., baseline=...)`` names; when both arms ran the same seeds, the delta's
+spread is the standard deviation of the per-seed paired differences (same seed = same init and data order),
+and its 95% confidence interval the t interval over seeds (`stats.paired_interval`; significant when it
+excludes 0). A group with no eval tokens is "absent": it has no statistics, and it is never shown as NaN or 0.
 
 Which groups a compact view shows (`headline_groups`) follows from the group metadata saved with the
 run: the most frequent rank bucket, the rarest rank bucket that still holds a visible share of the eval

@@ -142,12 +142,12 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         paths.append(plot_head_share_comparison(scenarios, out("scenarios_head_share"), tokens=tokens, order=order))
     if is_sweep(results) and sweep_rows(results):
         paths.append(plot_margin_sweep(sweep_rows(results), out("margin_sweep"), groups=headline_groups(results)))
-    x_group, y_groups = pareto_groups(results)
-    if x_group is not None and y_groups and sum(bool(r) for r in runs.values()) >= 3:  # a trade-off of 2+ rivals
-        summary = summarize(results)
-        panels = {g: pareto_points(summary, x_group, g) for g in y_groups}
-        paths.append(plot_pareto(panels, out("pareto"), x_group=x_group))
-    if sum(bool(r) for r in runs.values()) >= 3:
+    if sum(bool(r) for r in runs.values()) >= 3:  # a trade-off of 2+ arms against the baseline
+        x_group, y_groups = pareto_groups(results)
+        if x_group is not None and y_groups:
+            summary = summarize(results)
+            panels = {g: pareto_points(summary, x_group, g) for g in y_groups}
+            paths.append(plot_pareto(panels, out("pareto"), x_group=x_group))
         paths += _language_pareto(results, out("pareto_languages"))
     return paths
 
