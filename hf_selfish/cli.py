@@ -6,6 +6,7 @@
     hf-selfish report  runs/tinyshakespeare_cpu [--push USER/REPO | --baseline ARM]
     hf-selfish tune    runs/rivals_tune_cpu [--group rank_41-50] [--max_loss_increase 0.05]
     hf-selfish tune    runs/bible_nya_sweep_cpu --language nya_chichewa --main eng_web
+    hf-selfish tune    runs/gemma3_nya_lr_tune_cpu --language nya_chichewa --main eng_web --limit_against start
     hf-selfish recipes                        # the bundled recipes: `compare tinyshakespeare_cpu` runs one by name
 
 Any recipe field can be overridden after the recipe path (``--key value``). Library errors
@@ -83,6 +84,13 @@ def _add_tune_parser(sub) -> None:
     )
     tune.add_argument("--language", help="a Bible mix's small language: minimise its eval loss")
     tune.add_argument("--main", help="with --language: the main language, whose eval loss is limited")
+    tune.add_argument(
+        "--limit_against",
+        choices=["baseline", "start"],
+        default="baseline",
+        help="what the limit is above: the first arm's final loss (baseline), or the loss before training (start: "
+        "needs eval_on_start; every arm is then a candidate, e.g. a learning-rate sweep of a pretrained model)",
+    )
 
 
 def _split_recipe(rest: list[str]) -> tuple[str | None, list[str]]:
@@ -179,7 +187,7 @@ def _cmd_tune(ns) -> None:
 
     limit = DEFAULT_MAX_LOSS_INCREASE if ns.max_loss_increase is None else ns.max_loss_increase
     results = load_results(ns.run_dir)
-    print(tuning_summary(results, ns.group, limit, language=ns.language, main=ns.main))
+    print(tuning_summary(results, ns.group, limit, language=ns.language, main=ns.main, limit_against=ns.limit_against))
 
 
 def main(argv: list[str] | None = None) -> int:

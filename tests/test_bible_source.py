@@ -232,3 +232,26 @@ def test_an_eval_only_language_is_in_validation_and_never_in_train(tmp_path):
     ):
         with pytest.raises(ValueError, match=message):
             bible_datasets(DataArguments(**values, bible_eval_only=bad))
+
+
+def test_on_the_tuning_split_an_eval_only_language_is_scored_on_its_own_last_verses(tmp_path):
+    # ten verses of equal length in a training book per language: the 10% cut holds out each language's last one
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for code, words in (("eng_web", "Then"), ("nya_chichewa", "Pano")):
+        lines = [{"book": 1, "chapter": 1, "verse": v, "text": f"{words} {v}."} for v in range(10)]
+        lines.append({"book": 8, "chapter": 1, "verse": 1, "text": f"{words} validation."})
+        (folder / f"{code}.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    values = {"dataset_name": "bible", "bible_dir": str(folder), "bible_main": "nya_chichewa"}
+    args = DataArguments(**values, bible_eval_only=["eng_web"], eval_split="tune", block_size=4)
+    data = prepare_lm_data(ModelArguments(tokenizer_name="char"), args)
+    # trained on Chichewa's first nine verses only; never on English, never on the validation book
+    train_chars = sum(len(b) for b in data.datasets["train"]["input_ids"])
+    assert train_chars == sum(len(f"Pano {v}.\n") for v in range(9)) // 4 * 4
+    assert data.train_shares == {"nya_chichewa": 1.0}
+    # each language is scored on its own last verse of the training book
+    assert list(data.eval_subsets) == ["nya_chichewa", "eng_web"]
+    assert [len(data.eval_subsets[c]) for c in ("nya_chichewa", "eng_web")] == [len("Pano 9.\n") // 4] * 2
+    tokenizer = data.tokenizer
+    english = tokenizer.decode([i for block in data.eval_subsets["eng_web"]["input_ids"] for i in block])
+    assert english == "Then 9.\n"  # not the validation book's verse, not an earlier one

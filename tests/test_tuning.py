@@ -167,3 +167,41 @@ def test_an_annealed_arm_is_recorded_with_its_schedule_and_tuned_as_its_own_meth
         "selfish_rare_frequent_mass": [0.5, 0.99],  # its default 0.9 is the margin sweep's arm at margin 2
         "selfish_annealed": [1.0, 2.0, 4.0],
     }
+
+
+def test_a_learning_rate_sweep_is_limited_against_the_loss_before_training():
+    # a pretrained model fine-tuned on Chichewa at three rates: (English, Chichewa) eval loss before training
+    # (step 0, the same model for every arm) and after; English may rise at most 10% above 1.00 (limit 1.10)
+    finals = {"lr_1e-5": (1.02, 2.60), "lr_3e-5": (1.08, 2.20), "lr_1e-4": (1.30, 1.90)}
+    results = _results([(_arm(name, "ce"), (9.0, 9.0)) for name in finals])
+    results["recipe"] = {"arms": [{"name": n, "loss_name": "ce", "learning_rate": float(n[3:])} for n in finals]}
+    for run in results["runs"]:
+        run["final"].update(eval_eng_loss=finals[run["arm"]][0], eval_nya_loss=finals[run["arm"]][1])
+        run["history"] = [{"step": 0, "eval_eng_loss": 1.00, "eval_nya_loss": 3.00}, {"step": 100, **run["final"]}]
+    keys = language_keys("eng", "nya")
+    start, candidates = choose_values(results, "nya", 0.10, **keys, limit_against="start")
+    # every arm is a candidate (none is a baseline); 1e-4 forgets English by 30%: 3e-5 is chosen
+    assert start == 1.00
+    assert [(c.method, c.knob, c.value, c.eligible) for c in candidates] == [
+        ("ce", "learning_rate", 1e-5, True),
+        ("ce", "learning_rate", 3e-5, True),
+        ("ce", "learning_rate", 1e-4, False),
+    ]
+    assert [c.arm for c in candidates if c.chosen] == ["lr_3e-5"]
+    # against the first arm's final English (1.02 -> limit 1.122) the first arm is the reference, not a candidate
+    _, against_first = choose_values(results, "nya", 0.10, **keys)
+    assert [c.arm for c in against_first] == ["lr_3e-5", "lr_1e-4"]
+    text = tuning_table(results, "nya", 0.10, **keys, limit_against="start")
+    assert "at most 10% above its value before training (1.0000 → limit 1.1000)" in text
+    assert "| before training | — | — | 1.0000 | 3.0000 |  |" in text
+    assert "| ce | learning_rate | **3e-05** | 1.0800 | **2.2000** | yes |" in text
+
+
+def test_the_limit_before_training_needs_an_evaluation_at_step_0():
+    results = _results([(_arm("a", "ce"), (2.0, 3.0)), (_arm("b", margin=2.0), (2.1, 2.9))])
+    with pytest.raises(ValueError, match="eval_on_start: true"):
+        choose_values(results, "rank_41-50", limit_against="start")
+    with pytest.raises(ValueError, match="limit_against must be one of baseline, start, got 'end'"):
+        choose_values(results, "rank_41-50", limit_against="end")
+    # an arm written as `selfish_margin: null` with its own rate is plain CE's rate
+    assert method_of({"name": "b", "selfish_margin": None, "learning_rate": 1e-4}) == ("ce", "learning_rate", 1e-4)

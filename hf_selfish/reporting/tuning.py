@@ -2,12 +2,15 @@
 
 Every arm of a tuning comparison is one method (its ``loss_name``; TLAT's two forms are two methods) at one
 value of its main knob (`KNOBS`; the selfish loss annealed to CE is a method of its own, and so is
-``selfish_rare``'s ``frequent_mass`` away from its default 0.9). The rule (`choose_values`): among a method's values whose overall eval
-loss is at most ``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest
-per-token-mean NLL of the target group (the rare group the method is meant to help); when no value
-qualifies, the one with the lowest overall eval loss. Values are means over the tuning runs' seeds. On a
-language mix the two numbers can be languages' eval losses instead (`language_keys`: the main language's
-loss is limited, the small language's is minimised).
+``selfish_rare``'s ``frequent_mass`` away from its default 0.9; an arm that sets its own ``learning_rate``
+tunes that). The rule (`choose_values`): among a method's values whose overall eval loss is at most
+``max_loss_increase`` (relative) above the baseline arm's, the one with the lowest per-token-mean NLL of the
+target group (the rare group the method is meant to help); when no value qualifies, the one with the lowest
+overall eval loss. Values are means over the tuning runs' seeds. On a language mix the two numbers can be
+languages' eval losses instead (`language_keys`: the main language's loss is limited, the small language's is
+minimised). When fine-tuning a pretrained model, the limit can be the loss *before training* instead of a
+baseline arm's (``limit_against="start"``: the step-0 evaluation of ``eval_on_start``), so that even plain CE
+is held to "forget the main language by at most this much", and every arm is a candidate.
 """
 
 from __future__ import annotations
@@ -53,11 +56,19 @@ KNOBS = {
 RARE_MASS = "frequent_mass"
 RARE_DEFAULT_MASS = 0.9
 DEFAULT_MAX_LOSS_INCREASE = 0.05
+LEARNING_RATE = "learning_rate"
+# what the loss limit is relative to: the first (baseline) arm's final loss, or every run's loss before training
+LIMITS = ("baseline", "start")
 
 
 def method_of(arm: Mapping[str, Any]) -> tuple[str, str, Any] | None:
-    """``(method, knob, value)`` of a recipe arm as results.json records it; None for plain CE (no knob)."""
+    """``(method, knob, value)`` of a recipe arm as results.json records it; None for plain CE (no knob).
+
+    An arm that sets its own ``learning_rate`` (a recipe override) tunes it: ``(loss, "learning_rate", lr)``."""
     loss = arm.get("loss_name") or "selfish"
+    if LEARNING_RATE in arm:
+        plain = loss == "selfish" and arm.get("selfish_margin") is None  # `selfish_margin: null` is plain CE
+        return "ce" if plain else loss, LEARNING_RATE, arm[LEARNING_RATE]
     if loss not in KNOBS:
         return None
     knob = KNOBS[loss]
@@ -124,6 +135,36 @@ def _loss_keys(keys: set[str]) -> str:
     return ", ".join(found) or "none"
 
 
+def _with_learning_rate(results: Mapping[str, Any], arm: Mapping[str, Any]) -> dict[str, Any]:
+    """``arm`` with the ``learning_rate`` its recipe arm sets, if any (results.json's arm summary omits it)."""
+    recipe_arms = (results.get("recipe") or {}).get("arms") or []
+    own = next((a for a in recipe_arms if isinstance(a, dict) and a.get("name") == arm["name"]), {})
+    return {**arm, LEARNING_RATE: own[LEARNING_RATE]} if LEARNING_RATE in own else dict(arm)
+
+
+def _start_mean(runs: Mapping[str, list[dict[str, Any]]], key: str) -> float | None:
+    """The mean ``key`` of every finished run's evaluation before training (step 0 of its history)."""
+    values = [
+        v
+        for arm_runs in runs.values()
+        for r in arm_runs
+        for h in (r.get("history") or [])
+        if h.get("step") == 0 and (v := finite_or_none(h.get(key))) is not None
+    ]
+    return statistics.fmean(values) if values else None
+
+
+def _start_loss(runs: Mapping[str, list[dict[str, Any]]], loss_key: str) -> float:
+    """`_start_mean` of ``loss_key``; a ValueError when no run evaluated before training."""
+    value = _start_mean(runs, loss_key)
+    if value is None:
+        raise ValueError(
+            f"no finished run recorded {loss_key!r} before training: the limit 'start' needs eval_on_start: true "
+            "in the recipe (or use the baseline arm's loss as the limit)"
+        )
+    return value
+
+
 def _baseline_loss(results: Mapping[str, Any], runs: Mapping[str, list[dict[str, Any]]], loss_key: str) -> float:
     """The baseline arm's mean ``loss_key``; a ValueError that says whether its runs are missing or the key."""
     baseline = results["arms"][0]["name"]
@@ -169,15 +210,16 @@ def tuning_summary(
     *,
     language: str | None = None,
     main: str | None = None,
+    limit_against: str = "baseline",
 ) -> str:
     """What `hf-selfish tune` prints: the tuning table, then ``method: knob = value`` for each chosen value.
 
     ``language`` with ``main``: a language mix (`language_keys`); else ``group`` (default
-    `default_target_group`)."""
+    `default_target_group`). ``limit_against``: see `choose_values`."""
     if (language is None) != (main is None):
         raise ValueError("--language and --main go together: the small language to help and the main one to limit")
     _check_max_loss_increase(max_loss_increase)
-    keys = language_keys(main, language) if language else {}
+    keys = {**(language_keys(main, language) if language else {}), "limit_against": limit_against}
     target = language or group or default_target_group(results)
     table = tuning_table(results, target, max_loss_increase, **keys)
     chosen = [
@@ -188,6 +230,11 @@ def tuning_summary(
     return table + "\n\n" + "\n".join(chosen)
 
 
+def _check_limit(limit_against: str) -> None:
+    if limit_against not in LIMITS:
+        raise ValueError(f"limit_against must be one of {', '.join(LIMITS)}, got {limit_against!r}")
+
+
 def choose_values(
     results: Mapping[str, Any],
     target_group: str,
@@ -195,26 +242,33 @@ def choose_values(
     *,
     loss_key: str = "eval_loss",
     target_key: str | None = None,
+    limit_against: str = "baseline",
 ) -> tuple[float | None, list[Candidate]]:
-    """The baseline's loss (``loss_key``) and every knob arm as a `Candidate`, one chosen per method.
+    """The reference loss (``loss_key``) and every knob arm as a `Candidate`, one chosen per method and knob.
 
-    ``target_key`` defaults to ``target_group``'s per-token-mean NLL."""
+    The reference is the baseline (first) arm's final loss, or with ``limit_against="start"`` the loss before
+    training, and then the first arm is a candidate too. ``target_key`` defaults to ``target_group``'s
+    per-token-mean NLL."""
     _check_max_loss_increase(max_loss_increase)
+    _check_limit(limit_against)
     target_key = _target_key(target_group, target_key)
     runs = finished_runs(results)
-    base_loss = _baseline_loss(results, runs, loss_key)
+    if limit_against == "start":
+        base_loss, arms = _start_loss(runs, loss_key), results["arms"]
+    else:
+        base_loss, arms = _baseline_loss(results, runs, loss_key), results["arms"][1:]
     _check_recorded(runs, target_key, f"target group {target_group!r}")
     candidates = []
-    for arm in results["arms"][1:]:
-        described = method_of(arm)
+    for arm in arms:
+        described = method_of(_with_learning_rate(results, arm))
         if described is None or not runs.get(arm["name"]):
             continue
         arm_runs = runs[arm["name"]]
         loss, target = _mean(arm_runs, loss_key), _mean(arm_runs, target_key)
         eligible = loss is not None and target is not None and loss <= base_loss * (1 + max_loss_increase)
         candidates.append(Candidate(arm["name"], *described, loss, target, eligible))
-    for method in dict.fromkeys(c.method for c in candidates):
-        own = [c for c in candidates if c.method == method]
+    for method in dict.fromkeys((c.method, c.knob) for c in candidates):  # a learning-rate sweep is its own
+        own = [c for c in candidates if (c.method, c.knob) == method]
         eligible = [c for c in own if c.eligible]
         if eligible:
             min(eligible, key=lambda c: c.target_nll).chosen = True
@@ -235,24 +289,30 @@ def tuning_table(
     *,
     loss_key: str = "eval_loss",
     target_key: str | None = None,
+    limit_against: str = "baseline",
 ) -> str:
     """Markdown: every candidate with its tuning-split loss and target value; the chosen values in bold."""
-    keys = {"loss_key": loss_key, "target_key": _target_key(target_group, target_key)}
+    keys = {"loss_key": loss_key, "target_key": _target_key(target_group, target_key), "limit_against": limit_against}
     base_loss, candidates = choose_values(results, target_group, max_loss_increase, **keys)
     limit = base_loss * (1 + max_loss_increase)
     loss_name = "eval loss" if loss_key == "eval_loss" else loss_key
     target_name = f"{group_label(target_group)} NLL" if target_key is None else target_key
     header = ["method", "knob", "value", loss_name, target_name, "chosen"]
-    baseline_runs = finished_runs(results).get(results["arms"][0]["name"], [])
-    base_nll = _mean(baseline_runs, keys["target_key"])
-    rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), _cell(base_nll), ""]]
+    runs = finished_runs(results)
+    if limit_against == "start":
+        reference = "its value before training"
+        rows = [["before training", "—", "—", fmt(base_loss), _cell(_start_mean(runs, keys["target_key"])), ""]]
+    else:
+        reference = "the baseline's"
+        base_nll = _mean(runs.get(results["arms"][0]["name"], []), keys["target_key"])
+        rows = [["plain CE (baseline)", "—", "—", fmt(base_loss), _cell(base_nll), ""]]
     for c in candidates:
         bold = (lambda s: f"**{s}**") if c.chosen else (lambda s: s)
         loss = _cell(c.eval_loss) + ("" if c.eligible else " (over the limit)")
         rows.append([c.method, c.knob, bold(str(c.value)), loss, bold(_cell(c.target_nll)), "yes" if c.chosen else ""])
     note = (
         f"Rule: the lowest {target_name} among the values whose {loss_name} is at most "
-        f"{max_loss_increase:.0%} above the baseline's ({fmt(base_loss)} → limit {fmt(limit)}); if none is, "
+        f"{max_loss_increase:.0%} above {reference} ({fmt(base_loss)} → limit {fmt(limit)}); if none is, "
         f"the lowest {loss_name}."
     )
     return note + "\n\n" + markdown_table(header, rows, ["l", "l", "r", "r", "r", "l"])

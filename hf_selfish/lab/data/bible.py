@@ -195,7 +195,9 @@ def bible_datasets(data_args: DataArguments) -> DatasetDict:
     Train: the main language's verses of every book but the held-out ones, then each small language's share
     (``bible_share`` of all training characters each, drawn verse by verse with ``bible_seed``). Validation:
     the `VALIDATION_BOOKS` in the main, every small and every ``bible_eval_only`` language (never trained on:
-    what fine-tuning on one language does to another, learning vs forgetting).
+    what fine-tuning on one language does to another, learning vs forgetting). With ``eval_split: tune`` an
+    eval-only language's other verses are train rows too, so that the tuning split (`tuning_datasets`) can hold
+    out its last verses as it does every language's; they are dropped from training there.
     """
     folder = resolve_bible_dir(data_args.bible_dir)
     check_bible_arguments(data_args, bible_languages(folder))
@@ -217,6 +219,8 @@ def bible_datasets(data_args: DataArguments) -> DatasetDict:
         if code in small:
             _check_any_verse(code, pools[code], chosen[code], budget, data_args.bible_share)
     check_shares_reached(chosen, pools, small, data_args.bible_share)
+    if data_args.eval_split == "tune":  # never trained on: their rows only feed the tuning split's evaluation
+        chosen.update({code: [v for v in corpus[code] if v.book not in held_out] for code in eval_only})
     train = {TEXT_COLUMN: [], CODE_COLUMN: []}
     validation = {TEXT_COLUMN: [], CODE_COLUMN: []}
     for code in languages:

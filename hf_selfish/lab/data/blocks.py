@@ -167,7 +167,7 @@ def build_lm_datasets(
     elif train_language is not None:
         raise ValueError(f"train_language={train_language!r} needs the simulation (low_resource_fraction > 0).")
     if data_args.eval_split == "tune":  # after the simulation: the train rows keep their languages
-        raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
+        raw = tuning_datasets(raw, data_args)
     if train_language is not None:
         raw["train"] = _keep_language(raw["train"], train_language)
 
@@ -180,6 +180,16 @@ def build_lm_datasets(
     blocks["train"] = _truncate(blocks["train"], data_args.max_train_samples)
     blocks["validation"] = _truncate(blocks["validation"], data_args.max_eval_samples)
     return blocks
+
+
+def tuning_datasets(raw: DatasetDict, data_args: DataArguments) -> DatasetDict:
+    """`tune_split` per language, then the train rows of the ``bible_eval_only`` languages dropped: they are there
+    (`bible_datasets`) only so that each is evaluated on its own last verses, never trained on."""
+    raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
+    eval_only = set(data_args.bible_eval_only or []) if data_args.dataset_name == BIBLE else set()
+    if eval_only:
+        raw["train"] = raw["train"].filter(lambda code: code not in eval_only, input_columns=CODE_COLUMN)
+    return raw
 
 
 def language_subsets(
@@ -284,7 +294,7 @@ def prepare_lm_data(
     datasets = build_lm_datasets(data_args, tokenizer, raw, train_language=train_language)
     if data_args.low_resource_fraction == 0 and CODE_COLUMN in raw["train"].column_names:
         if data_args.eval_split == "tune":  # the same cut as build_lm_datasets: each language's last verses
-            raw = tune_split(raw, data_args.tune_split_percentage, group_column=CODE_COLUMN)
+            raw = tuning_datasets(raw, data_args)
         subsets, chars_per_token = language_subsets(raw["validation"], tokenizer, data_args)
         groups = {**language_only_groups(raw["train"], tokenizer), ALL_GROUP: list(range(len(tokenizer)))}
         shares = language_shares(raw["train"])
