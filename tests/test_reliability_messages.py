@@ -95,6 +95,22 @@ def test_tune_a_language_the_runs_did_not_record_is_named(tmp_path, capsys):
     assert "--language and --main go together" in cli_error(capsys, "tune", str(run_dir), "--language", "nya")
 
 
+def test_tune_against_the_loss_before_training_needs_a_step_0_evaluation(tmp_path, capsys):
+    run_dir = _tuning_dir(tmp_path, _results(TABLE))  # its runs have no history: no evaluation at step 0
+    error = cli_error(capsys, "tune", str(run_dir), "--group", "rank_41-50", "--limit_against", "start")
+    assert "no finished run recorded 'eval_loss' before training" in error and "eval_on_start: true" in error
+    results = _results(TABLE)
+    for record in results["runs"]:
+        record["history"] = [{"step": 0, "eval_loss": 2.0, "eval_rank_41-50_nll": 5.0}]
+    (run_dir / "results.json").write_text(json.dumps(results))
+    assert main(["tune", str(run_dir), "--group", "rank_41-50", "--limit_against", "start"]) == 0
+    out = capsys.readouterr().out
+    # the first arm (plain CE, eval loss 2.00) is now a candidate with no knob: only the knob arms are listed
+    assert "at most 5% above its value before training (2.0000 → limit 2.1000)" in out
+    assert "| before training | — | — | 2.0000 | 5.0000 |  |" in out
+    assert out.strip().splitlines()[-4] == "selfish: selfish_margin = 2.0"
+
+
 def test_the_tuning_script_is_the_tune_command(tmp_path):
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "choose_rival_values.py"
