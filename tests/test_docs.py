@@ -129,6 +129,21 @@ def test_tracker_pattern():
         assert not TRACKER.search(text), text
 
 
+# a minus sign (U+2212) before a hyphen: a table rule or a command-line option whose first hyphen a typographic
+# pass turned into a minus; the table no longer renders, the command no longer runs
+MINUS_HYPHEN = "\u2212-"
+
+
+def test_no_minus_sign_before_a_hyphen():
+    hits = [
+        f"{path.relative_to(REPO)}:{n}: {line.strip()}"
+        for path in markdown_files()
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if MINUS_HYPHEN in line
+    ]
+    assert not hits, "a minus sign where a hyphen belongs (table rule or option):\n" + "\n".join(hits)
+
+
 def test_docs_symlink_and_nav_pages_exist():
     """The figures reach the site through docs/assets (a link to assets/); every nav page exists."""
     assert (DOCS / "assets").resolve() == (REPO / "assets").resolve()
