@@ -269,6 +269,34 @@ def test_compare_refuses_a_different_recipe_unless_overwrite(tmp_path, small_tex
     assert replaced["runs"][0]["history"] != json.loads(before)["runs"][0]["history"]
 
 
+def test_a_recipe_that_adds_an_arm_extends_the_comparison(tmp_path, small_text, one_thread, monkeypatch):
+    import hf_selfish.lab.run as run_module
+
+    run_dir = tmp_path / "run"
+    first = quick_recipe(tmp_path, run_dir, small_text, "first.yaml")
+    compare(load_recipe(first))
+    kept = (run_dir / f"selfish-seed{SEED}" / RUN_RESULT_FILE).read_bytes()
+    arm = "  - {name: selfish, selfish_margin: 0.1}\n"
+    added = tmp_path / "added.yaml"
+    added.write_text(first.read_text().replace(arm, "  - {name: baseline, selfish_margin: null}\n" + arm))
+    trained = []
+    real_train = run_module._train
+    monkeypatch.setattr(
+        run_module, "_train", lambda args, data, arm, *a: trained.append(arm) or real_train(args, data, arm, *a)
+    )
+    results = compare(load_recipe(added))
+    # only the new arm trains; the recorded run is collected as it was, and results.json holds both
+    assert trained == ["baseline"]
+    assert (run_dir / f"selfish-seed{SEED}" / RUN_RESULT_FILE).read_bytes() == kept
+    assert [a["name"] for a in results["arms"]] == ["baseline", "selfish"]
+    assert sorted(r["arm"] for r in results["runs"]) == ["baseline", "selfish"]
+    # an arm changed while another is added is another recipe
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(added.read_text().replace("selfish_margin: 0.1", "selfish_margin: 0.2"))
+    with pytest.raises(ValueError, match=r"holds the runs of a different recipe \(differing in arm selfish: "):
+        compare(load_recipe(changed))
+
+
 def test_an_unfinished_comparison_is_not_resumed_under_another_recipe(tmp_path, small_text, monkeypatch):
     import hf_selfish.lab.compare as experiment
 

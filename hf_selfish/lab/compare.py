@@ -81,14 +81,15 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
     comparison is recognised too: its checkpoints are never resumed under another recipe. The
     `RUN_NEUTRAL_ARGUMENTS` (where the folder is, how it reports, the seed count) are not part of the recipe
     compared: re-running the same command, with or without ``overwrite``, resumes, ``--seeds 3`` after
-    ``--seeds 1`` adds two seeds, and a copied folder (``cp -a runs/a runs/b``) is the same comparison.
+    ``--seeds 1`` adds two seeds, and a copied folder (``cp -a runs/a runs/b``) is the same comparison. A recipe
+    that only adds arms (every recorded arm kept, unchanged) extends it: the new arms train, the others are kept.
     """
     recorded = read_results_file(run_dir)
     if recorded is None:
         return False
     previous = _comparable_recipe(recorded.get("recipe"))
     current = _comparable_recipe(recipe.to_dict())
-    if previous == current:
+    if previous == current or (not overwrite and _adds_arms(previous, current)):
         return False
     if overwrite or not _holds_runs(run_dir, recorded):  # nothing trained yet (it failed before): replace
         return True
@@ -98,6 +99,14 @@ def check_run_dir(run_dir: Path, recipe: Recipe, overwrite: bool) -> bool:
         f"{run_dir} holds the runs of a different recipe (differing in {', '.join(keys)}): choose another "
         f"--output_dir, or pass --overwrite to DELETE them ({kept})"
     )
+
+
+def _adds_arms(previous: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether ``current`` is ``previous`` with more arms: the same settings, every recorded arm unchanged."""
+    if {k: v for k, v in previous.items() if k != "arms"} != {k: v for k, v in current.items() if k != "arms"}:
+        return False
+    kept = current.get("arms") or []
+    return all(arm in kept for arm in previous.get("arms") or [])
 
 
 def _differing_keys(previous: dict[str, Any], current: dict[str, Any]) -> list[str]:
