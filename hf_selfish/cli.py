@@ -68,6 +68,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _add_tune_parser(sub) -> None:
+    from .reporting.tuning import LIMITS
+
     tune = sub.add_parser(
         "tune",
         help="print the tuning table of a tuning comparison and the value chosen per method",
@@ -86,8 +88,8 @@ def _add_tune_parser(sub) -> None:
     tune.add_argument("--main", help="with --language: the main language, whose eval loss is limited")
     tune.add_argument(
         "--limit_against",
-        choices=["baseline", "start"],
-        default="baseline",
+        choices=LIMITS,
+        default=LIMITS[0],
         help="what the limit is above: the first arm's final loss (baseline), or the loss before training (start: "
         "needs eval_on_start; every arm is then a candidate, e.g. a learning-rate sweep of a pretrained model)",
     )

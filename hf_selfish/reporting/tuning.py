@@ -25,6 +25,7 @@ from ..lab.results import finished_runs
 from ..metric_names import MAIN_STAT, finite_or_none, group_label, metric_key, split_metric_key, subset_prefix
 from ..model_card import fmt, markdown_table
 from .pareto import pareto_groups
+from .summary import stat_at_start
 
 __all__ = [
     "KNOBS",
@@ -142,21 +143,10 @@ def _with_learning_rate(results: Mapping[str, Any], arm: Mapping[str, Any]) -> d
     return {**arm, LEARNING_RATE: own[LEARNING_RATE]} if LEARNING_RATE in own else dict(arm)
 
 
-def _start_mean(runs: Mapping[str, list[dict[str, Any]]], key: str) -> float | None:
-    """The mean ``key`` of every finished run's evaluation before training (step 0 of its history)."""
-    values = [
-        v
-        for arm_runs in runs.values()
-        for r in arm_runs
-        for h in (r.get("history") or [])
-        if h.get("step") == 0 and (v := finite_or_none(h.get(key))) is not None
-    ]
-    return statistics.fmean(values) if values else None
-
-
 def _start_loss(runs: Mapping[str, list[dict[str, Any]]], loss_key: str) -> float:
-    """`_start_mean` of ``loss_key``; a ValueError when no run evaluated before training."""
-    value = _start_mean(runs, loss_key)
+    """``loss_key`` before training (`stat_at_start`: the step-0 evaluation, mean over seeds); a ValueError when
+    no run evaluated before training."""
+    value = stat_at_start(runs, loss_key).mean
     if value is None:
         raise ValueError(
             f"no finished run recorded {loss_key!r} before training: the limit 'start' needs eval_on_start: true "
@@ -301,7 +291,7 @@ def tuning_table(
     runs = finished_runs(results)
     if limit_against == "start":
         reference = "its value before training"
-        rows = [["before training", "—", "—", fmt(base_loss), _cell(_start_mean(runs, keys["target_key"])), ""]]
+        rows = [["before training", "—", "—", fmt(base_loss), _cell(stat_at_start(runs, keys["target_key"]).mean), ""]]
     else:
         reference = "the baseline's"
         base_nll = _mean(runs.get(results["arms"][0]["name"], []), keys["target_key"])
