@@ -194,16 +194,21 @@ def _arm_of(args) -> tuple:
             10,
             ("bible", ["rus_synodal", "arb_svd", "vie_1934", "nya_chichewa"], 0.0),
         ),
+        # BPE: the budget of bible_nya_bpe_cpu.yaml (1500 steps), no scenario recording (for time)
+        ("bible_nya_bpe_variants_cpu.yaml", BIBLE_ARMS, None, ("bible", ["nya_chichewa"], 0.0)),
     ],
 )
 def test_the_variants_recipes_hold_their_arms(name, arms, every, data):
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / name)
     args = [recipe.arguments(arm) for arm in recipe.arms]
     assert [_arm_of(a) for a in args] == arms
+    bpe = "_bpe_" in name
     for a in args:
         assert (a.data.dataset_name, a.data.bible_small, a.data.low_resource_fraction) == data
         assert a.data.eval_split == "validation"
-        assert a.training.max_steps == 2000 and a.training.use_cpu and not a.training.selfish_fused
+        assert a.model.tokenizer_name == ("bpe" if bpe else "char")
+        assert a.training.max_steps == (1500 if bpe else 2000)
+        assert a.training.use_cpu and not a.training.selfish_fused
         assert "activation_function=gelu_pytorch_tanh" in a.model.config_overrides
         # scenarios everywhere but label smoothing, whose gradient has no single negative entry per row
         expected = None if a.training.loss_name == "label_smoothing" else every
