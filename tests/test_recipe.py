@@ -335,3 +335,15 @@ def test_the_gemma_learning_rate_recipe_tries_three_rates_of_plain_ce_on_the_tun
         assert (a.data.bible_main, a.data.bible_eval_only) == ("nya_chichewa", ["eng_web"])
     described = [method_of({"name": arm.name, **arm.overrides}) for arm in recipe.arms]
     assert described == [("ce", "learning_rate", lr) for lr in (1e-5, 3e-5, 1e-4)]
+
+
+def test_the_gemma_variants_recipe_runs_at_the_chosen_rate_on_the_validation_split():
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "gemma3_nya_variants_cpu.yaml")
+    args = [recipe.arguments(arm) for arm in recipe.arms]
+    assert [_loss_of(a) for a in args] == [("ce", None), ("selfish", 4.0), ("selfish_head", {"margin": 4.0})]
+    for a in args:
+        # the rate gemma3_nya_lr_tune_cpu.yaml's rule chose, decaying as it did there
+        assert a.training.learning_rate == 3e-5 and a.training.lr_scheduler_kwargs == {"min_lr_rate": 0.1}
+        assert a.training.selfish_fused and a.training.eval_on_start and a.data.eval_split == "validation"
+        assert (a.data.bible_main, a.data.bible_eval_only) == ("nya_chichewa", ["eng_web"])
+        assert a.model.gguf_file == "gemma-3-270m-q4_k_m.gguf"
